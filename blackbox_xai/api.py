@@ -1,0 +1,93 @@
+"""``explain()``: the one place that resolves the target, seeds, times and counts a method run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import BlackboxError
+from .explanation import Explanation
+from .model import Model
+from .progress import progress_bar
+from .registry import Context, get_method
+
+QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+
+
+class CountingQuery:
+    """Wrap a query function; count the inputs it is asked about and tick the progress bar."""
+
+    def __init__(self, fn: QueryFn, progress=None) -> None:
+        self.fn, self.progress, self.n = fn, progress, 0
+
+    def __call__(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        scores = np.asarray(self.fn(np.asarray(x, dtype=np.float32)), dtype=np.float32)
+        self.n += len(x)
+        if self.progress is not None:
+            self.progress.update(len(x))
+        return scores.reshape(len(x), -1)
+
+
+def as_single_input(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3:
+        raise BlackboxError(f"x has shape {x.shape}: explain() takes one input, (C, H, W) or (1, C, H, W)")
+    return x
+
+
+def resolve_target(scores: npt.NDArray[np.float32], target: int | None) -> int:
+    k = scores.shape[-1]
+    if target is None:
+        return int(np.argmax(scores))
+    if not (isinstance(target, (int, np.integer)) and 0 <= target < k):
+        raise BlackboxError(f"target={target!r} is out of range: the model has {k} classes (0..{k - 1})")
+    return int(target)
+
+
+def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: int | None = None,
+            seed: int | None = 0, progress: bool = False, labels: Sequence[str] | None = None,
+            **options: Any) -> Explanation:
+    """Explain ``model``'s score for class ``target`` (default: top-1) on one input ``x``.
+
+    Args:
+        model: a :class:`Model` or any function (N, C, H, W) -> (N, K).
+        x: one preprocessed input, (C, H, W) or (1, C, H, W), NCHW float32.
+        method: a registered method name (``blackbox_xai.METHODS``).
+        seed: seeds the method's ``np.random.Generator``; same seed, same map.
+        progress: show a progress bar on stderr.
+        **options: the method's options (see ``blackbox-xai methods``).
+    """
+    spec = get_method(method)
+    opts = spec.validate(options)
+    x = as_single_input(x)
+    real_model = model if isinstance(model, Model) else None
+    if spec.requires_graph and real_model is None:
+        raise BlackboxError(f"method {method!r} rewrites the ONNX graph: pass a Model from load_model()")
+    t0 = time.perf_counter()
+    with progress_bar(progress, desc=method) as bar:
+        query = CountingQuery(model, bar)
+        scores0 = query(x[None])[0]
+        tgt = resolve_target(scores0, target)
+        ctx = Context(rng=np.random.default_rng(seed), scores=scores0, model=real_model,
+                      progress=bar)
+        before = real_model.n_queries if real_model is not None else 0
+        attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
+    seconds = time.perf_counter() - t0
+    # A Model counts every pass, including those of rewritten graphs; a plain function only
+    # sees what goes through `query`.
+    n_queries = 1 + (real_model.n_queries - before if real_model is not None else query.n - 1)
+    amap = np.asarray(attribution.map, dtype=np.float32)
+    if amap.shape != x.shape[1:]:
+        raise RuntimeError(f"{method} returned a map of shape {amap.shape}, expected {x.shape[1:]}")
+    return Explanation(
+        map=amap, method=method, target=tgt, score=float(scores0[tgt]),
+        n_queries=n_queries, seconds=seconds, seed=seed, options=opts,
+        extras=attribution.extras, label=labels[tgt] if labels is not None else None,
+        model=real_model.describe() if real_model is not None else None,
+    )
