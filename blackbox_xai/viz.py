@@ -44,14 +44,20 @@ def is_signed(m: npt.NDArray[np.floating]) -> bool:
     return lo < 0 and -lo > 0.05 * max(hi - lo, 1e-12)
 
 
-def colorize(m: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.uint8], float, float]:
-    """RGB image of a map and its display range (lo, hi): diverging when signed, else inferno."""
+def normalize(m: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float64], float, float]:
+    """Display scaling: [-1, 1] by max |m| when signed, else min-max to [0, 1]; and (lo, hi)."""
     m = np.nan_to_num(np.asarray(m, np.float64))
     if is_signed(m):
         v = max(float(np.abs(m).max()), 1e-12)
-        return diverging(m / v), -v, v
+        return m / v, -v, v
     lo, hi = float(m.min()), float(m.max())
-    return inferno((m - lo) / max(hi - lo, 1e-12)), lo, hi
+    return (m - lo) / max(hi - lo, 1e-12), lo, hi
+
+
+def colorize(m: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.uint8], float, float]:
+    """RGB image of a map and its display range (lo, hi): diverging when signed, else inferno."""
+    t, lo, hi = normalize(m)
+    return (diverging(t) if is_signed(m) else inferno(t)), lo, hi
 
 
 def _legend(width: int, lo: float, hi: float, signed: bool) -> Image.Image:
@@ -80,14 +86,20 @@ def heatmap_image(m: npt.NDArray[np.floating]) -> Image.Image:
 
 
 def overlay_image(image: Image.Image, m: npt.NDArray[np.floating], box: Box | None = None,
-                  alpha: float = 0.5) -> Image.Image:
-    """The map blended over the original photo; ``box`` is where the model's input came from."""
+                  alpha: float = 0.7) -> Image.Image:
+    """The map blended over the original photo; ``box`` is where the model's input came from.
+
+    Opacity grows with |value| (up to ``alpha``) so that unimportant pixels show the photo.
+    """
     image = image.convert("RGB")
     rgb, lo, hi = colorize(m)
+    t, _, _ = normalize(m)
     x0, y0, x1, y1 = box or (0, 0, image.width, image.height)
     size = (max(round(x1 - x0), 1), max(round(y1 - y0), 1))
     heat = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)
+    opacity = (np.sqrt(np.abs(t)) * alpha * 255).astype(np.uint8)
+    weight = Image.fromarray(opacity).resize(size, Image.Resampling.BILINEAR)
     region = image.crop((round(x0), round(y0), round(x0) + size[0], round(y0) + size[1]))
     out = image.copy()
-    out.paste(Image.blend(region, heat, alpha), (round(x0), round(y0)))
+    out.paste(Image.composite(heat, region, weight), (round(x0), round(y0)))
     return _with_legend(out, lo, hi, is_signed(m))

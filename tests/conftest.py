@@ -1,0 +1,27 @@
+"""Shared fixtures: the committed test models and closed-form helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from helpers import model_path
+from onnx import numpy_helper
+
+
+@pytest.fixture(scope="session")
+def linear_weights() -> tuple[np.ndarray, np.ndarray]:
+    """(W (3*32*32, 10), b (10,)) of tests/models/linear.onnx: scores = flatten(x) @ W + b."""
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(model_path("linear")).graph.initializer}
+    return inits["W"], inits["b"]
+
+
+@pytest.fixture(scope="session")
+def linear_query(linear_weights):
+    w, b = linear_weights
+    return lambda x: x.reshape(len(x), -1) @ w + b
+
+
+@pytest.fixture
+def x32() -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)

@@ -1,0 +1,109 @@
+"""The query function: providers, input discovery, layouts, dtypes, batching, scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blackbox_xai import load_model
+from blackbox_xai.errors import DeviceError, ModelInputError, ModelLoadError
+from blackbox_xai.model import softmax
+
+from helpers import model_path
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).standard_normal((9, 3, 32, 32)).astype(np.float32)
+
+
+def test_linear_model_matches_closed_form(linear_weights, batch):
+    w, b = linear_weights
+    m = load_model(model_path("linear"), device="cpu")
+    np.testing.assert_allclose(m(batch), batch.reshape(9, -1) @ w + b, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_provider_is_reported():
+    m = load_model(model_path("tiny_cnn"), device="auto")
+    assert m.provider.startswith(("CPUExecutionProvider", "CUDAExecutionProvider"))
+    assert load_model(model_path("tiny_cnn"), device="cpu").provider == "CPUExecutionProvider"
+
+
+def test_cuda_fails_clearly_without_gpu():
+    import onnxruntime as ort
+
+    from blackbox_xai.model import _cuda_plausible
+
+    if _cuda_plausible()[0] and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeviceError, match="CUDA"):
+        load_model(model_path("tiny_cnn"), device="cuda")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 7, 64, "auto"])
+def test_scores_do_not_depend_on_batch_size(batch, batch_size):
+    ref = load_model(model_path("tiny_cnn"), batch_size=1)(batch)
+    m = load_model(model_path("tiny_cnn"), batch_size=batch_size)
+    np.testing.assert_allclose(m(batch), ref, rtol=1e-6, atol=1e-6)
+    assert m.n_queries == len(batch)
+
+
+def test_fixed_batch_model_is_chunked_and_padded(batch):
+    ref = load_model(model_path("tiny_cnn"))(batch)
+    m = load_model(model_path("tiny_cnn_batch1"), batch_size=16)
+    assert m.input.batch == 1 and m.batch_size == 1
+    np.testing.assert_allclose(m(batch), ref, rtol=1e-6, atol=1e-6)
+    assert m.n_queries == 9
+
+
+def test_nhwc_model_takes_nchw_inputs(batch):
+    m = load_model(model_path("tiny_cnn_nhwc"))
+    assert m.input.layout == "NHWC" and m.input.chw == (3, 32, 32)
+    np.testing.assert_allclose(m(batch), load_model(model_path("tiny_cnn"))(batch), rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_model_takes_and_returns_float32(batch):
+    m = load_model(model_path("tiny_cnn_fp16"))
+    out = m(batch)
+    assert out.dtype == np.float32 and m.input.dtype == np.float16
+    ref = load_model(model_path("tiny_cnn"))(batch)
+    np.testing.assert_allclose(out, ref, rtol=2e-2, atol=2e-2)  # fp16 has ~3 significant digits
+
+
+def test_prob_score_and_already_softmaxed_output(batch, caplog):
+    logits = load_model(model_path("tiny_cnn"))(batch)
+    np.testing.assert_allclose(load_model(model_path("tiny_cnn"), score="prob")(batch),
+                               softmax(logits), rtol=1e-5, atol=1e-6)
+    with caplog.at_level("WARNING"):
+        sm = load_model(model_path("tiny_cnn_softmax"), score="logit")
+    assert sm.output_is_probability and "already a probability" in caplog.text
+    # score="prob" must not apply a second softmax
+    np.testing.assert_allclose(load_model(model_path("tiny_cnn_softmax"), score="prob")(batch),
+                               softmax(logits), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_models_raise_one_line_errors(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
+        load_model(bad)
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(tmp_path / "missing.onnx")
+    with pytest.raises(ModelInputError, match="not an image"):
+        load_model(model_path("not_image"))
+    with pytest.raises(ModelInputError, match="unknown output"):
+        load_model(model_path("tiny_cnn"), output="logitz")
+
+
+def test_wrong_input_shape_is_rejected():
+    m = load_model(model_path("tiny_cnn"))
+    with pytest.raises(ModelInputError, match="takes"):
+        m(np.zeros((2, 3, 16, 16), np.float32))
+
+
+def test_model_file_is_not_modified(tmp_path):
+    path = model_path("tiny_cnn")
+    before = open(path, "rb").read()
+    m = load_model(path)
+    m(np.zeros((3, 3, 32, 32), np.float32))
+    assert open(path, "rb").read() == before
