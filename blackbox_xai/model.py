@@ -294,30 +294,31 @@ class Model:
             x = x.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(x, dtype=self.input.dtype)
 
-    def run_batched(self, session: ort.InferenceSession, x: npt.NDArray[np.float32],
-                    output_names: Sequence[str], extra: Mapping[str, npt.NDArray] | None = None,
-                    progress=None) -> list[npt.NDArray[np.float32]]:
-        """Run ``session`` on the image batch ``x`` (N, C, H, W) in chunks; count N queries.
+    def run_batched(self, session: ort.InferenceSession, feeds: Mapping[str, npt.NDArray],
+                    output_names: Sequence[str], progress=None) -> list[npt.NDArray[np.float32]]:
+        """Run ``session`` on per-sample ``feeds`` (each (N, ...)) in chunks; count N queries.
 
-        ``extra`` holds other per-sample inputs (N, ...) chunked alongside ``x`` (e.g. the seed of
-        a backward graph). Outputs are concatenated along axis 0 and returned as float32. Fixed
-        batch models get their last chunk padded.
+        The one batching point. A feed named like the model's image input is taken in NCHW
+        float32 and converted to the model's layout and dtype; other feeds (a backward graph's
+        seed, a head's activation) are cast to the session's declared dtype. Outputs are
+        concatenated along axis 0 as float32. Fixed-batch sessions get their last chunk padded.
         """
-        x = np.asarray(x, dtype=np.float32)
-        self._check_shape(x)
-        n = len(x)
-        step = self.batch_size if n > 1 or self._batch_size is not None else 1
+        types = {i.name: _ONNX_FLOAT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        fixed = _dim(session.get_inputs()[0].shape[0]) if session.get_inputs()[0].shape else None
+        if self.input.name in feeds:
+            self._check_shape(feeds[self.input.name])
+        n = len(next(iter(feeds.values())))
+        step = fixed or (self.batch_size if n > 1 or self._batch_size is not None else 1)
         chunks: list[list[npt.NDArray]] = [[] for _ in output_names]
         for start in range(0, n, step):
-            xb = x[start:start + step]
-            feeds = {self.input.name: xb}
-            for k, v in (extra or {}).items():
-                feeds[k] = v[start:start + step]
-            m = len(xb)
-            if self.input.batch is not None and m < self.input.batch:
-                feeds = {k: _pad(v, self.input.batch) for k, v in feeds.items()}
-            feeds[self.input.name] = self._to_model_input(feeds[self.input.name])
-            outs = session.run(list(output_names), feeds)
+            part = {k: np.asarray(v[start:start + step]) for k, v in feeds.items()}
+            m = len(next(iter(part.values())))
+            if fixed is not None and m < fixed:
+                part = {k: _pad(v, fixed) for k, v in part.items()}
+            part = {k: self._to_model_input(v) if k == self.input.name
+                    else np.ascontiguousarray(v, dtype=types.get(k, np.float32))
+                    for k, v in part.items()}
+            outs = session.run(list(output_names), part)
             for acc, o in zip(chunks, outs):
                 acc.append(np.asarray(o[:m], dtype=np.float32))
             self.n_queries += m
@@ -333,7 +334,8 @@ class Model:
 
     def __call__(self, x: npt.NDArray[np.float32], progress=None) -> npt.NDArray[np.float32]:
         """Scores (N, K) of the inputs (N, C, H, W); softmax applied when ``score='prob'``."""
-        (scores,) = self.run_batched(self.session, x, [self.output_name], progress=progress)
+        (scores,) = self.run_batched(self.session, {self.input.name: x}, [self.output_name],
+                                     progress=progress)
         scores = scores.reshape(len(scores), -1)
         return softmax(scores) if self._apply_softmax else scores
 
