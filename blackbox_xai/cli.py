@@ -273,3 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     except UnknownNameError as e:  # raised while resolving a subcommand
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+
+
+def _attach_subcommands() -> None:
+    from .cli_graph import backward_cmd, expose_cmd, layers_cmd
+
+    for command in (layers_cmd, expose_cmd, backward_cmd):
+        cli.add_command(command)
+
+
+_attach_subcommands()

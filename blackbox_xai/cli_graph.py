@@ -1,0 +1,99 @@
+"""Graph commands: ``layers``, ``expose``, ``backward`` (attach with ``cli.add_command``).
+
+This module does not import :mod:`blackbox_xai.cli` at import time, so ``cli.py`` can import
+it anywhere without a cycle; the error wrapper is fetched when a command runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from .errors import BlackboxError
+
+
+def _friendly(fn: Callable) -> Callable:
+    """:func:`blackbox_xai.cli.friendly_errors`, resolved at call time."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .cli import friendly_errors
+
+        return friendly_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _output_path(model_path: str, out: str, overwrite: bool) -> Path:
+    """The output file, refusing the input model itself and, without --overwrite, existing files."""
+    dest, src = Path(out), Path(model_path)
+    if dest.exists() and dest.resolve() == src.resolve():
+        raise BlackboxError(f"-o {out}: that is the input model; write the result to another file")
+    if dest.exists() and not overwrite:
+        raise BlackboxError(f"-o {out} exists; pass --overwrite to replace it")
+    return dest
+
+
+def _shape(shape: tuple) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+@click.command("layers")
+@click.argument("model_path", metavar="MODEL")
+@_friendly
+def layers_cmd(model_path: str) -> None:
+    """List the 4-D feature maps a CAM can use; * marks the default layer."""
+    from .graph import candidate_layers, default_layer, load
+
+    model = load(model_path)
+    layers = candidate_layers(model)
+    default = default_layer(model)
+    header = ("tensor", "shape", "op", "feeds pooling")
+    rows = [(c.name, _shape(c.shape), c.op, "yes" if c.feeds_pooling else "no") for c in layers]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+
+    def line(mark: str, row: tuple[str, ...]) -> str:
+        return f"{mark} " + "  ".join(f"{v:{w}s}" for v, w in zip(row, widths)) + f"  {row[3]}"
+
+    click.echo(line(" ", header))
+    for row in rows:
+        click.echo(line("*" if row[0] == default else " ", row))
+
+
+@click.command("expose")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("tensors", metavar="TENSOR", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, help="The .onnx file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_friendly
+def expose_cmd(model_path: str, tensors: tuple[str, ...], out: str, overwrite: bool) -> None:
+    """Write a copy of MODEL that also outputs TENSOR(s) (open it in Netron)."""
+    from .graph import expose, load, save
+
+    dest = _output_path(model_path, out, overwrite)
+    save(expose(load(model_path), tensors), dest)
+    click.echo(f"wrote {dest}: outputs {', '.join(tensors)} added")
+
+
+@click.command("backward")
+@click.argument("model_path", metavar="MODEL")
+@click.option("--wrt", multiple=True, required=True,
+              help="Tensor or input to differentiate with respect to (repeatable).")
+@click.option("-o", "--out", required=True, help="The .onnx file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_friendly
+def backward_cmd(model_path: str, wrt: tuple[str, ...], out: str, overwrite: bool) -> None:
+    """Write MODEL's backward graph: extra input seed (N, K), outputs d(seed . scores)/d(wrt)."""
+    from .graph import load, resolve_tensor, save
+
+    dest = _output_path(model_path, out, overwrite)
+    model = load(model_path)
+    for name in wrt:
+        resolve_tensor(model, name)
+    from .graph.autodiff import backward
+
+    save(backward(model, wrt=list(wrt)), dest)
+    click.echo(f"wrote {dest}: gradients of seed . scores with respect to {', '.join(wrt)}")

@@ -1,0 +1,35 @@
+"""Add intermediate tensors as graph outputs, typed so that ``onnx.checker`` accepts them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+from .inspect import resolve_tensor, typed_outputs
+from .io import copy_model, finalize, infer_shapes
+
+
+def expose(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names``, after its original outputs.
+
+    Each new output gets the type and shape shape inference gives it (a typed but shapeless
+    output fails the onnx 1.23 checker). Names that already are outputs are left as they are.
+
+    In ONNX Runtime the original outputs stay bit-identical unless an exposed tensor sits inside
+    a fusion that changes the arithmetic: exposing a Conv output that feeds a
+    BatchNormalization stops ORT from folding the BN into the Conv weights, and the outputs
+    move by a few ulp. Expose post-activation tensors (what Grad-CAM wants anyway): a Conv
+    feeding a Relu/Clip only loses the fusion, not the bits.
+
+    Raises:
+        UnknownNameError: a name is not a tensor of the graph (the message lists close matches).
+    """
+    wanted = [names] if isinstance(names, str) else list(names)
+    for name in wanted:
+        resolve_tensor(model, name)
+    present = {o.name for o in model.graph.output}
+    new = [n for n in dict.fromkeys(wanted) if n not in present]
+    out = copy_model(model)
+    out.graph.output.extend(typed_outputs(infer_shapes(model), new))
+    return finalize(out)

@@ -1,0 +1,157 @@
+"""Read, write, copy and validate ONNX models; every graph rewrite ends in :func:`finalize`.
+
+Rewrites keep the source ``ir_version`` and opset imports (older runtimes reject the newest IR),
+so models are rebuilt with :func:`with_graph`, never with ``onnx.helper.make_model`` defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import helper
+from onnx.external_data_helper import uses_external_data
+
+from ..errors import BlackboxError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_DATA_THRESHOLD = int(1.8e9)  # protobuf cannot serialize more than 2 GiB in one message
+
+
+def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (and its external data) or raise a one-line :class:`ModelLoadError`.
+
+    With ``load_external_data=False`` the initializers keep pointing at the ``.data`` file, which
+    is how models over 2 GB are rewritten: save the result in the same folder.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"model file not found: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as e:  # protobuf, missing external data, ...
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(f"{p} is not a readable ONNX model ({detail})") from e
+    if not model.HasField("graph") or not model.opset_import:
+        raise ModelLoadError(f"{p} is not an ONNX model (no graph or opset)")
+    return model
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    """Serialized bytes of the initializers held in memory (external files not counted)."""
+    return sum(t.ByteSize() for t in model.graph.initializer)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike,
+         external_data: bool | None = None) -> Path:
+    """Write ``model`` atomically to ``path``; returns the path.
+
+    Args:
+        model: the model (not modified).
+        path: the ``.onnx`` file to write; its folder must exist.
+        external_data: store the initializers of 1 KiB or more in ``<name>.data`` next to the
+            file. ``None``: only when they exceed 1.8 GB (protobuf stops at 2 GB). Initializers
+            that already refer to external data (loaded with ``load_external_data=False``) keep
+            their relative location, so save such models into the folder of their ``.data`` file.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise BlackboxError(f"cannot write {path}: folder {path.parent} does not exist")
+    if external_data is None:
+        external_data = inline_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        tmp = tmp_dir / path.name
+        if external_data:
+            data = path.name + ".data"
+            # onnx.save moves the tensors out of the proto it is given: save a copy
+            onnx.save(copy_model(model), str(tmp), save_as_external_data=True,
+                      all_tensors_to_one_file=True, location=data, size_threshold=1024)
+            if (tmp_dir / data).exists():
+                os.replace(tmp_dir / data, path.parent / data)
+        else:
+            onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of ``model``."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def with_graph(model: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A model with ``graph`` and everything else (IR, opsets, metadata, functions) of ``model``."""
+    new = onnx.ModelProto(
+        ir_version=model.ir_version, producer_name=model.producer_name,
+        producer_version=model.producer_version, domain=model.domain,
+        model_version=model.model_version, doc_string=model.doc_string, graph=graph)
+    new.opset_import.extend(model.opset_import)
+    new.metadata_props.extend(model.metadata_props)
+    new.functions.extend(model.functions)
+    return new
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with ``value_info`` for every tensor ONNX shape inference can type.
+
+    Strict inference with data propagation first (it keeps symbolic batch dims and folds shape
+    computations); if that fails (an op the inference rejects), the permissive mode, which
+    types what it can and skips the rest.
+    """
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        log.info("strict shape inference failed (%s); using the permissive mode",
+                 str(e).splitlines()[0])
+        return onnx.shape_inference.infer_shapes(model)
+
+
+def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Validate a rewritten model with ``onnx.checker`` (full check: strict shape inference too).
+
+    Returns ``model`` itself, so that a rewrite can end with ``return finalize(out)``; raises a
+    one-line :class:`BlackboxError` with the checker's complaint. Initializers left in an
+    external file (``load(..., load_external_data=False)``) are checked by type and shape only.
+    """
+    target = _external_as_inputs(model)
+    try:
+        if inline_bytes(target) > EXTERNAL_DATA_THRESHOLD:  # the checker needs a file past 2 GB
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx.checker.check_model(str(save(target, Path(tmp) / "model.onnx")),
+                                         full_check=True)
+        else:
+            onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        detail = str(e).splitlines()[0]
+        raise BlackboxError(f"the rewritten model is not valid ONNX: {detail}") from e
+    return model
+
+
+def _external_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy whose external initializers are typed graph inputs instead.
+
+    The checker looks for external files relative to the working directory when it is given a
+    proto; as inputs, the weights keep the types and shapes shape inference needs.
+    """
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    if not external:
+        return model
+    out = copy_model(model)  # cheap: the external weights are not in memory
+    names = {t.name for t in external}
+    kept = [t for t in out.graph.initializer if t.name not in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    listed = {i.name for i in out.graph.input}
+    out.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                           for t in external if t.name not in listed)
+    return out
