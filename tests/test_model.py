@@ -48,9 +48,16 @@ def test_scores_do_not_depend_on_batch_size(batch, batch_size):
     assert m.n_queries == len(batch)
 
 
+def test_fixed_batch_model_is_made_dynamic(batch):
+    ref = load_model(model_path("tiny_cnn"))(batch)
+    m = load_model(model_path("tiny_cnn_batch1"), batch_size=4)
+    assert m.input.batch is None and m.batch_size == 4
+    np.testing.assert_allclose(m(batch), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_fixed_batch_model_is_chunked_and_padded(batch):
     ref = load_model(model_path("tiny_cnn"))(batch)
-    m = load_model(model_path("tiny_cnn_batch1"), batch_size=16)
+    m = load_model(model_path("tiny_cnn_batch1"), batch_size=16, dynamic_batch=False)
     assert m.input.batch == 1 and m.batch_size == 1
     np.testing.assert_allclose(m(batch), ref, rtol=1e-6, atol=1e-6)
     assert m.n_queries == 9
