@@ -31,7 +31,7 @@ class UserError(click.ClickException):
 
 
 def friendly_errors(fn: Callable) -> Callable:
-    """Turn library errors into one line and exit code 2 (internal errors: one line, exit 1)."""
+    """Turn library errors into one line and exit code 2 (internal errors: one line, exit 3)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -47,7 +47,7 @@ def friendly_errors(fn: Callable) -> Callable:
             if logging.getLogger("blackbox_xai").isEnabledFor(logging.DEBUG):
                 raise
             click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
-            sys.exit(1)
+            sys.exit(3)
 
     return wrapper
 
@@ -276,9 +276,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _attach_subcommands() -> None:
+    from .cli_eval import compare_cmd, evaluate_cmd
     from .cli_graph import backward_cmd, expose_cmd, layers_cmd
 
-    for command in (layers_cmd, expose_cmd, backward_cmd):
+    for command in (layers_cmd, expose_cmd, backward_cmd, evaluate_cmd, compare_cmd):
         cli.add_command(command)
 
 

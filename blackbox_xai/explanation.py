@@ -120,11 +120,14 @@ def _png(img) -> bytes:
 def write_all_atomically(payloads: dict[Path, bytes]) -> None:
     """Write every file to a temporary name first, then rename them all into place."""
     temps: list[tuple[str, Path]] = []
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, data in payloads.items():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~umask)
             temps.append((tmp, path))
     except BaseException:
         for tmp, _ in temps:

@@ -23,7 +23,8 @@ def run():
 
 def test_help_for_every_subcommand(run):
     assert run("--help").exit_code == 0
-    for name in ("methods", "inspect", "predict", "explain"):
+    for name in ("methods", "inspect", "predict", "explain", "layers", "expose", "backward",
+                 "evaluate", "compare"):
         assert run(name, "--help").exit_code == 0
     for name in all_methods():
         r = run("explain", name, "--help")

@@ -1,0 +1,496 @@
+"""``blackbox-xai evaluate`` and ``blackbox-xai compare``: faithfulness metrics and deployment checks.
+
+Attach to the main group with ``cli.add_command(evaluate_cmd)`` and ``cli.add_command(compare_cmd)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from .cli import (
+    _click_type,
+    friendly_errors,
+    model_options,
+    open_model,
+    prepare_images,
+    preprocess_options,
+)
+from .errors import BlackboxError
+
+log = logging.getLogger("blackbox_xai")
+
+#: ``--fast``: cheap settings per method (only the options a method actually has are used)
+FAST_OPTIONS: dict[str, dict[str, Any]] = {
+    "occlusion": {"window": 32, "stride": 16},
+    "shapley": {"n_permutations": 4},
+    "lime": {"num_samples": 200},
+    "rise": {"n_masks": 500},
+    "meaningful-perturbation": {"iterations": 60},
+    "integrated-gradients": {"steps": 16},
+    "smoothgrad": {"n_samples": 8},
+    "smooth-gradcampp": {"n_samples": 2},
+}
+
+
+# ---- method options ---------------------------------------------------------------------------
+def _coerce(spec, key: str, value: str) -> Any:
+    opt = next(o for o in spec.options if o.name == key)
+    ctype, flag = _click_type(opt.annotation, opt.default)
+    ptype = click.BOOL if flag else click.types.convert_type(ctype)
+    try:
+        return ptype.convert(value, None, None)
+    except click.BadParameter as e:
+        raise BlackboxError(f"option {spec.name}.{key}={value!r}: {e.format_message()}") from None
+
+
+def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = False
+                   ) -> dict[str, dict[str, Any]]:
+    """``[METHOD.]KEY=VALUE`` strings -> {method: {option: typed value}} (validated).
+
+    A bare ``KEY=VALUE`` applies to every listed method that has the option (hyphens in KEY
+    are fine: ``n-masks`` = ``n_masks``). ``fast`` starts from :data:`FAST_OPTIONS`.
+    """
+    from .registry import get_method
+
+    specs = {m: get_method(m) for m in methods}
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    if fast:
+        for m, spec in specs.items():
+            names = {o.name for o in spec.options}
+            out[m].update({k: v for k, v in FAST_OPTIONS.get(m, {}).items() if k in names})
+    for pair in pairs:
+        if "=" not in pair:
+            raise BlackboxError(f"--option {pair!r}: use [METHOD.]KEY=VALUE, e.g. occlusion.window=32")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        scope = list(methods)
+        for m in methods:  # the longest method-name prefix wins ("smooth-gradcampp." vs ...)
+            if key.startswith(m + "."):
+                scope, key = [m], key[len(m) + 1:]
+                break
+        else:
+            if "." in key:
+                raise BlackboxError(f"--option {pair!r}: {key.split('.')[0]!r} is not one of "
+                                    f"the methods given ({', '.join(methods)})")
+        key = key.replace("-", "_")
+        targets = [m for m in scope if key in {o.name for o in specs[m].options}]
+        if not targets:
+            specs[scope[0]].validate({key: None})  # raises the did-you-mean error
+        for m in targets:
+            out[m][key] = _coerce(specs[m], key, value)
+    for m, spec in specs.items():
+        spec.validate(out[m])
+    return out
+
+
+def _parse_methods(text: str) -> list[str]:
+    from .registry import get_method
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise BlackboxError("--methods is empty: give e.g. --methods occlusion,rise")
+    for m in names:
+        get_method(m)  # did-you-mean on a typo
+    return list(dict.fromkeys(names))
+
+
+# ---- files ------------------------------------------------------------------------------------
+def _csv_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v)
+                        for k, v in r.items()})
+    return buf.getvalue().encode()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    from .explanation import _jsonable
+
+    def clean(v: Any) -> Any:  # NaN is not JSON
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return (json.dumps(clean(_jsonable(obj)), indent=2) + "\n").encode()
+
+
+def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    for p in paths:
+        if p.exists():
+            raise BlackboxError(f"{p} exists; pass --overwrite to replace it")
+
+
+def _write(payloads: dict[Path, bytes]) -> None:
+    from .explanation import write_all_atomically
+
+    for p in payloads:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    write_all_atomically(payloads)
+
+
+def _fmt(v: Any, width: int) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return f"{'-':>{width}s}"
+    if isinstance(v, bool):
+        return f"{'yes' if v else 'no':>{width}s}"
+    if isinstance(v, float):
+        return f"{v:>{width}.3f}"
+    return f"{v!s:>{width}s}"
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, int]]) -> str:
+    """Fixed-width text table; ``columns``: (key, header, width); the first column is left-aligned."""
+    lines = [" ".join(f"{h:<{w}s}" if i == 0 else f"{h:>{w}s}"
+                      for i, (_, h, w) in enumerate(columns))]
+    for r in rows:
+        cells = []
+        for i, (k, _, w) in enumerate(columns):
+            v = r.get(k)
+            cells.append(f"{str(v)[:w]:<{w}s}" if i == 0 else _fmt(v, w))
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+EVAL_COLUMNS = [("image", "image", 16), ("method", "method", 22), ("target", "target", 6),
+                ("prob", "prob", 6), ("deletion_auc", "deletion", 8), ("insertion_auc", "insertion", 9),
+                ("pointing_hit", "hit", 4), ("energy_pointing", "energy", 6),
+                ("completeness_gap", "compl.gap", 9), ("queries", "queries", 7),
+                ("seconds", "seconds", 7)]
+SUMMARY_COLUMNS = [("method", "method", 22), ("images", "images", 6), ("deletion_auc", "deletion", 8),
+                   ("insertion_auc", "insertion", 9), ("pointing_accuracy", "pointing", 8),
+                   ("energy_pointing", "energy", 6), ("queries", "queries", 7),
+                   ("seconds", "seconds", 7)]
+
+
+def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-method means over images (pointing accuracy = share of hits among annotated images)."""
+
+    def mean(vals: list) -> float | None:
+        vals = [float(v) for v in vals if v is not None and not np.isnan(float(v))]
+        return float(np.mean(vals)) if vals else None
+
+    out = []
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        out.append({"method": m, "images": len(rs),
+                    "deletion_auc": mean([r["deletion_auc"] for r in rs]),
+                    "insertion_auc": mean([r["insertion_auc"] for r in rs]),
+                    "pointing_accuracy": mean([r["pointing_hit"] for r in rs]),
+                    "energy_pointing": mean([r["energy_pointing"] for r in rs]),
+                    "completeness_gap": mean([r["completeness_gap"] for r in rs]),
+                    "queries": round(mean([r["queries"] for r in rs]) or 0),
+                    "seconds": mean([r["seconds"] for r in rs])})
+    return out
+
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        n = seen[p.stem] = seen.get(p.stem, 0) + 1
+        out.append(p.stem if n == 1 else f"{p.stem}_{n}")
+    return out
+
+
+def _annotated_overlay(prepared, amap, boxes, point):
+    """viz.overlay_image plus the annotation boxes (green) and the map's maximum (cyan cross)."""
+    from PIL import ImageDraw
+
+    from .viz import overlay_image
+
+    img = overlay_image(prepared.image, amap, box=prepared.box)
+    bx0, by0, bx1, by1 = prepared.box
+    h, w = amap.shape
+    sx, sy = (bx1 - bx0) / w, (by1 - by0) / h
+    d = ImageDraw.Draw(img)
+    lw = max(2, round(img.width / 200))
+    for x0, y0, x1, y1 in boxes:
+        d.rectangle([bx0 + x0 * sx, by0 + y0 * sy, bx0 + x1 * sx - 1, by0 + y1 * sy - 1],
+                    outline=(40, 220, 60), width=lw)
+    r, c = point
+    cx, cy, s = bx0 + (c + 0.5) * sx, by0 + (r + 0.5) * sy, 6 * lw
+    d.line([(cx - s, cy), (cx + s, cy)], fill=(0, 230, 255), width=lw)
+    d.line([(cx, cy - s), (cx, cy + s)], fill=(0, 230, 255), width=lw)
+    return img
+
+
+@click.command("evaluate")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--methods", "methods_text", default="occlusion", show_default=True,
+              help="Comma-separated method names (see `blackbox-xai methods`).")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="[METHOD.]KEY=VALUE",
+              help="A method option, e.g. -o rise.n_masks=2000 or -o window=32 (repeatable).")
+@click.option("--fast", is_flag=True, help="Cheap method settings (fewer masks/samples, coarser windows).")
+@click.option("--boxes", "boxes_path", type=click.Path(dir_okay=False), default=None,
+              help="Object boxes (JSON or CSV, model-input pixels) for the pointing game.")
+@click.option("--target", "target_mode", type=click.Choice(["top1", "label"]), default="top1",
+              show_default=True, help="Explain the predicted class or the box file's label.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--pixels-per-step", type=click.IntRange(1), default=None,
+              help="Deletion/insertion step (default: H*W/28, 1792 at 224x224).")
+@click.option("--tolerance", type=click.FloatRange(0), default=15.0, show_default=True,
+              help="Pointing-game tolerance in pixels.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write metrics.csv, metrics.json, curve and overlay PNGs here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write one self-contained HTML report here.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a TTY).")
+@model_options
+@preprocess_options
+@friendly_errors
+def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_path, target_mode, seed,
+                 pixels_per_step, tolerance, out_dir, report_path, overwrite, progress, device, score,
+                 output_name, batch_size, threads, layout, resize, crop, mean, std, scale, bgr) -> None:
+    """Explain IMAGES with each method and score the maps' faithfulness.
+
+    Per image and method: deletion and insertion AUC (RISE protocol: pixels in map order set to
+    0, or inserted onto a blurred copy; softmax of the target; lower deletion and higher
+    insertion are better), the pointing game and energy pointing (with --boxes), the
+    completeness gap (Shapley, integrated gradients), queries and seconds. Prints a table and
+    per-method means; --out writes CSV/JSON and PNG curves; --report one HTML page.
+
+    \b
+    Example:
+      blackbox-xai evaluate models/efficientnet_lite0.onnx examples/*.jpg \\
+          --methods occlusion,rise --boxes examples/boxes.json --fast \\
+          --out eval/ --report eval/report.html
+    """
+    from .api import explain
+    from .metrics import (
+        annotation_for,
+        completeness_gap,
+        deletion_insertion,
+        energy_pointing,
+        load_boxes,
+        pointing_hit,
+    )
+    from .metrics.pointing import max_location
+    from .model import softmax
+    from .report import Figure, Section, plot_curves, render_report, thumbnail
+
+    methods = _parse_methods(methods_text)
+    opts = method_options(methods, option_pairs, fast)
+    boxes = load_boxes(boxes_path) if boxes_path else {}
+    annotations = {img: annotation_for(boxes, img) for img in images}
+    if target_mode == "label":
+        missing = [img for img, a in annotations.items() if a is None or a.label is None]
+        if missing:
+            raise BlackboxError(f"--target label: no label for {Path(missing[0]).name} in "
+                                f"{boxes_path or '(no --boxes file)'}")
+    for img, a in annotations.items():
+        if boxes_path and a is None:
+            log.warning("%s: no box in %s; no pointing game for it", Path(img).name, boxes_path)
+    stems = _stems([Path(i) for i in images])
+    out = Path(out_dir) if out_dir else None
+    planned = []
+    if out is not None:
+        planned += [out / "metrics.csv", out / "metrics.json"]
+        planned += [out / f"{s}_{m}_{kind}.png" for s in stems for m in methods
+                    for kind in ("curves", "overlay")]
+    if report_path:
+        planned.append(Path(report_path))
+    _check_free(planned, overwrite)
+
+    model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
+    pre, prepared = prepare_images(model, images, resize, crop, mean, std, scale, bgr)
+    show = sys.stderr.isatty() if progress is None else progress
+    rows: list[dict[str, Any]] = []
+    curves: dict[tuple[str, str], Any] = {}
+    figures: dict[str, Any] = {}  # file name -> pillow image
+    sections = []
+    for img, stem, p in zip(images, stems, prepared):
+        ann = annotations[img]
+        logits = model(p.tensor[None])[0]
+        probs = logits if (model.output_is_probability or model.score == "prob") else softmax(logits)
+        top1 = int(np.argmax(logits))
+        target = ann.label if target_mode == "label" else top1
+        labels = pre.labels or ()
+        name = labels[target] if 0 <= target < len(labels) else ""
+        top1_name = f" {labels[top1]}" if top1 < len(labels) else ""
+        sec_figs = [Figure(thumbnail(p.image),
+                           f"{p.path.name}: top-1 {top1}{top1_name} ({probs[top1]:.1%})")]
+        for m in methods:
+            exp = explain(model, p.tensor, m, target=target, seed=seed, progress=show,
+                          labels=pre.labels, **opts[m])
+            res = deletion_insertion(model, p.tensor, exp.map, exp.target,
+                                     pixels_per_step=pixels_per_step)
+            hit = energy = None
+            if ann is not None:
+                hit = pointing_hit(exp.map, ann.boxes, tolerance)
+                energy = energy_pointing(exp.map, ann.boxes)
+            rows.append({"image": p.path.name, "method": m, "target": exp.target, "label": name,
+                         "prob": float(res.deletion_curve[0]), "deletion_auc": res.deletion_auc,
+                         "insertion_auc": res.insertion_auc, "pointing_hit": hit,
+                         "energy_pointing": energy, "completeness_gap": completeness_gap(exp),
+                         "queries": exp.n_queries, "eval_queries": res.n_queries,
+                         "seconds": exp.seconds})
+            curves[(stem, m)] = res
+            title = f"{p.path.name} - {m}"
+            overlay = _annotated_overlay(p, exp.map, ann.boxes if ann else (), max_location(exp.map))
+            figures[f"{stem}_{m}_curves.png"] = plot_curves(res, title)
+            figures[f"{stem}_{m}_overlay.png"] = overlay
+            hit_txt = "" if hit is None else f", pointing {'hit' if hit else 'miss'}"
+            sec_figs.append(Figure(thumbnail(overlay), f"{m}: deletion {res.deletion_auc:.3f}, "
+                                   f"insertion {res.insertion_auc:.3f}{hit_txt}, "
+                                   f"{exp.n_queries} queries, {exp.seconds:.2f} s"))
+            sec_figs.append(Figure(figures[f"{stem}_{m}_curves.png"], f"{m}: deletion (red) and "
+                                   "insertion (blue) curves"))
+        sections.append(Section(f"{p.path.name} (explaining class {target}"
+                                f"{' ' + name if name else ''})", sec_figs))
+
+    summary = summarize(rows, methods)
+    click.echo(format_table(rows, EVAL_COLUMNS))
+    click.echo("")
+    click.echo(format_table(summary, SUMMARY_COLUMNS))
+
+    payloads: dict[Path, bytes] = {}
+    if out is not None:
+        from .report import png_bytes
+
+        payloads[out / "metrics.csv"] = _csv_bytes(rows)
+        doc = {"model": model.describe(), "methods": {m: opts[m] for m in methods}, "seed": seed,
+               "target": target_mode, "boxes": boxes_path, "tolerance": tolerance,
+               "summary": summary,
+               "rows": [dict(r, curves=curves[(s, r["method"])].as_dict())
+                        for r, s in zip(rows, [s for s in stems for _ in methods])]}
+        payloads[out / "metrics.json"] = _json_bytes(doc)
+        for fname, fig in figures.items():
+            payloads[out / fname] = png_bytes(fig)
+    if report_path:
+        from .explanation import versions
+
+        v = versions()
+        method_text = "; ".join(f"{m} {opts[m] or 'defaults'}" for m in methods)
+        head = (f"model {model.path.name} (sha256 {model.sha256[:16]}), provider "
+                f"{model.provider}, score {model.score}, seed {seed}")
+        how = ("deletion: pixels in map order set to 0; insertion: pixels copied onto a blurred "
+               "copy; curves of the target's softmax probability; lower deletion and higher "
+               "insertion AUC are better. Pointing: map maximum (cyan cross) within "
+               f"{tolerance:g} px of the box (green).")
+        meta = [head, f"methods: {method_text}", how,
+                "versions: " + ", ".join(f"{k} {val}" for k, val in v.items())]
+        cols = ["image", "method", "target", "label", "prob", "deletion_auc", "insertion_auc",
+                "pointing_hit", "energy_pointing", "completeness_gap", "queries", "seconds"]
+        page = render_report("blackbox-xai evaluation", sections, meta=meta,
+                             tables=[("Per-method means", summary, None), ("Metrics", rows, cols)])
+        payloads[Path(report_path)] = page.encode()
+    if payloads:
+        _write(payloads)
+        where = [str(out)] if out is not None else []
+        where += [str(report_path)] if report_path else []
+        click.echo(f"wrote {len(payloads)} files ({', '.join(where)})", err=True)
+
+
+# ---- compare ----------------------------------------------------------------------------------
+COMPARE_HELP = """Compare two deployments of a model: same predictions, same explanations?
+
+\b
+  compare MODEL_A IMAGES... --against MODEL_B      two artifacts (FP32 vs FP16/INT8)
+  compare MODEL IMAGES... --device-b cuda          one artifact on two providers
+  compare MODEL_A IMAGES... --against MODEL_B --device-b cuda   both at once
+
+MODEL_A is the reference. For each image: top-1 of A and B (a flip when they differ), the max
+|score difference| over classes (logits and softmax probabilities), and the similarity of the
+two explanations of A's top-1 class with --method (same seed and options): Spearman rank
+correlation, top-k% region IoU and SSIM. An image DRIFTS when the Spearman correlation is below
+--threshold.
+
+Exit status: 0 when no image flipped or drifted, 1 when any did (use it as a deployment gate),
+2 on bad input. Preprocessing comes from MODEL_A's sidecar (or the flags).
+
+\b
+Example:
+  blackbox-xai compare models/efficientnet_lite0.onnx examples/*.jpg \\
+      --against models/efficientnet_lite0_int8.onnx --method occlusion \\
+      -o window=32 -o stride=32 --threshold 0.8 --json cmp.json
+"""
+
+
+@click.command("compare", help=COMPARE_HELP, short_help="Compare two deployments (artifacts or providers).")
+@click.argument("model_path", metavar="MODEL_A")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--against", "model_b_path", default=None, metavar="MODEL_B",
+              help="The second artifact (default: MODEL_A again, e.g. on --device-b).")
+@click.option("--device-a", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device-b", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Provider for B (default: --device-a).")
+@click.option("--method", default="occlusion", show_default=True, help="Explanation method for both.")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A method option, e.g. -o window=32 (repeatable).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="An image drifts when Spearman(map A, map B) is below this.")
+@click.option("--top-k", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+              help="Region fraction for the top-k IoU.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the comparison (settings, summary, per-image rows) as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the per-image rows as CSV.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
+              help="Explain the logit or the softmax probability.")
+@click.option("--output", "output_name", default=None, help="Score output name (default: the 2-D one).")
+@click.option("--batch-size", default="auto", show_default=True, help="Queries per run, or auto.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores).")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+              help="Override the detected input layout.")
+@preprocess_options
+@friendly_errors
+def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, option_pairs,
+                threshold, top_k, seed, json_path, csv_path, overwrite, score, output_name,
+                batch_size, threads, layout, resize, crop, mean, std, scale, bgr) -> None:
+    from dataclasses import asdict
+
+    from .compare import compare_models
+
+    device_b = device_b or device_a
+    opts = method_options([method], option_pairs)[method]
+    outputs = [Path(p) for p in (json_path, csv_path) if p]
+    _check_free(outputs, overwrite)
+    b_path = model_b_path or model_path
+    if model_b_path is None and device_a == device_b:
+        click.echo(f"note: comparing {Path(model_path).name} with itself on {device_a} "
+                   "(a determinism check); use --against or --device-b", err=True)
+    model_a = open_model(model_path, device_a, score, output_name, batch_size, threads, layout)
+    model_b = open_model(b_path, device_b, score, output_name, batch_size, threads, layout)
+    _, prepared = prepare_images(model_a, images, resize, crop, mean, std, scale, bgr)
+    result = compare_models(model_a, model_b, [p.tensor for p in prepared], method,
+                            names=[p.path.name for p in prepared], seed=seed,
+                            threshold=threshold, top_k=top_k, **opts)
+    click.echo(f"A: {Path(model_path).name} on {model_a.provider}")
+    click.echo(f"B: {Path(b_path).name} on {model_b.provider}")
+    click.echo(f"method {method} {opts or '(defaults)'}, seed {seed}")
+    click.echo(result.format())
+    payloads = {}
+    if json_path:
+        payloads[Path(json_path)] = _json_bytes(result.as_dict())
+    if csv_path:
+        payloads[Path(csv_path)] = _csv_bytes([asdict(r) for r in result.rows])
+    if payloads:
+        _write(payloads)
+    if not result.ok:
+        click.echo(f"FAIL: {result.n_flips} top-1 flips, {result.n_drifted} drifted explanations",
+                   err=True)
+        click.get_current_context().exit(1)

@@ -1,0 +1,34 @@
+"""Faithfulness metrics for attribution maps and similarity between maps.
+
+* :func:`deletion_insertion` (RISE protocol) -> :class:`CurveResult`
+* :func:`pointing_hit`, :func:`energy_pointing`, :func:`load_boxes`
+* :func:`randomization_check` (Adebayo 2018) -> :class:`RandomizationResult`
+* :func:`completeness_gap` (Shapley efficiency, integrated-gradients completeness)
+* :func:`spearman`, :func:`top_k_iou`, :func:`ssim`, :func:`similarity`
+"""
+
+from .completeness import completeness_gap
+from .deletion import CurveResult, auc, deletion_insertion, rise_blur
+from .pointing import (
+    Annotation,
+    annotation_for,
+    box_mask,
+    energy_pointing,
+    load_boxes,
+    pointing_hit,
+)
+from .randomization import (
+    RandomizationResult,
+    RandomizationRow,
+    parametrized_layers,
+    randomization_check,
+    randomize,
+)
+from .similarity import similarity, spearman, ssim, top_k_iou
+
+__all__ = [
+    "Annotation", "CurveResult", "RandomizationResult", "RandomizationRow", "annotation_for", "auc",
+    "box_mask", "completeness_gap", "deletion_insertion", "energy_pointing", "load_boxes",
+    "parametrized_layers", "pointing_hit", "randomization_check", "randomize", "rise_blur",
+    "similarity", "spearman", "ssim", "top_k_iou",
+]

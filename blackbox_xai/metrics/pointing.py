@@ -1,0 +1,171 @@
+"""Pointing game (Zhang et al. 2016, arXiv:1608.00507) and energy-based pointing (Wang et al. 2020).
+
+Boxes are ``(x0, y0, x1, y1)`` in the map's pixels (the model's input, after resize and crop),
+``x1``/``y1`` exclusive: pixel ``(row, col)`` is inside when ``x0 <= col < x1`` and
+``y0 <= row < y1``. An image may have several boxes (a hit on any counts).
+
+Box files, keyed by image file name:
+
+* JSON (``examples/boxes.json``): ``{"cat.jpg": {"label": 282, "box": [x0, y0, x1, y1]}, ...}``;
+  also ``{"boxes": [[...], ...]}`` per image or a bare ``[x0, y0, x1, y1]``.
+* CSV: ``image,x0,y0,x1,y1[,label]``, one row per box, an optional header row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import BlackboxError
+
+Box = tuple[float, float, float, float]
+TOLERANCE = 15
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """An image's ground truth: one or more boxes and, optionally, the class label."""
+
+    boxes: tuple[Box, ...]
+    label: int | None = None
+
+
+def _as_boxes(box: Box | Sequence[Box]) -> list[Box]:
+    arr = np.asarray(box, np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4 or len(arr) == 0:
+        raise BlackboxError(f"box {box!r}: give (x0, y0, x1, y1) or a list of them")
+    if np.any(arr[:, 2] <= arr[:, 0]) or np.any(arr[:, 3] <= arr[:, 1]):
+        raise BlackboxError(f"box {box!r}: need x0 < x1 and y0 < y1")
+    return [tuple(float(v) for v in b) for b in arr]
+
+
+def box_mask(shape: tuple[int, int], box: Box | Sequence[Box]) -> npt.NDArray[np.bool_]:
+    """Boolean (H, W) mask of the pixels inside any of the boxes."""
+    h, w = shape
+    rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+    mask = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in _as_boxes(box):
+        mask |= (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
+    return mask
+
+
+def max_location(saliency_map: npt.ArrayLike) -> tuple[int, int]:
+    """(row, col) of the map's maximum (the first one in raster order on ties)."""
+    m = np.nan_to_num(np.asarray(saliency_map, np.float64), nan=-np.inf)
+    if m.ndim != 2:
+        raise BlackboxError(f"saliency_map has shape {m.shape}: need (H, W)")
+    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+    return int(r), int(c)
+
+
+def pointing_hit(saliency_map: npt.ArrayLike, box: Box | Sequence[Box],
+                 tolerance: float = TOLERANCE) -> bool:
+    """Pointing game: a hit when some pixel within ``tolerance`` pixels (Euclidean) of the map's
+    maximum lies in a box, i.e. the maximum is at most ``tolerance`` from the box."""
+    r, c = max_location(saliency_map)
+    for x0, y0, x1, y1 in _as_boxes(box):
+        # distance from pixel (r, c) to the nearest pixel inside [x0, x1) x [y0, y1)
+        dx = max(np.ceil(x0) - c, 0.0, c - (np.ceil(x1) - 1))
+        dy = max(np.ceil(y0) - r, 0.0, r - (np.ceil(y1) - 1))
+        if dx * dx + dy * dy <= tolerance * tolerance:
+            return True
+    return False
+
+
+def energy_pointing(saliency_map: npt.ArrayLike, box: Box | Sequence[Box]) -> float:
+    """Energy-based pointing (Score-CAM): the share of the map's positive mass inside the boxes.
+
+    NaN when the map has no positive value.
+    """
+    m = np.clip(np.nan_to_num(np.asarray(saliency_map, np.float64)), 0, None)
+    if m.ndim != 2:
+        raise BlackboxError(f"saliency_map has shape {m.shape}: need (H, W)")
+    total = float(m.sum())
+    if total <= 0:
+        return float("nan")
+    return float(m[box_mask(m.shape, box)].sum() / total)
+
+
+# ---- box files --------------------------------------------------------------------------------
+def _label(v: object, where: str) -> int | None:
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BlackboxError(f"{where}: label {v!r} is not a class index") from None
+
+
+def _from_json(data: object, path: Path) -> dict[str, Annotation]:
+    if not isinstance(data, dict):
+        raise BlackboxError(f"{path}: expected an object keyed by image file name")
+    out = {}
+    for name, entry in data.items():
+        where = f"{path} [{name!r}]"
+        try:
+            if isinstance(entry, dict):
+                raw = entry.get("boxes", entry.get("box"))
+                if raw is None:
+                    raise BlackboxError(f"{where}: no 'box' or 'boxes'")
+                out[name] = Annotation(tuple(_as_boxes(raw)), _label(entry.get("label"), where))
+            else:
+                out[name] = Annotation(tuple(_as_boxes(entry)))
+        except BlackboxError as e:
+            raise BlackboxError(str(e) if str(e).startswith(str(path)) else f"{where}: {e}") from None
+    return out
+
+
+def _from_csv(text: str, path: Path) -> dict[str, Annotation]:
+    boxes: dict[str, list[Box]] = {}
+    labels: dict[str, int | None] = {}
+    for i, row in enumerate(csv.reader(text.splitlines()), 1):
+        row = [c.strip() for c in row]
+        if not row or not any(row) or row[0].startswith("#"):
+            continue
+        try:
+            coords = [float(v) for v in row[1:5]]
+        except ValueError:
+            if i == 1:
+                continue  # header
+            raise BlackboxError(f"{path}:{i}: expected image,x0,y0,x1,y1[,label], got {row}") from None
+        if len(coords) != 4:
+            raise BlackboxError(f"{path}:{i}: expected image,x0,y0,x1,y1[,label], got {row}")
+        boxes.setdefault(row[0], []).extend(_as_boxes(coords))
+        lab = _label(row[5] if len(row) > 5 else None, f"{path}:{i}")
+        if lab is not None:
+            labels[row[0]] = lab
+    return {k: Annotation(tuple(v), labels.get(k)) for k, v in boxes.items()}
+
+
+def load_boxes(path: str | os.PathLike) -> dict[str, Annotation]:
+    """Read a JSON or CSV box file (see the module docstring) -> {image file name: Annotation}."""
+    p = Path(path)
+    if not p.is_file():
+        raise BlackboxError(f"box file not found: {p}")
+    text = p.read_text()
+    if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BlackboxError(f"{p} is not valid JSON: {e}") from None
+        return _from_json(data, p)
+    return _from_csv(text, p)
+
+
+def annotation_for(boxes: dict[str, Annotation], image: str | os.PathLike) -> Annotation | None:
+    """The annotation of an image: by file name, else by path as given, else by stem."""
+    p = Path(image)
+    for key in (p.name, str(image)):
+        if key in boxes:
+            return boxes[key]
+    stems = {Path(k).stem: v for k, v in boxes.items()}
+    return stems.get(p.stem)
