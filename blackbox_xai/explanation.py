@@ -31,10 +31,13 @@ def versions() -> dict[str, str]:
 
 
 def _jsonable(v: Any) -> Any:
+    """Plain JSON values: arrays to lists, NaN/inf to null (JSON has no NaN)."""
     if isinstance(v, np.ndarray):
-        return v.tolist()
+        return _jsonable(v.tolist())
     if isinstance(v, (np.integer, np.floating, np.bool_)):
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -61,6 +64,8 @@ class Explanation:
 
     def manifest(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("map", "extras")}
+        d["options"] = {k: f"<array {v.shape}>" if isinstance(v, np.ndarray) else v
+                        for k, v in self.options.items()}
         d["schema_version"] = SCHEMA_VERSION
         d["map_shape"] = list(self.map.shape)
         d["extras"] = {k: _jsonable(v) for k, v in self.extras.items()

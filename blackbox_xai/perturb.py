@@ -52,8 +52,15 @@ def masks_from_keep(keep: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer]
 
 def blend(x: npt.NDArray[np.float32], baseline: npt.NDArray[np.float32],
           masks: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """``baseline + (x - baseline) * mask`` for a batch of masks (n, H, W) -> (n, C, H, W)."""
-    return baseline[None] + (x - baseline)[None] * masks[:, None]
+    """``x * mask + baseline * (1 - mask)`` for a batch of masks (n, H, W) -> (n, C, H, W).
+
+    Written so that kept pixels (mask 1) are bit-identical to ``x`` and hidden ones to the
+    baseline; a zero baseline skips its term.
+    """
+    out = x[None] * masks[:, None]
+    if np.any(baseline):
+        out += baseline[None] * (1.0 - masks[:, None])
+    return out
 
 
 def scores_for_masks(query: QueryFn, x: npt.NDArray[np.float32],

@@ -1,3 +1,3 @@
 """Built-in methods; importing a module registers its methods (one line per module)."""
 
-from . import occlusion  # noqa: F401
+from . import lime, occlusion, rise, shapley  # noqa: F401

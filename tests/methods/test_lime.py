@@ -1,0 +1,150 @@
+"""Superpixel LIME: coefficient recovery, lime_image's kernel and weighted ridge, fills, budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import model_path
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.errors import BlackboxError
+from blackbox_xai.methods.lime import lime_kernel
+from blackbox_xai.perturb import blur
+from blackbox_xai.segmentation import grid_labels
+
+LABELS = grid_labels(32, 32, 4)  # 16 segments of 8 x 8
+
+
+class Recorder:
+    """A query function that remembers every input it is asked about."""
+
+    def __init__(self, fn):
+        self.fn, self.inputs = fn, []
+
+    def __call__(self, x):
+        self.inputs.append(np.array(x))
+        return self.fn(x)
+
+    @property
+    def seen(self) -> np.ndarray:
+        return np.concatenate(self.inputs)
+
+
+def segment_means(x: np.ndarray, labels: np.ndarray = LABELS) -> np.ndarray:
+    """(N, C, H, W) -> channel-0 mean per segment (N, d); with x = ones and fill 0 this is z."""
+    onehot = np.eye(labels.max() + 1)[labels.ravel()] / np.bincount(labels.ravel())
+    return x[:, 0].reshape(len(x), -1).astype(np.float64) @ onehot
+
+
+def indicator_model(beta: np.ndarray, intercept: float, interaction: float = 0.0):
+    """score = beta . z + intercept (+ interaction z0 z1), z recovered from a zero-filled input."""
+
+    def query(x):
+        z = segment_means(x)
+        f = z @ beta + intercept + interaction * z[:, 0] * z[:, 1]
+        return np.stack([f, np.zeros_like(f)], axis=1)
+
+    return query
+
+
+def weighted_ridge(z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float):
+    """Closed form of argmin sum_i w_i (y_i - b - z_i . c)^2 + alpha |c|^2 and its weighted R^2."""
+    zm, ym = w @ z / w.sum(), w @ y / w.sum()
+    zc, yc = z - zm, y - ym
+    coef = np.linalg.solve(zc.T @ (w[:, None] * zc) + alpha * np.eye(z.shape[1]), zc.T @ (w * yc))
+    b = ym - zm @ coef
+    resid = y - b - z @ coef
+    return coef, b, 1 - (w @ resid ** 2) / (w @ (y - ym) ** 2)
+
+
+def test_recovers_the_coefficients_of_a_model_linear_in_the_indicators():
+    rng = np.random.default_rng(0)
+    beta = rng.standard_normal(16)
+    x = np.ones((3, 32, 32), np.float32)
+    exp = explain(indicator_model(beta, 0.7), x, "lime", target=0, seed=1, segments=LABELS,
+                  fill="zero", num_samples=300, alpha=1e-8)
+    np.testing.assert_allclose(exp.extras["attributions"], beta, atol=1e-5)
+    assert exp.extras["intercept"] == pytest.approx(0.7, abs=1e-5)
+    assert exp.extras["r2"] == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_array_equal(exp.map, exp.extras["attributions"][LABELS])
+    assert exp.n_queries == 300
+
+
+def test_matches_lime_image_kernel_and_weighted_ridge_in_closed_form():
+    """Rebuild z from what the model was asked, lime's weights by hand, and solve the ridge."""
+    rng = np.random.default_rng(1)
+    beta = rng.standard_normal(16)
+    x = np.ones((3, 32, 32), np.float32)
+    rec = Recorder(indicator_model(beta, -0.3, interaction=2.0))
+    exp = explain(rec, x, "lime", target=0, seed=2, segments=LABELS, fill="zero", num_samples=200)
+    seen = rec.seen
+    assert len(seen) == 200 == exp.n_queries  # x itself (explain's look) is lime's first sample
+    z = segment_means(seen)
+    np.testing.assert_array_equal(z[0], 1.0)
+    assert set(np.unique(z)) == {0.0, 1.0}
+    y = rec.fn(seen)[:, 0].astype(np.float32).astype(np.float64)  # scores travel as float32
+    cos_dist = np.where(z.sum(1) > 0, 1 - np.sqrt(z.sum(1) / 16), 1.0)  # to all-ones, binary z
+    w = np.exp(-cos_dist ** 2 / (2 * 0.25 ** 2))  # = sqrt(exp(-d^2 / 0.25^2))
+    coef, b, r2 = weighted_ridge(z, y, w, alpha=1.0)
+    np.testing.assert_allclose(exp.extras["attributions"], coef, rtol=1e-5, atol=1e-6)
+    assert exp.extras["intercept"] == pytest.approx(b, abs=1e-6)
+    assert exp.extras["r2"] == pytest.approx(r2, abs=1e-9)
+    assert 0.5 < r2 < 0.999  # the interaction is not linear: the check is not vacuous
+    assert np.abs(coef - beta).max() > 1e-3  # alpha = 1 shrinks
+
+
+def test_lime_kernel_is_lime_images_default():
+    d = np.array([0.0, 0.25, 0.5])
+    np.testing.assert_allclose(lime_kernel(d, 0.25), np.sqrt(np.exp(-(d ** 2) / 0.0625)))
+    assert lime_kernel(np.array([0.25]), 0.25)[0] == pytest.approx(np.exp(-0.5))
+
+
+@pytest.mark.parametrize("fill", ["mean", "zero", "blur", 0.5, "-1.5"])
+def test_hidden_segments_show_the_fill(x32, fill):
+    rec = Recorder(lambda x: x.reshape(len(x), -1)[:, :3])
+    explain(rec, x32, "lime", target=0, seed=0, segments=LABELS, fill=fill, num_samples=20)
+    if fill == "mean":
+        sums = np.stack([np.bincount(LABELS.ravel(), c.ravel()) for c in x32])
+        expected = (sums / np.bincount(LABELS.ravel()))[:, LABELS]
+    elif fill == "zero":
+        expected = np.zeros_like(x32)
+    elif fill == "blur":
+        expected = blur(x32)
+    else:
+        expected = np.full_like(x32, float(fill))
+    for xp in rec.seen[1:]:
+        hidden = (np.abs(xp - x32) > 1e-5).any(axis=0)  # kept pixels: x up to rounding
+        shown_segments = np.unique(LABELS[~hidden])
+        assert not np.isin(LABELS[hidden], shown_segments).any()  # whole segments at a time
+        np.testing.assert_allclose(xp[:, hidden], expected[:, hidden], atol=1e-6)
+
+
+def test_default_quickshift_segments_on_a_structured_image():
+    model = load_model(model_path("tiny_cnn"), batch_size=32)
+    x = np.zeros((3, 32, 32), np.float32)
+    x[0, :, :16], x[2, :, 16:], x[1, 8:24, 8:24] = 2.0, 2.0, -1.0  # red/blue halves, a square
+    exp = explain(model, x, "lime", seed=0, num_samples=64)
+    labels = exp.extras["segments"]
+    assert labels.max() + 1 == len(exp.extras["attributions"]) >= 3
+    assert exp.n_queries == 64 and np.isfinite(exp.map).all()
+
+
+def test_same_seed_same_map_and_any_batch_size_same_map(x32):
+    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, "lime", seed=3,
+                    segments=LABELS, num_samples=80).map for b in (1, 7, 64)]
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-6)
+    model = load_model(model_path("tiny_cnn"), batch_size=7)
+    again = explain(model, x32, "lime", seed=3, segments=LABELS, num_samples=80).map
+    np.testing.assert_array_equal(again, maps[1])
+    assert not np.array_equal(
+        explain(model, x32, "lime", seed=4, segments=LABELS, num_samples=80).map, again)
+
+
+def test_bad_options_are_rejected(linear_query, x32):
+    with pytest.raises(BlackboxError, match="fill"):
+        explain(linear_query, x32, "lime", segments=LABELS, fill="noise")
+    with pytest.raises(BlackboxError, match="num_samples"):
+        explain(linear_query, x32, "lime", segments=LABELS, num_samples=1)
+    with pytest.raises(BlackboxError, match="kernel_width"):
+        explain(linear_query, x32, "lime", segments=LABELS, kernel_width=0)

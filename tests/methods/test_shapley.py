@@ -1,0 +1,202 @@
+"""Sampled Shapley values: exact on linear models, efficiency, antithetic variance, query budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import model_path
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.errors import BlackboxError
+from blackbox_xai.methods.shapley import draw_permutations, prefix_keep, ranks
+from blackbox_xai.perturb import make_baseline
+from blackbox_xai.segmentation import grid_labels, relabel
+
+
+@pytest.fixture(scope="module")
+def small_linear():
+    """f = flatten(x) @ W + b with scores of order one, so float32 scores are exact to ~1e-7."""
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((3 * 32 * 32, 4)) / 32).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    return w, b, (lambda x: x.reshape(len(x), -1) @ w + b)
+
+
+def per_segment(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.bincount(labels.ravel(), weights=values.ravel().astype(np.float64))
+
+
+class Recorder:
+    """A query function that remembers every input it is asked about."""
+
+    def __init__(self, fn):
+        self.fn, self.inputs = fn, []
+
+    def __call__(self, x):
+        self.inputs.append(np.array(x))
+        return self.fn(x)
+
+    @property
+    def seen(self) -> np.ndarray:
+        return np.concatenate(self.inputs)
+
+
+class SegmentModel:
+    """f = b.s + sum_{i<j} A_ij s_i s_j + c s_0 s_1 s_2 on s_j = mean of channel 0 over segment j.
+
+    Its Shapley values (players = segments, reveal from a zero baseline) are known exactly:
+    b_j s_j + 1/2 sum_i A_ij s_i s_j, plus a third of the triple term for segments 0, 1, 2.
+    """
+
+    def __init__(self, labels: np.ndarray, cubic: float, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.d = int(labels.max()) + 1
+        self.onehot = np.eye(self.d)[labels.ravel()] / np.bincount(labels.ravel())
+        self.b = rng.standard_normal(self.d)
+        self.a = np.triu(rng.standard_normal((self.d, self.d)), 1) * 2.0
+        self.cubic = cubic
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return x[:, 0].reshape(len(x), -1).astype(np.float64) @ self.onehot
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        s = self.features(x)
+        f = s @ self.b + np.einsum("ni,ij,nj->n", s, self.a, s) + self.cubic * s[:, 0] * s[:, 1] * s[:, 2]
+        return np.stack([f, -f], axis=1)
+
+    def shapley(self, x: np.ndarray) -> np.ndarray:
+        s = self.features(x[None])[0]
+        a = self.a + self.a.T
+        phi = self.b * s + 0.5 * s * (a @ s)
+        phi[:3] += self.cubic * s[0] * s[1] * s[2] / 3
+        return phi
+
+
+@pytest.mark.parametrize("n_permutations,antithetic", [(1, False), (2, True), (5, True), (3, False)])
+@pytest.mark.parametrize("baseline", ["zero", "mean", 0.5])
+def test_linear_model_gives_exact_values_for_any_number_of_permutations(
+        small_linear, x32, n_permutations, antithetic, baseline):
+    w, _, query = small_linear
+    exp = explain(query, x32, "shapley", target=1, seed=3, n_permutations=n_permutations,
+                  antithetic=antithetic, baseline=baseline)
+    labels = exp.extras["segments"]
+    np.testing.assert_array_equal(labels, grid_labels(32, 32, 7))
+    contrib = (w[:, 1].reshape(x32.shape) * (x32 - make_baseline(x32, baseline))).sum(axis=0)
+    expected = per_segment(contrib, labels)
+    np.testing.assert_allclose(exp.extras["attributions"], expected, atol=1e-5)
+    np.testing.assert_array_equal(exp.map, exp.extras["attributions"][labels])
+    assert exp.n_queries == n_permutations * 48 + 2  # + the baseline + x itself
+
+
+def test_efficiency_on_the_onnx_cnn(x32):
+    model = load_model(model_path("tiny_cnn"), batch_size=16)
+    exp = explain(model, x32, "shapley", seed=0, segments="grid", grid=4, n_permutations=5,
+                  baseline="blur")
+    f_x, f_base = model(np.stack([x32, make_baseline(x32, "blur")]))[:, exp.target]
+    gap = exp.extras["attributions"].astype(np.float64).sum() - (f_x - f_base)
+    assert abs(gap) < 1e-5 and abs(exp.extras["efficiency_gap"]) < 1e-5
+    assert abs(f_x - f_base) > 1e-2  # not vacuous
+    assert exp.extras["baseline_score"] == pytest.approx(f_base, abs=1e-6)
+    assert exp.n_queries == 5 * 15 + 2
+
+
+@pytest.mark.parametrize("n_permutations", [4, 5])
+def test_query_count_is_exact_and_the_full_input_is_never_requeried(x32, n_permutations):
+    labels = grid_labels(32, 32, 4)
+    rec = Recorder(SegmentModel(labels, cubic=1.0))
+    exp = explain(rec, x32, "shapley", target=0, seed=1, n_permutations=n_permutations)
+    assert exp.n_queries == n_permutations * 48 + 2  # + the baseline + x itself
+    seen = rec.seen
+    assert len(seen) == n_permutations * 48 + 2  # + explain's own look at x
+    assert (seen[1:] == x32).all(axis=(1, 2, 3)).sum() == 0
+    assert (seen == 0).all(axis=(1, 2, 3)).sum() == 1  # the baseline, once
+
+
+def test_antithetic_pairs_are_exact_for_pairwise_interactions():
+    """In pi and reversed pi every pair (i, j) meets in both orders: the pair mean is exact."""
+    x = np.random.default_rng(2).uniform(0.5, 1.5, (3, 32, 32)).astype(np.float32)
+    labels = grid_labels(32, 32, 4)
+    model = SegmentModel(labels, cubic=0.0)
+    exp = explain(model, x, "shapley", target=0, seed=0, segments=labels, n_permutations=6)
+    np.testing.assert_allclose(exp.extras["attributions"], model.shapley(x), atol=1e-4)
+    assert exp.extras["std_errors"].max() < 1e-4
+    plain = explain(model, x, "shapley", target=0, seed=0, segments=labels, n_permutations=6,
+                    antithetic=False)
+    assert plain.extras["std_errors"].mean() > 0.05
+
+
+@pytest.mark.parametrize("antithetic,n_permutations", [(False, 20), (True, 20), (True, 21)])
+def test_standard_errors_match_the_spread_over_seeds(antithetic, n_permutations):
+    """The reported SE estimates the estimator's real spread (60 seeds); estimates are unbiased."""
+    x = np.random.default_rng(2).uniform(0.5, 1.5, (3, 32, 32)).astype(np.float32)
+    labels = grid_labels(32, 32, 4)
+    model = SegmentModel(labels, cubic=8.0)
+    runs = [explain(model, x, "shapley", target=0, seed=s, segments=labels, antithetic=antithetic,
+                    n_permutations=n_permutations).extras for s in range(60)]
+    est = np.stack([r["attributions"] for r in runs]).astype(np.float64)
+    se = np.stack([r["std_errors"] for r in runs]).astype(np.float64)
+    spread = est.std(axis=0, ddof=1)
+    ratio = se.mean(axis=0)[:3].mean() / spread[:3].mean()  # segments in the triple term
+    assert 0.75 < ratio < 1.33
+    bias = np.abs(est.mean(axis=0) - model.shapley(x))
+    assert (bias < 4.5 * spread / np.sqrt(len(runs)) + 1e-4).all()
+
+
+def test_antithetic_standard_error_is_lower_with_interactions():
+    x = np.random.default_rng(2).uniform(0.5, 1.5, (3, 32, 32)).astype(np.float32)
+    labels = grid_labels(32, 32, 4)
+    model = SegmentModel(labels, cubic=8.0)
+    se = {a: explain(model, x, "shapley", target=0, seed=4, segments=labels, n_permutations=40,
+                     antithetic=a).extras["std_errors"] for a in (True, False)}
+    assert se[True].mean() < 0.5 * se[False].mean()
+
+
+def test_integer_label_array_as_segments(small_linear, x32):
+    w, _, query = small_linear
+    raw = (np.arange(32)[:, None] // 16) * 7 + (np.arange(32)[None, :] // 8) * 3 + 100
+    exp = explain(query, x32, "shapley", target=2, seed=0, segments=raw, n_permutations=3)
+    labels = relabel(raw)
+    np.testing.assert_array_equal(exp.extras["segments"], labels)
+    expected = per_segment((w[:, 2].reshape(x32.shape) * x32).sum(axis=0), labels)
+    np.testing.assert_allclose(exp.extras["attributions"], expected, atol=1e-5)
+    assert exp.n_queries == 3 * 7 + 2
+    one = explain(query, x32, "shapley", target=2, segments=np.zeros((32, 32), int))
+    assert one.n_queries == 2  # x and the baseline
+    np.testing.assert_allclose(one.extras["attributions"], [expected.sum()], atol=1e-5)
+    with pytest.raises(BlackboxError, match="shape"):
+        explain(query, x32, "shapley", segments=np.zeros((16, 16), int))
+
+
+def test_permutations_and_prefixes():
+    rng = np.random.default_rng(0)
+    perms = draw_permutations(rng, 5, 6, antithetic=True)
+    assert perms.shape == (5, 6)
+    np.testing.assert_array_equal(perms[1], perms[0][::-1])
+    np.testing.assert_array_equal(np.sort(perms, axis=1), np.tile(np.arange(6), (5, 1)))
+    keep = prefix_keep(ranks(perms), slice(0, 25))
+    assert keep.shape == (25, 6)
+    np.testing.assert_array_equal(keep.sum(axis=1), np.tile(np.arange(1, 6), 5))
+    for p in range(5):  # prefix k of permutation p: exactly its first k segments
+        for k in range(1, 6):
+            np.testing.assert_array_equal(np.nonzero(keep[p * 5 + k - 1])[0], np.sort(perms[p, :k]))
+    np.testing.assert_array_equal(prefix_keep(ranks(perms), slice(7, 12)), keep[7:12])
+
+
+def test_same_seed_same_map_and_any_batch_size_same_map(x32):
+    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, "shapley", seed=5,
+                    grid=4, n_permutations=3).map for b in (1, 7, 64)]
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-6)
+    model = load_model(model_path("tiny_cnn"), batch_size=7)
+    again = explain(model, x32, "shapley", seed=5, grid=4, n_permutations=3).map
+    np.testing.assert_array_equal(again, maps[1])
+    other = explain(model, x32, "shapley", seed=6, grid=4, n_permutations=3).map
+    assert not np.array_equal(other, again)
+
+
+def test_bad_options_are_rejected(small_linear, x32):
+    query = small_linear[2]
+    with pytest.raises(BlackboxError, match="n_permutations"):
+        explain(query, x32, "shapley", n_permutations=0)
+    with pytest.raises(BlackboxError, match="segments"):
+        explain(query, x32, "shapley", segments="voronoi")
