@@ -1,0 +1,97 @@
+"""Run a model's backward graph: scores, chosen activations and their gradients in one pass.
+
+``seed`` (N, K) selects what is differentiated: the gradient returned is
+``d sum_k(seed_k * score_k) / d tensor`` (a one-hot seed gives one class's gradient).
+With ``score="prob"`` the softmax is part of the differentiated graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import helper
+
+from ..model import Model
+from .autodiff import backward
+
+PROB_OUTPUT = "bbx_softmax_scores"
+
+
+def scores_graph(model: Model) -> tuple[onnx.ModelProto, str]:
+    """The model's graph and the name of the output holding the scores ``model()`` returns."""
+    if not model._apply_softmax:
+        return model.proto, model.output_name
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    proto.graph.node.append(helper.make_node("Softmax", [model.output_name], [PROB_OUTPUT], axis=-1))
+    out = next(o for o in proto.graph.output if o.name == model.output_name)
+    new = proto.graph.output.add()
+    new.CopyFrom(out)
+    new.name = PROB_OUTPUT
+    return proto, PROB_OUTPUT
+
+
+def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
+                     wrt: Sequence[str], progress=None
+                     ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]],
+                                list[npt.NDArray[np.float32]]]:
+    """Scores (N, K), the forward values and the gradients of the ``wrt`` tensors.
+
+    The backward graph is built once per (model, wrt) and its session cached on the model.
+    Values of the model's own input are returned in NCHW, like the input ``x``.
+    """
+    proto, out_name = scores_graph(model)
+    key = f"backward:{out_name}:{','.join(wrt)}"
+    if key not in model._sessions:
+        model.session_for(key, backward(proto, list(wrt), output=out_name))
+    session = model._sessions[key]
+    grads = [f"{w}_grad" for w in wrt]
+    values = [w for w in wrt if w != model.input.name]
+    outs = model.run_batched(session, {model.input.name: x, "seed": seed},
+                             [out_name, *values, *grads], progress=progress)
+    scores, rest = outs[0].reshape(len(x), -1), outs[1:]
+    forward = dict(zip(values, rest[:len(values)]))
+    forward[model.input.name] = x
+    gradients = rest[len(values):]
+    if model.input.layout == "NHWC":
+        gradients = [g.transpose(0, 3, 1, 2) if w == model.input.name else g
+                     for w, g in zip(wrt, gradients)]
+    return scores, [forward[w] for w in wrt], gradients
+
+
+def one_hot(n: int, k: int, target: int, weight: float = 1.0) -> npt.NDArray[np.float32]:
+    seed = np.zeros((n, k), np.float32)
+    seed[:, target] = weight
+    return seed
+
+
+def input_gradient(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
+                   progress=None) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Scores (N, K) and ``d sum(seed * scores) / dx`` (N, C, H, W)."""
+    scores, _, (grad,) = forward_backward(model, x, seed, [model.input.name], progress)
+    return scores, grad
+
+
+def layer_gradient(model: Model, x: npt.NDArray[np.float32], target: int, layer: str,
+                   progress=None
+                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Scores (N, K), the layer's activation A and dy_target/dA, both (N, k, h, w)."""
+    seed = one_hot(len(x), model.num_classes, target)
+    scores, (act,), (grad,) = forward_backward(model, x, seed, [layer], progress)
+    return scores, act, grad
+
+
+def layer_activation(model: Model, x: npt.NDArray[np.float32], layer: str
+                     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Scores (N, K) and the layer's activation, from the model with ``layer`` exposed."""
+    from .expose import expose
+
+    proto, out_name = scores_graph(model)
+    key = f"expose:{out_name}:{layer}"
+    if key not in model._sessions:
+        model.session_for(key, expose(proto, [layer]))
+    scores, act = model.run_batched(model._sessions[key], {model.input.name: x}, [out_name, layer])
+    return scores.reshape(len(x), -1), act
