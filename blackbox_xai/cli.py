@@ -91,10 +91,8 @@ def open_model(model_path: str, device: str, score: str, output_name: str | None
             batch_size = int(batch_size)
         except ValueError:
             raise BlackboxError(f"--batch-size {batch_size!r}: use a positive integer or auto") from None
-    model = load_model(model_path, device=device, score=score, output=output_name,
-                       batch_size=batch_size, threads=threads, layout=layout)
-    click.echo(f"model {Path(model_path).name}: provider {model.provider}", err=True)
-    return model
+    return load_model(model_path, device=device, score=score, output=output_name,
+                      batch_size=batch_size, threads=threads, layout=layout)
 
 
 def prepare_images(model, images: tuple[str, ...], resize, crop, mean, std, scale, bgr):
@@ -113,7 +111,7 @@ def prepare_images(model, images: tuple[str, ...], resize, crop, mean, std, scal
 @click.version_option(package_name="blackbox-xai")
 def cli(quiet: bool, debug: bool) -> None:
     """Explain what an exported ONNX model looks at, with no training framework."""
-    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO
     logging.basicConfig(level=level, format="bbx: %(message)s", stream=sys.stderr, force=True)
     logging.getLogger("blackbox_xai").setLevel(level)
 

@@ -190,7 +190,7 @@ class Model:
         self.sha256 = sha256_of(self.path)
         self.device, self.threads = device, threads
         self.session, self.provider = create_session(str(self.path), device, threads)
-        log.info("model %s runs on %s", self.path.name, self.provider)
+        log.info("model %s: provider %s", self.path.name, self.provider)
         self.input = self._find_input(layout)
         if self.input.batch is not None and dynamic_batch:
             self._try_dynamic_batch(layout)

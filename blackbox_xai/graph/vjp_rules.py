@@ -1102,6 +1102,8 @@ def _resize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> G
         sv = None
     if sv is None and not sizes:
         raise unsupported(node, "the scales must be constant")
+    if ys is None:
+        raise unsupported(node, "the output shape is unknown")
     resized = [j for j in range(rank) if (xs[j] != ys[j] if sv is None else sv[j] != 1)]
     if (
         any(not isinstance(xs[j], int) or not isinstance(ys[j], int) for j in resized)

@@ -112,7 +112,7 @@ class Net:
             "Gemm", x, self.w(K, c), self.const(np.zeros(K, np.float32)), transB=1, out="logits"
         )
 
-    def model(self, logits: str, x_shape: list, inner: str | None = None) -> onnx.ModelProto:
+    def model(self, logits: str, x_shape: list) -> onnx.ModelProto:
         g = helper.make_graph(
             self.nodes,
             "net",
@@ -122,31 +122,30 @@ class Net:
         )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)], ir_version=8)
         onnx.checker.check_model(m, full_check=True)
-        m.doc_string = inner or ""
         return m
 
 
 # ----------------------------------------------------------------------------- networks
 
 
-def residual(opset: int) -> onnx.ModelProto:
+def residual(opset: int) -> tuple[onnx.ModelProto, str]:
     n = Net(opset)
     a = n.op("Relu", n.bn(n.conv("x", 3, 8), 8))
     b = n.bn(n.conv(a, 8, 8), 8)
     r = n.op("Relu", n.op("Add", b, a))
-    return n.model(n.head(n.mean_hw(r), 8), ["N", 3, 8, 8], inner=r)
+    return n.model(n.head(n.mean_hw(r), 8), ["N", 3, 8, 8]), r
 
 
-def depthwise_separable(act: str) -> onnx.ModelProto:
+def depthwise_separable(act: str) -> tuple[onnx.ModelProto, str]:
     n = Net()
     e = n.relu6(n.conv("x", 3, 16, k=1))
     d = n.conv(e, 16, 16, k=3, group=16, stride=2)
     d = n.op("HardSwish", d) if act == "hardswish" else n.relu6(d)
     p = n.conv(d, 16, 8, k=1)
-    return n.model(n.head(n.mean_hw(p), 8), ["N", 3, 9, 9], inner=d)
+    return n.model(n.head(n.mean_hw(p), 8), ["N", 3, 9, 9]), d
 
 
-def squeeze_excitation(gate: str, via: str) -> onnx.ModelProto:
+def squeeze_excitation(gate: str, via: str) -> tuple[onnx.ModelProto, str]:
     n = Net()
     f = n.op("Relu", n.conv("x", 3, 8))
     if via == "conv":
@@ -157,10 +156,10 @@ def squeeze_excitation(gate: str, via: str) -> onnx.ModelProto:
         s = n.op("Unsqueeze", s, n.ints(2, 3))
     g = n.op(gate, s) if gate == "Sigmoid" else n.op(gate, s, alpha=1 / 6, beta=0.5)
     y = n.op("Mul", f, g)
-    return n.model(n.head(n.mean_hw(y), 8), ["N", 3, 6, 6], inner=f)
+    return n.model(n.head(n.mean_hw(y), 8), ["N", 3, 6, 6]), f
 
 
-def transformer(opset: int) -> onnx.ModelProto:
+def transformer(opset: int) -> tuple[onnx.ModelProto, str]:
     """cls token + pre-norm attention (2 heads) + Erf-GELU MLP, shapes computed from Shape ops."""
     n, t, d, h = Net(opset), 4, 8, 2
     batch = n.op("Slice", n.op("Shape", "x"), n.ints(0), n.ints(1))
@@ -210,20 +209,20 @@ def transformer(opset: int) -> onnx.ModelProto:
     )
     r2 = n.op("Add", r1, n.op("MatMul", gelu, n.w(2 * d, d, fan_in=2 * d)))
     pooled = n.op("Gather", ln(r2), n.const(np.array(0, np.int64)), axis=1)
-    return n.model(n.head(pooled, d), ["N", t, d], inner=r1)
+    return n.model(n.head(pooled, d), ["N", t, d]), r1
 
 
-def vgg(opset: int) -> onnx.ModelProto:
+def vgg(opset: int) -> tuple[onnx.ModelProto, str]:
     n = Net(opset)
     a = n.op("Relu", n.conv(n.op("Relu", n.conv("x", 3, 8)), 8, 8))
     a = n.op("MaxPool", a, kernel_shape=[2, 2], strides=[2, 2])
     a = n.op("Relu", n.conv(a, 8, 16))
     a = n.op("MaxPool", a, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     f = n.op("Relu", n.op("Gemm", n.op("Flatten", a), n.w(12, 64), transB=1))
-    return n.model(n.op("Gemm", f, n.w(K, 12), transB=1, out="logits"), ["N", 3, 8, 8], inner=a)
+    return n.model(n.op("Gemm", f, n.w(K, 12), transB=1, out="logits"), ["N", 3, 8, 8]), a
 
 
-def dense_inception() -> onnx.ModelProto:
+def dense_inception() -> tuple[onnx.ModelProto, str]:
     n = Net()
     y0 = n.conv("x", 3, 8)
     y1 = n.conv(n.op("Relu", n.bn(y0, 8)), 8, 4)
@@ -237,10 +236,10 @@ def dense_inception() -> onnx.ModelProto:
     b1, b2 = n.conv(t, 8, 4, k=1), n.conv(t, 8, 4, k=3)
     b3 = n.op("MaxPool", t, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     inc = n.op("Relu", n.op("Concat", b1, b2, b3, axis=1))
-    return n.model(n.head(n.mean_hw(inc), 16), ["N", 3, 8, 8], inner=cat)
+    return n.model(n.head(n.mean_hw(inc), 16), ["N", 3, 8, 8]), cat
 
 
-def channel_shuffle() -> onnx.ModelProto:
+def channel_shuffle() -> tuple[onnx.ModelProto, str]:
     n = Net()
     a = n.op("Relu", n.conv(n.op("Relu", n.conv("x", 3, 8)), 8, 8, group=2))
     shp = n.op("Shape", a)
@@ -254,7 +253,7 @@ def channel_shuffle() -> onnx.ModelProto:
     s = n.op("Reshape", n.op("Transpose", n.op("Reshape", a, five), perm=[0, 2, 1, 3, 4]), shp)
     left, right = n.op("Split", s, n.ints(4, 4), axis=1, n_out=2)
     out = n.op("Concat", left, n.op("Relu", n.conv(right, 4, 4, group=4)), axis=1)
-    return n.model(n.head(n.mean_hw(out), 8), ["N", 3, 6, 6], inner=s)
+    return n.model(n.head(n.mean_hw(out), 8), ["N", 3, 6, 6]), s
 
 
 NETWORKS = {
@@ -355,8 +354,7 @@ def x_for(model: onnx.ModelProto, n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_network_gradients_match_finite_differences(name: str) -> None:
-    model = NETWORKS[name]()
-    inner = model.doc_string
+    model, inner = NETWORKS[name]()
     g = backward(model, ["x", inner])
     assert [o.name for o in g.graph.output] == ["logits", "x_grad", f"{inner}_grad", inner]
     x = x_for(model, 3)
@@ -379,7 +377,7 @@ def test_network_gradients_match_finite_differences(name: str) -> None:
 
 
 def test_seed_one_hot_and_weighted_targets() -> None:
-    model = residual(17)
+    model, _ = residual(17)
     sess = session(backward(model, ["x"]))
     x = x_for(model, 2)
     eye = np.eye(K, dtype=np.float32)
@@ -442,7 +440,7 @@ def test_shipped_test_models(name: str) -> None:
 
 
 def test_symbolic_batch_of_seed_matches_scores() -> None:
-    g = backward(residual(17), ["x"])
+    g = backward(residual(17)[0], ["x"])
     seed_in = next(i for i in g.graph.input if i.name == "seed")
     assert [d.dim_param or d.dim_value for d in seed_in.type.tensor_type.shape.dim] == ["N", K]
     grad = next(o for o in g.graph.output if o.name == "x_grad")
@@ -499,8 +497,7 @@ def test_op_off_the_path_is_ignored() -> None:
 
 
 def test_unknown_tensor_name_suggests_close_matches() -> None:
-    model = residual(17)
-    inner = model.doc_string
+    model, inner = residual(17)
     with pytest.raises(UnknownNameError, match=f"did you mean: .*{inner}"):
         backward(model, [inner + "x"])
     with pytest.raises(UnknownNameError, match="did you mean: logits"):
@@ -508,7 +505,7 @@ def test_unknown_tensor_name_suggests_close_matches() -> None:
 
 
 def test_wrt_the_scores_do_not_depend_on_is_an_error() -> None:
-    model = residual(17)
+    model, _ = residual(17)
     model.graph.node.append(helper.make_node("Neg", ["x"], ["side"]))
     model.graph.output.append(helper.make_tensor_value_info("side", F, ["N", 3, 8, 8]))
     with pytest.raises(ValueError, match="do not depend"):
@@ -516,7 +513,7 @@ def test_wrt_the_scores_do_not_depend_on_is_an_error() -> None:
 
 
 def test_weights_get_no_gradient() -> None:
-    model = residual(17)
+    model, _ = residual(17)
     conv = next(nd for nd in model.graph.node if nd.op_type == "Conv")
     with pytest.raises(UnsupportedOpError, match="with respect to input 1"):
         backward(model, [conv.input[1]])
@@ -524,8 +521,7 @@ def test_weights_get_no_gradient() -> None:
 
 def test_score_output_choice() -> None:
     """Default: the only 2-D output; several 2-D outputs need output=."""
-    model = residual(17)
-    feat = model.doc_string
+    model, feat = residual(17)
     model.graph.output.append(
         next(v for v in shape_inference.infer_shapes(model).graph.value_info if v.name == feat)
     )
@@ -541,10 +537,10 @@ def test_score_output_choice() -> None:
 
 
 def test_input_model_untouched_versions_kept() -> None:
-    model = vgg(11)
+    model, inner = vgg(11)
     model.ir_version = 7
     before = model.SerializeToString()
-    g = backward(model, ["x", model.doc_string])
+    g = backward(model, ["x", inner])
     assert model.SerializeToString() == before
     assert g.ir_version == 7
     assert [(o.domain, o.version) for o in g.opset_import] == [("", 11)]
@@ -552,7 +548,7 @@ def test_input_model_untouched_versions_kept() -> None:
 
 
 def test_name_collisions_are_refused() -> None:
-    model = residual(17)
+    model, _ = residual(17)
     with pytest.raises(ValueError, match="already used"):
         backward(model, ["x"], seed_name="x")
     with pytest.raises(ValueError, match="already used"):
@@ -562,7 +558,7 @@ def test_name_collisions_are_refused() -> None:
 def test_backward_cached_memory_and_disk(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from blackbox_xai.graph import autodiff
 
-    model = residual(17)
+    model, inner = residual(17)
     calls = []
     real = autodiff.backward
     monkeypatch.setattr(autodiff, "backward", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
@@ -574,5 +570,5 @@ def test_backward_cached_memory_and_disk(tmp_path, monkeypatch: pytest.MonkeyPat
     autodiff._memory_cache.clear()
     from_disk = backward_cached(model.SerializeToString(), ["x"], cache_dir=tmp_path)
     assert len(calls) == 1 and from_disk.SerializeToString() == first.SerializeToString()
-    backward_cached(model, ["x", model.doc_string], cache_dir=tmp_path)
+    backward_cached(model, ["x", inner], cache_dir=tmp_path)
     assert len(calls) == 2 and len(list(tmp_path.glob("*.onnx"))) == 2
