@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from helpers import model_path
 from onnx import numpy_helper
 
@@ -25,3 +26,14 @@ def linear_query(linear_weights):
 @pytest.fixture
 def x32() -> np.ndarray:
     return np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
+
+
+@pytest.fixture
+def run():
+    """Invoke the CLI with string-converted arguments; exceptions propagate."""
+    from blackbox_xai.cli import cli
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

@@ -13,14 +13,6 @@ from blackbox_xai.cli import cli
 from blackbox_xai.registry import all_methods
 
 
-@pytest.fixture
-def run():
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
-
-
 def test_help_for_every_subcommand(run):
     assert run("--help").exit_code == 0
     for name in ("methods", "inspect", "predict", "explain", "layers", "expose", "backward",

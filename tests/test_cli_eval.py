@@ -25,14 +25,6 @@ INT8 = SHIPPED.with_name("efficientnet_lite0_int8.onnx")
 
 
 @pytest.fixture
-def run():
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
-
-
-@pytest.fixture
 def boxes(tmp_path):
     p = tmp_path / "boxes.csv"
     p.write_text("image,x0,y0,x1,y1,label\ncat.jpg,4,4,28,28,1\ncoffee.jpg,0,0,16,32,2\n")

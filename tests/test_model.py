@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from helpers import model_path
 
 from blackbox_xai import load_model
 from blackbox_xai.errors import DeviceError, ModelInputError, ModelLoadError
 from blackbox_xai.model import softmax
-
-from helpers import model_path
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_wrong_input_shape_is_rejected():
 
 def test_model_file_is_not_modified(tmp_path):
     path = model_path("tiny_cnn")
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     m = load_model(path)
     m(np.zeros((3, 3, 32, 32), np.float32))
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from helpers import SHIPPED, model_path
 
 from blackbox_xai.cli import cli
@@ -21,14 +20,6 @@ for _cmd in (layers_cmd, expose_cmd, backward_cmd):
 
 needs_autodiff = pytest.mark.skipif(importlib.util.find_spec("blackbox_xai.graph.autodiff") is None,
                                     reason="graph.autodiff is not there yet")
-
-
-@pytest.fixture
-def run():
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import model_path
+from helpers import Recorder, model_path
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
@@ -13,21 +13,6 @@ from blackbox_xai.perturb import blur
 from blackbox_xai.segmentation import grid_labels
 
 LABELS = grid_labels(32, 32, 4)  # 16 segments of 8 x 8
-
-
-class Recorder:
-    """A query function that remembers every input it is asked about."""
-
-    def __init__(self, fn):
-        self.fn, self.inputs = fn, []
-
-    def __call__(self, x):
-        self.inputs.append(np.array(x))
-        return self.fn(x)
-
-    @property
-    def seen(self) -> np.ndarray:
-        return np.concatenate(self.inputs)
 
 
 def segment_means(x: np.ndarray, labels: np.ndarray = LABELS) -> np.ndarray:

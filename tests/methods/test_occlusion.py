@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import model_path
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.methods.occlusion import window_starts
-
-from helpers import model_path
 
 
 def occlusion_closed_form(w_c: np.ndarray, x: np.ndarray, window: int, stride: int,

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import model_path
+from helpers import Recorder, model_path
 from skimage.transform import resize
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
 from blackbox_xai.methods.rise import interpolation_matrix, rise_masks
 from blackbox_xai.perturb import DEFAULT_CHUNK
-
-
-class Recorder:
-    """A query function that remembers every input it is asked about (and the batch sizes)."""
-
-    def __init__(self, fn):
-        self.fn, self.inputs = fn, []
-
-    def __call__(self, x):
-        self.inputs.append(np.array(x))
-        return self.fn(x)
-
-    @property
-    def seen(self) -> np.ndarray:
-        return np.concatenate(self.inputs)
 
 
 @pytest.mark.parametrize("s,size", [(7, 224), (7, 32), (4, 32), (8, 30), (3, 10), (1, 9)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import model_path
+from helpers import Recorder, model_path
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
@@ -24,21 +24,6 @@ def small_linear():
 
 def per_segment(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.bincount(labels.ravel(), weights=values.ravel().astype(np.float64))
-
-
-class Recorder:
-    """A query function that remembers every input it is asked about."""
-
-    def __init__(self, fn):
-        self.fn, self.inputs = fn, []
-
-    def __call__(self, x):
-        self.inputs.append(np.array(x))
-        return self.fn(x)
-
-    @property
-    def seen(self) -> np.ndarray:
-        return np.concatenate(self.inputs)
 
 
 class SegmentModel:

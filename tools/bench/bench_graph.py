@@ -40,10 +40,10 @@ def main() -> None:
     for n in (1, 8):
         xs = np.repeat(x[None], n, axis=0)
         model.set_batch_size(n)
-        fwd = best_of(lambda: model(xs), args.repeats)
+        fwd = best_of(lambda xs=xs: model(xs), args.repeats)
         seed = one_hot(n, model.num_classes, 282)
-        bwd_in = best_of(lambda: input_gradient(model, xs, seed), args.repeats)
-        bwd_layer = best_of(lambda: layer_gradient(model, xs, 282, layer), args.repeats)
+        bwd_in = best_of(lambda xs=xs, seed=seed: input_gradient(model, xs, seed), args.repeats)
+        bwd_layer = best_of(lambda xs=xs: layer_gradient(model, xs, 282, layer), args.repeats)
         rows.append({"what": f"batch {n}", "forward ms": f"{fwd * 1e3:.1f}",
                      "fwd+bwd(input) ms": f"{bwd_in * 1e3:.1f}", "ratio input": f"{bwd_in / fwd:.2f}",
                      "fwd+bwd(layer) ms": f"{bwd_layer * 1e3:.1f}",
@@ -56,7 +56,7 @@ def main() -> None:
                          ("saliency", {}), ("integrated-gradients", {"steps": 50}),
                          ("smoothgrad", {"n_samples": 25}), ("scorecam", {}), ("ablationcam", {})]:
         exp = explain(model, x, method, **opts)  # warm-up: builds the graph and session
-        t = best_of(lambda: explain(model, x, method, **opts), 1 if exp.n_queries > 100 else 3)
+        t = best_of(lambda m=method, o=opts: explain(model, x, m, **o), 1 if exp.n_queries > 100 else 3)
         rows.append({"method": method, "passes": exp.n_queries, "seconds": f"{t:.3f}",
                      "x forward pass": f"{t / fwd1:.1f}"})
     print(f"one forward pass (batch 1): {fwd1 * 1e3:.1f} ms")
