@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, shape_inference
 
-from ..errors import UnknownNameError, did_you_mean
+from ..errors import BlackboxError, UnknownNameError, did_you_mean
 from .vjp_rules import NON_DIFFERENTIABLE, Emitter, GraphInfo, UnsupportedOpError, unsupported, vjp
 
 __all__ = ["ENGINE_VERSION", "UnsupportedOpError", "backward", "backward_cached"]
@@ -203,7 +203,7 @@ def _score_output(g: onnx.GraphProto, output: str | None) -> str:
     two_d = [o.name for o in g.output if len(o.type.tensor_type.shape.dim) == 2]
     if len(two_d) == 1:
         return two_d[0]
-    raise ValueError(f"the model has several outputs {outs}: choose the scores with output=")
+    raise BlackboxError(f"the model has several outputs {outs}: choose the scores with output=")
 
 
 def _path(
@@ -214,9 +214,11 @@ def _path(
     reach = set(wrt)
     for n in nodes:
         if n.op_type not in NON_DIFFERENTIABLE and any(i in reach for i in n.input if i):
-            reach.update(o for o in n.output if o and info.is_float(o))
+            # QuantizeLinear's integer output carries a straight-through gradient (QDQ models)
+            reach.update(o for o in n.output
+                         if o and (info.is_float(o) or n.op_type == "QuantizeLinear"))
     if score not in reach:
-        raise ValueError(f"the scores {score!r} do not depend (differentiably) on {wrt}")
+        raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {wrt}")
     relevant, path = {score}, []
     for n in reversed(nodes):
         if any(o in relevant for o in n.output) and any(i in reach for i in n.input):
@@ -224,7 +226,7 @@ def _path(
             relevant.update(i for i in n.input if i in reach)
     missing = [w for w in wrt if w not in relevant]
     if missing:
-        raise ValueError(f"the scores {score!r} do not depend (differentiably) on {missing}")
+        raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {missing}")
     return reach, path
 
 

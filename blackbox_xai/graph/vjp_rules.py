@@ -377,6 +377,39 @@ def _cast(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Gra
     return [gys[0] if dt == e.gdtype(node.output[0]) else e.op("Cast", gys[0], to=dt)]
 
 
+def _along_axis(e: Emitter, scale: str, like: str, axis: int, dt: int) -> str:
+    """A quantisation scale broadcastable against ``like``: scalar, or 1-D per channel ``axis``."""
+    s, rank = e.fwd(scale, dt), e.info.rank(like)
+    if e.info.rank(scale) in (None, 0) or e.info.shape(scale) == [1]:
+        return s
+    if rank is None:
+        raise UnsupportedOpError(f"per-axis scale {scale!r} on a tensor of unknown rank")
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return e.op("Reshape", s, e.const(np.array(shape, np.int64), "axis_shape"))
+
+
+def _qdq_axis(node: onnx.NodeProto) -> int:
+    a = attrs(node)
+    if a.get("block_size", 0):
+        raise unsupported(node, "blocked quantisation")
+    return int(a.get("axis", 1))
+
+
+@register("QuantizeLinear")
+def _quantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
+    """Straight-through: y = round(x / s) + z is differentiated as x / s + z, so dx = dy / s."""
+    dt = e.gdtype(node.input[0])
+    return [e.op("Div", gys[0], _along_axis(e, node.input[1], node.input[0], _qdq_axis(node), dt))]
+
+
+@register("DequantizeLinear")
+def _dequantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
+    """x = (q - z) s, so dq = dx s; a QuantizeLinear -> DequantizeLinear pair passes dy as is."""
+    dt = e.gdtype(node.output[0])
+    return [e.op("Mul", gys[0], _along_axis(e, node.input[1], node.output[0], _qdq_axis(node), dt))]
+
+
 @register("Neg")
 def _neg(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
     """dx = -dy."""

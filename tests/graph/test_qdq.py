@@ -1,0 +1,56 @@
+"""Quantized (QDQ) models: straight-through gradients through QuantizeLinear/DequantizeLinear."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from helpers import EXAMPLES, ROOT
+from onnx import TensorProto, helper, numpy_helper
+from scipy.stats import spearmanr
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.graph.autodiff import backward
+from blackbox_xai.preprocess import Preprocessing
+
+
+def qdq_model(per_channel: bool) -> tuple[onnx.ModelProto, np.ndarray]:
+    """scores = sum_hw (w * DQ(Q(x))) over a (N, 3, 4, 4) input, 2 classes."""
+    w = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    scale = np.array([0.05, 0.1, 0.2], np.float32) if per_channel else np.array(0.05, np.float32)
+    zero = np.zeros(scale.shape, np.int8)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], axis=1),
+        helper.make_node("Unsqueeze", ["dq", "one"], ["dq1"]),
+        helper.make_node("Mul", ["dq1", "w"], ["prod"]),
+        helper.make_node("ReduceSum", ["prod", "axes"], ["scores"], keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(scale, "s"), (zero, "z"), (w, "w"), (np.array([1], np.int64), "one"),
+              (np.array([2, 3, 4], np.int64), "axes")]]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, w
+
+
+def test_quantize_dequantize_pair_is_straight_through():
+    for per_channel in (False, True):
+        model, w = qdq_model(per_channel)
+        sess = ort.InferenceSession(backward(model, ["x"]).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
+        seed = np.array([[1, 0], [0.5, -2]], np.float32)
+        _, grad = sess.run(None, {"x": x, "seed": seed})
+        expected = np.einsum("nk,kchw->nchw", seed, w)  # d/dx of seed . (w * x)
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gradcam_on_int8_model_agrees_with_fp32():
+    pre = Preprocessing.for_model(ROOT / "models" / "efficientnet_lite0.onnx", (224, 224))
+    x = pre.prepare(EXAMPLES / "coffee.jpg").tensor
+    fp32 = explain(load_model(ROOT / "models" / "efficientnet_lite0.onnx"), x, "gradcam", target=967)
+    int8 = explain(load_model(ROOT / "models" / "efficientnet_lite0_int8.onnx"), x, "gradcam", target=967)
+    assert spearmanr(fp32.map.ravel(), int8.map.ravel())[0] > 0.95
