@@ -59,7 +59,7 @@ def test_explain_occlusion_end_to_end(run, tmp_path):
 
 @pytest.mark.parametrize("case", ["broken_model", "missing_model", "not_image", "bad_image",
                                   "missing_image", "target_range", "unknown_method",
-                                  "unknown_option", "bad_baseline"])
+                                  "unknown_option", "bad_baseline", "unknown_layer", "bad_filters"])
 def test_bad_input_is_one_line_exit_2_no_output(run, tmp_path, case):
     out = tmp_path / "out"
     broken = tmp_path / "broken.onnx"
@@ -77,9 +77,13 @@ def test_bad_input_is_one_line_exit_2_no_output(run, tmp_path, case):
         "unknown_method": ["explain", "occlusoin", good, img],
         "unknown_option": ["explain", "occlusion", good, img, "--windw", "3"],
         "bad_baseline": ["explain", "occlusion", good, img, "--baseline", "purple"],
+        "unknown_layer": ["explain", "gradcam", good, img, "--layer", "featurs"],
+        "bad_filters": ["explain", "smooth-gradcampp", good, img, "--filters", "1,99"],
     }[case]
     r = CliRunner().invoke(cli, [str(a) for a in args] + ["--out", str(out)])
     assert r.exit_code == 2, r.output
     errors = [line for line in r.output.splitlines() if line.lower().startswith(("error", "usage", "try"))]
     assert errors and "Traceback" not in r.output
+    if case == "unknown_layer":
+        assert "did you mean: features" in r.output
     assert not out.exists() or not any(out.iterdir())
