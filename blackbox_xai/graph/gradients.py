@@ -7,7 +7,9 @@ With ``score="prob"`` the softmax is part of the differentiated graph.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -15,9 +17,10 @@ import onnx
 from onnx import helper
 
 from ..model import Model
-from .autodiff import backward
+from .autodiff import backward_cached
 
 PROB_OUTPUT = "bbx_softmax_scores"
+CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
 
 
 def scores_graph(model: Model) -> tuple[onnx.ModelProto, str]:
@@ -40,13 +43,17 @@ def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray
                                 list[npt.NDArray[np.float32]]]:
     """Scores (N, K), the forward values and the gradients of the ``wrt`` tensors.
 
-    The backward graph is built once per (model, wrt) and its session cached on the model.
-    Values of the model's own input are returned in NCHW, like the input ``x``.
+    The backward graph is built once per (model sha256, wrt) (kept on disk in the folder named
+    by ``$BLACKBOX_XAI_CACHE`` when set) and its session cached on the model. Values of the
+    model's own input are returned in NCHW, like the input ``x``.
     """
     proto, out_name = scores_graph(model)
     key = f"backward:{out_name}:{','.join(wrt)}"
     if key not in model._sessions:
-        model.session_for(key, backward(proto, list(wrt), output=out_name))
+        cache = os.environ.get(CACHE_ENV)
+        graph = backward_cached(proto, list(wrt), output=out_name, sha256=model.sha256,
+                                cache_dir=Path(cache) if cache else None)
+        model.session_for(key, graph)
     session = model._sessions[key]
     grads = [f"{w}_grad" for w in wrt]
     values = [w for w in wrt if w != model.input.name]
