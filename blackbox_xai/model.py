@@ -110,6 +110,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    # Methods do numpy work between runs; spinning ORT threads would fight it for the cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
