@@ -207,6 +207,7 @@ class Model:
         self._batch_size: int | None = None
         self.set_batch_size(batch_size)
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self.memo: dict[str, object] = {}  # facts derived from the graph once (default layer...)
         self.num_classes = int(self(np.zeros((1, *self.example_chw()), np.float32)).shape[1])
         self.n_queries = 0
 

@@ -31,10 +31,14 @@ def resolve_layer(ctx: Context, layer: str | None) -> str:
 
     if ctx.model is None:
         raise BlackboxError("CAM methods need a Model from load_model(), not a plain function")
-    if layer is None:
-        return default_layer(ctx.model.proto)
-    resolve_tensor(ctx.model.proto, layer)
-    return layer
+    key = f"layer:{layer}"
+    if key not in ctx.model.memo:  # graph inspection runs shape inference: once per model
+        if layer is None:
+            ctx.model.memo[key] = default_layer(ctx.model.proto)
+        else:
+            resolve_tensor(ctx.model.proto, layer)
+            ctx.model.memo[key] = layer
+    return ctx.model.memo[key]
 
 
 def _activation_and_gradient(ctx: Context, x: Array, target: int, layer: str | None
