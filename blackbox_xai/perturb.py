@@ -52,14 +52,16 @@ def masks_from_keep(keep: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer]
 
 def blend(x: npt.NDArray[np.float32], baseline: npt.NDArray[np.float32],
           masks: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """``x * mask + baseline * (1 - mask)`` for a batch of masks (n, H, W) -> (n, C, H, W).
+    """``baseline + (x - baseline) * mask`` for a batch of masks (n, H, W) -> (n, C, H, W).
 
-    Written so that kept pixels (mask 1) are bit-identical to ``x`` and hidden ones to the
-    baseline; a zero baseline skips its term.
+    One output allocation and in-place arithmetic: this runs once per query, so it must stay
+    far below the model's cost. Hidden pixels (mask 0) equal the baseline exactly; kept pixels
+    equal ``x`` to within one float32 rounding (exactly for a zero baseline).
     """
-    out = x[None] * masks[:, None]
-    if np.any(baseline):
-        out += baseline[None] * (1.0 - masks[:, None])
+    if not np.any(baseline):
+        return np.multiply(x[None], masks[:, None], dtype=np.float32)
+    out = np.multiply((x - baseline)[None], masks[:, None], dtype=np.float32)
+    out += baseline[None]
     return out
 
 
