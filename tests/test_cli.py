@@ -87,3 +87,27 @@ def test_bad_input_is_one_line_exit_2_no_output(run, tmp_path, case):
     if case == "unknown_layer":
         assert "did you mean: features" in r.output
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("method,options", [
+    ("gradcam", []), ("rise", ["--n-masks", "64"]), ("lime", ["--num-samples", "40"]),
+    ("shapley", ["--grid", "3", "--n-permutations", "2"]), ("integrated-gradients", ["--steps", "4"]),
+    ("smooth-gradcampp", ["--n-samples", "2", "--filters", "0,3"]),
+])
+def test_cli_map_equals_python_api(run, tmp_path, method, options):
+    from PIL import Image
+
+    from blackbox_xai import explain, load_model
+    from blackbox_xai.preprocess import Preprocessing
+
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(img)
+    path = model_path("tiny_cnn")
+    r = run("explain", method, path, img, "--seed", "3", "--target", "1", "--out", tmp_path / "o", *options)
+    assert r.exit_code == 0, r.output
+    model = load_model(path)
+    x = Preprocessing.for_model(path, (32, 32)).prepare(img).tensor
+    opts = {o[2:].replace("-", "_"): v for o, v in zip(options[::2], options[1::2])}
+    opts = {k: int(v) if v.isdigit() else v for k, v in opts.items()}
+    exp = explain(model, x, method, target=1, seed=3, **opts)
+    np.testing.assert_allclose(np.load(tmp_path / "o" / f"img_{method}.npy"), exp.map, rtol=1e-6, atol=1e-7)
