@@ -274,10 +274,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _attach_subcommands() -> None:
-    from .cli_eval import compare_cmd, evaluate_cmd
+    from .cli_eval import compare_cmd, evaluate_cmd, sanity_cmd
     from .cli_graph import backward_cmd, expose_cmd, layers_cmd
 
-    for command in (layers_cmd, expose_cmd, backward_cmd, evaluate_cmd, compare_cmd):
+    for command in (layers_cmd, expose_cmd, backward_cmd, evaluate_cmd, compare_cmd, sanity_cmd):
         cli.add_command(command)
 
 

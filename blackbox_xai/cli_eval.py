@@ -494,3 +494,44 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
         click.echo(f"FAIL: {result.n_flips} top-1 flips, {result.n_drifted} drifted explanations",
                    err=True)
         click.get_current_context().exit(1)
+
+
+@click.command("sanity")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("image")
+@click.option("--method", default="gradcam", show_default=True, help="Explanation method to check.")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A method option, e.g. -o n_masks=500 (repeatable).")
+@click.option("--mode", "modes", type=click.Choice(["cascading", "independent"]), multiple=True,
+              default=("cascading",), show_default=True, help="Repeat for both.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Cascade points to evaluate (default: every layer).")
+@click.option("--target", type=int, default=None, help="Class (default: top-1).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the table as JSON.")
+@model_options
+@preprocess_options
+@friendly_errors
+def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, seed, json_path,
+               device, score, output_name, batch_size, threads, layout, resize, crop, mean, std,
+               scale, bgr) -> None:
+    """Model-randomization sanity check (Adebayo et al. 2018) of METHOD on one IMAGE.
+
+    Re-initialises the model's weights layer by layer from the output backwards (cascading) or
+    one layer at a time (independent), explains again, and prints the Spearman rank correlation,
+    SSIM and top-10% IoU of each map with the original. A faithful method decorrelates.
+    """
+    from .metrics import randomization_check
+
+    opts = method_options([method], option_pairs)[method]
+    model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
+    _, (prepared,) = prepare_images(model, (image,), resize, crop, mean, std, scale, bgr)
+    if json_path is not None:
+        _check_free([Path(json_path)], overwrite=False)
+    result = randomization_check(model, prepared.tensor, method, target=target, seed=seed,
+                                 modes=modes, steps=steps, **opts)
+    click.echo(f"{prepared.path.name}: {method}, target {result.target}")
+    click.echo(result.format())
+    if json_path is not None:
+        _write({Path(json_path): _json_bytes(result.table())})

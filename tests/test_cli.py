@@ -16,7 +16,7 @@ from blackbox_xai.registry import all_methods
 def test_help_for_every_subcommand(run):
     assert run("--help").exit_code == 0
     for name in ("methods", "inspect", "predict", "explain", "layers", "expose", "backward",
-                 "evaluate", "compare"):
+                 "evaluate", "compare", "sanity"):
         assert run(name, "--help").exit_code == 0
     for name in all_methods():
         r = run("explain", name, "--help")

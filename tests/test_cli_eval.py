@@ -170,3 +170,20 @@ def test_compare_int8_against_fp32_on_the_shipped_model(run, tmp_path):
     img = json.loads((tmp_path / "c.json").read_text())["images"][0]
     assert img["top1_a"] == img["top1_b"] == 967
     assert img["spearman"] > 0.8 and 0 < img["max_logit_delta"] < 2
+
+
+def test_sanity_command_decorrelates_gradcam(run, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "sanity.json"
+    r = run("sanity", model_path("tiny_cnn"), img, "--method", "gradcam", "--mode", "cascading",
+            "--mode", "independent", "--json", out)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
+    full = [row for row in rows if row["mode"] == "cascading"][-1]
+    assert full["n_randomized"] == 3 and abs(full["spearman"]) < 0.5  # Conv, BN, Gemm
+    assert {row["mode"] for row in rows} == {"cascading", "independent"}
+    bad = run("sanity", model_path("tiny_cnn"), img, "--method", "gradcma")
+    assert bad.exit_code == 2 and "did you mean" in bad.output
