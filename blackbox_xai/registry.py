@@ -33,7 +33,7 @@ class Context:
         rng: the only source of randomness, derived from the seed.
         scores: the model's scores (K,) for the unperturbed input (already paid for).
         model: the :class:`~blackbox_xai.model.Model` when there is one (graph methods need it).
-        progress: a progress bar with ``update(n)`` and ``total`` (or None).
+        progress: a progress bar ticked by every query (or None); ``set_total`` sizes it.
     """
 
     rng: np.random.Generator
@@ -44,10 +44,6 @@ class Context:
     def set_total(self, n: int) -> None:
         if self.progress is not None:
             self.progress.reset(total=n)
-
-    def advance(self, n: int) -> None:
-        if self.progress is not None:
-            self.progress.update(n)
 
 
 @dataclass(frozen=True)
