@@ -23,9 +23,12 @@ PROB_OUTPUT = "bbx_softmax_scores"
 CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
 
 
-def scores_graph(model: Model) -> tuple[onnx.ModelProto, str]:
-    """The model's graph and the name of the output holding the scores ``model()`` returns."""
-    if not model._apply_softmax:
+def scores_graph(model: Model, softmax: bool | None = None) -> tuple[onnx.ModelProto, str]:
+    """The model's graph and the name of its scores output: those ``model()`` returns, or with
+    ``softmax=True`` class probabilities (a Softmax appended unless the output already is one)."""
+    if softmax is None:
+        softmax = model._apply_softmax
+    if not softmax or model.output_is_probability:
         return model.proto, model.output_name
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -38,16 +41,17 @@ def scores_graph(model: Model) -> tuple[onnx.ModelProto, str]:
 
 
 def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
-                     wrt: Sequence[str], progress=None
+                     wrt: Sequence[str], progress=None, softmax: bool | None = None
                      ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]],
                                 list[npt.NDArray[np.float32]]]:
     """Scores (N, K), the forward values and the gradients of the ``wrt`` tensors.
 
     The backward graph is built once per (model sha256, wrt) (kept on disk in the folder named
     by ``$BLACKBOX_XAI_CACHE`` when set) and its session cached on the model. Values of the
-    model's own input are returned in NCHW, like the input ``x``.
+    model's own input are returned in NCHW, like the input ``x``. ``softmax`` as in
+    :func:`scores_graph`.
     """
-    proto, out_name = scores_graph(model)
+    proto, out_name = scores_graph(model, softmax)
     key = f"backward:{out_name}:{','.join(wrt)}"
     if key not in model._sessions:
         cache = os.environ.get(CACHE_ENV)
@@ -76,9 +80,11 @@ def one_hot(n: int, k: int, target: int, weight: float = 1.0) -> npt.NDArray[np.
 
 
 def input_gradient(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
-                   progress=None) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Scores (N, K) and ``d sum(seed * scores) / dx`` (N, C, H, W)."""
-    scores, _, (grad,) = forward_backward(model, x, seed, [model.input.name], progress)
+                   progress=None, softmax: bool | None = None
+                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Scores (N, K) and ``d sum(seed * scores) / dx`` (N, C, H, W); ``softmax=True``
+    differentiates class probabilities whatever the model's ``score``."""
+    scores, _, (grad,) = forward_backward(model, x, seed, [model.input.name], progress, softmax)
     return scores, grad
 
 

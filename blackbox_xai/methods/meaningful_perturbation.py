@@ -267,21 +267,17 @@ class MaskGame:
                           ) -> tuple[float, npt.NDArray[np.float64]]:
         """``f_c(m)`` and its exact gradient: ``U^T [sum_ch (d f_c / dx) (dPhi / dM)]``.
 
-        ``d f_c / dx`` comes from the model's backward graph with the seed ``d f_c / d scores``
-        (``p_c (onehot_c - p)`` for logits, which needs a forward query first; ``onehot_c``
-        when the model's scores are probabilities already).
+        ``d f_c / dx`` comes from one pass of the model's backward graph with the softmax in the
+        graph (a one-hot seed on the class probabilities).
         """
         from ..graph.gradients import input_gradient
 
         phi, dphi = apply_perturbation(self.levels, self.up(m[None]), dy, dx, with_grad=True)
-        if self.is_prob or self.k == 1:
-            seed = np.zeros((1, self.k))
-            seed[0, self.target] = 1.0
-        else:
-            _, seed = target_probability(self.query(phi), self.target, self.is_prob)
-        scores, g = input_gradient(self.ctx.model, phi, seed.astype(np.float32),
-                                   progress=self.ctx.progress)
-        f = target_probability(np.asarray(scores).reshape(1, -1), self.target, self.is_prob)[0]
+        seed = np.zeros((1, self.k), np.float32)
+        seed[0, self.target] = 1.0
+        scores, g = input_gradient(self.ctx.model, phi, seed, progress=self.ctx.progress,
+                                   softmax=self.k > 1)
+        f = np.asarray(scores, np.float64).reshape(1, -1)[:, self.target]
         df_dm = self.up.adjoint((np.asarray(g[0], np.float64) * dphi[0]).sum(axis=0))
         return float(f[0]), df_dm
 
@@ -329,9 +325,8 @@ def meaningful_perturbation(query, x: npt.NDArray[np.float32], target: int, *, c
     ``Phi = M x0 + (1 - M) r``, ``M`` the Gaussian-upsampled ``mask_size``-square mask ``m`` in
     [0, 1] and ``f_c`` the target's softmax probability (the objective uses softmax probability
     as in the paper). Adam for ``iterations`` steps, clipping ``m`` to [0, 1] after each.
-    ``grad="backward"``: ``d f_c / dx`` from the model's backward graph (a Model is needed), two
-    passes per step (a forward for the softmax seed and a forward+backward; one if the model
-    outputs probabilities); ``grad="fd"``: antithetic Gaussian finite differences over
+    ``grad="backward"``: ``d f_c / dx`` from the model's backward graph (a Model is needed), one
+    forward+backward pass per step (the softmax is part of the differentiated graph); ``grad="fd"``: antithetic Gaussian finite differences over
     ``fd_directions`` directions in mask space, ``2 fd_directions + 1`` inputs in one query per
     step, for any query function. The mask returned is the average of the second half of the
     iterates; the map is ``1 - M`` (deletion: what must go) or ``M`` (preservation: what must
