@@ -383,7 +383,7 @@ def meaningful_perturbation(query, x: npt.NDArray[np.float32], target: int, *, c
     final = float(game.score(m[None], int(jitter), int(jitter))[0])  # unshifted
     M = up(m)
     initial, _ = target_probability(np.asarray(ctx.scores)[None], target, is_prob)
-    amap = (1.0 - M) if deletion else M
+    amap = np.clip((1.0 - M) if deletion else M, 0.0, 1.0)  # M is in [0, 1] up to rounding
     return Attribution(amap.astype(np.float32), {
         "objective": history,
         "initial_score": float(initial[0]),
