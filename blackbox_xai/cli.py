@@ -134,9 +134,10 @@ def methods_cmd() -> None:
 @friendly_errors
 def inspect_cmd(model_path: str, device: str) -> None:
     """Show a model's inputs, outputs, opsets, op histogram and execution provider."""
-    from .model import create_session, load_onnx, sha256_of
+    from .graph.io import load
+    from .model import create_session, sha256_of
 
-    proto = load_onnx(model_path)
+    proto = load(model_path)
     sess, provider = create_session(model_path, device, None)
     click.echo(f"model     {model_path}  ({Path(model_path).stat().st_size / 2**20:.1f} MiB, "
                f"sha256 {sha256_of(model_path)[:16]})")
@@ -160,12 +161,10 @@ def inspect_cmd(model_path: str, device: str) -> None:
 def predict_cmd(model_path, images, top, device, score, output_name, batch_size, threads, layout,
                 resize, crop, mean, std, scale, bgr) -> None:
     """Top classes of each image (probabilities and logits)."""
-    from .model import softmax
-
     model = open_model(model_path, device, "logit", output_name, batch_size, threads, layout)
     pre, prepared = prepare_images(model, images, resize, crop, mean, std, scale, bgr)
     logits = model(np.stack([p.tensor for p in prepared]))
-    probs = logits if model.output_is_probability else softmax(logits)
+    probs = model.probabilities(logits)
     for p, lg, pr in zip(prepared, logits, probs):
         click.echo(f"{p.path.name}:")
         for c in np.argsort(-pr)[:top]:

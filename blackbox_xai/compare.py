@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from .errors import BlackboxError
 from .metrics.similarity import similarity
-from .model import Model, softmax
+from .model import Model
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,6 @@ class Comparison:
         return "\n".join(lines)
 
 
-def _probs(model: Model, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return scores if (model.output_is_probability or model.score == "prob") else softmax(scores)
-
-
 def compare_models(model_a: Model, model_b: Model, inputs: Sequence[npt.ArrayLike], method: str,
                    *, names: Sequence[str] | None = None, seed: int | None = 0,
                    threshold: float = 0.8, top_k: float = 0.1, **options: Any) -> Comparison:
@@ -145,7 +141,7 @@ def compare_models(model_a: Model, model_b: Model, inputs: Sequence[npt.ArrayLik
         sa, sb = model_a(x[None])[0], model_b(x[None])[0]
         if sa.shape != sb.shape:
             raise BlackboxError(f"the models score {sa.shape[0]} and {sb.shape[0]} classes: not the same model")
-        pa, pb = _probs(model_a, sa), _probs(model_b, sb)
+        pa, pb = model_a.probabilities(sa), model_b.probabilities(sb)
         ta, tb = int(np.argmax(sa)), int(np.argmax(sb))
         ea = explain(model_a, x, method, target=ta, seed=seed, **options)
         eb = explain(model_b, x, method, target=ta, seed=seed, **options)

@@ -144,17 +144,6 @@ def create_session(model: bytes | str, device: Device, threads: int | None
     return sess, active + note
 
 
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data) or raise a one-line :class:`ModelLoadError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"model file not found: {p}")
-    try:
-        return onnx.load(str(p))
-    except Exception as e:
-        raise ModelLoadError(f"{p} is not a readable ONNX model ({type(e).__name__})") from e
-
-
 def _output_is_softmax(proto: onnx.ModelProto, output: str) -> bool:
     producers = {o: n for n in proto.graph.node for o in n.output}
     node = producers.get(output)
@@ -187,8 +176,10 @@ class Model:
                  threads: int | None = None, dynamic_batch: bool = True) -> None:
         if score not in ("logit", "prob"):
             raise ModelInputError(f"score={score!r}: use 'logit' or 'prob'")
+        from .graph.io import load
+
         self.path = Path(path)
-        self.proto = load_onnx(self.path)
+        self.proto = load(self.path)
         self.sha256 = sha256_of(self.path)
         self.device, self.threads = device, threads
         self.session, self.provider = create_session(str(self.path), device, threads)
@@ -210,6 +201,15 @@ class Model:
         self.memo: dict[str, object] = {}  # facts derived from the graph once (default layer...)
         self.num_classes = int(self(np.zeros((1, *self.example_chw()), np.float32)).shape[1])
         self.n_queries = 0
+
+    @property
+    def returns_probabilities(self) -> bool:
+        """Whether ``model()`` returns class probabilities (``score="prob"`` or a softmax output)."""
+        return self.output_is_probability or self.score == "prob"
+
+    def probabilities(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Class probabilities of scores this model returned (softmax unless they already are)."""
+        return scores if self.returns_probabilities else softmax(scores)
 
     # ---- discovery -------------------------------------------------------------------------
     def _find_input(self, layout: Layout | None) -> InputSpec:

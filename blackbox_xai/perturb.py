@@ -26,8 +26,10 @@ def blur(x: npt.NDArray[np.float32], sigma: float = 5.0) -> npt.NDArray[np.float
     return gaussian_filter(x, sigma=(0, sigma, sigma), mode="nearest").astype(np.float32)
 
 
-def make_baseline(x: npt.NDArray[np.float32], baseline: Baseline) -> npt.NDArray[np.float32]:
-    """The reference input: ``"zero"``, ``"mean"`` (per-channel mean), ``"blur"`` or a number."""
+def make_baseline(x: npt.NDArray[np.float32], baseline: Baseline, option: str = "baseline"
+                  ) -> npt.NDArray[np.float32]:
+    """The reference input: ``"zero"``, ``"mean"`` (per-channel mean), ``"blur"`` or a number;
+    ``option`` names the user's option in the error message."""
     if isinstance(baseline, str):
         try:
             baseline = float(baseline)
@@ -41,7 +43,7 @@ def make_baseline(x: npt.NDArray[np.float32], baseline: Baseline) -> npt.NDArray
         return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).astype(np.float32)
     if baseline == "blur":
         return blur(x)
-    raise BlackboxError(f"baseline={baseline!r}: use 'zero', 'mean', 'blur' or a number")
+    raise BlackboxError(f"{option}={baseline!r}: use 'zero', 'mean', 'blur' or a number")
 
 
 def masks_from_keep(keep: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer]

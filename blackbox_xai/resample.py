@@ -10,21 +10,37 @@ import numpy.typing as npt
 
 
 @lru_cache(maxsize=64)
-def bilinear_matrix(n_in: int, n_out: int) -> npt.NDArray[np.float32]:
-    """(n_out, n_in) matrix R with ``R @ v`` the bilinear resampling of the 1-D signal ``v``."""
+def bilinear_matrix(n_in: int, n_out: int, edge: str = "clamp") -> npt.NDArray[np.float64]:
+    """(n_out, n_in) matrix R with ``R @ v`` the bilinear resampling of the 1-D signal ``v``.
+
+    Source positions ``(u + 0.5) n_in / n_out - 0.5``; outside the samples they are clamped
+    (``edge="clamp"``: cv2 / torch) or mirrored about the edge samples (``edge="reflect"``:
+    ``skimage.transform.resize(order=1, mode="reflect")``, the RISE reference). Rows sum to 1.
+    Cached: do not modify the result.
+    """
+    r = np.zeros((n_out, n_in))
+    if n_in == 1:
+        r[:, 0] = 1.0
+        return r
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
+    if edge == "reflect":
+        src = np.abs(src)
+        src = np.where(src > n_in - 1, 2 * (n_in - 1) - src, src)
+    elif edge == "clamp":
+        src = np.clip(src, 0, n_in - 1)
+    else:
+        raise ValueError(f"edge={edge!r}: use 'clamp' or 'reflect'")
+    lo = np.clip(np.floor(src).astype(int), 0, n_in - 2)
     frac = src - lo
-    r = np.zeros((n_out, n_in), np.float64)
-    np.add.at(r, (np.arange(n_out), lo), 1 - frac)
-    np.add.at(r, (np.arange(n_out), hi), frac)
-    return r.astype(np.float32)
+    rows = np.arange(n_out)
+    np.add.at(r, (rows, lo), 1 - frac)
+    np.add.at(r, (rows, lo + 1), frac)
+    return r
 
 
 def upsample(maps: npt.NDArray[np.floating], size: tuple[int, int]) -> npt.NDArray[np.float32]:
     """Bilinear resize of (..., h, w) maps to (..., H, W)."""
     h, w = maps.shape[-2:]
-    rows, cols = bilinear_matrix(h, size[0]), bilinear_matrix(w, size[1])
+    rows = bilinear_matrix(h, size[0]).astype(np.float32)
+    cols = bilinear_matrix(w, size[1]).astype(np.float32)
     return np.einsum("Hh,...hw,Ww->...HW", rows, maps.astype(np.float32), cols, optimize=True)

@@ -132,12 +132,3 @@ def check_labels(labels: npt.ArrayLike, hw: tuple[int, ...]) -> npt.NDArray[np.i
         raise BlackboxError(f"segments has shape {labels.shape}: it must match the input's "
                             f"(H, W) = {tuple(hw)}")
     return relabel(labels)
-
-
-def resolve_segments(segments: Segments, x: npt.NDArray[np.float32], grid: int = 7
-                     ) -> npt.NDArray[np.int64]:
-    """What a method does with its ``segments`` option: a name -> :func:`segment`, an array
-    -> checked and relabelled."""
-    if isinstance(segments, str):
-        return segment(x, segments, grid=grid)
-    return check_labels(segments, x.shape[1:])

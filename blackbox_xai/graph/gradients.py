@@ -23,12 +23,17 @@ PROB_OUTPUT = "bbx_softmax_scores"
 CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
 
 
-def scores_graph(model: Model, softmax: bool | None = None) -> tuple[onnx.ModelProto, str]:
-    """The model's graph and the name of its scores output: those ``model()`` returns, or with
-    ``softmax=True`` class probabilities (a Softmax appended unless the output already is one)."""
+def _wants_softmax(model: Model, softmax: bool | None) -> bool:
     if softmax is None:
         softmax = model._apply_softmax
-    if not softmax or model.output_is_probability:
+    return softmax and not model.output_is_probability
+
+
+def scores_graph(model: Model, softmax: bool | None = None) -> tuple[onnx.ModelProto, str]:
+    """The model's graph and the name of its scores output: those ``model()`` returns, or with
+    ``softmax=True`` class probabilities (a Softmax appended unless the output already is one).
+    Builds a copy of the graph when it appends: call it only when a session must be made."""
+    if not _wants_softmax(model, softmax):
         return model.proto, model.output_name
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -38,6 +43,11 @@ def scores_graph(model: Model, softmax: bool | None = None) -> tuple[onnx.ModelP
     new.CopyFrom(out)
     new.name = PROB_OUTPUT
     return proto, PROB_OUTPUT
+
+
+def scores_output(model: Model, softmax: bool | None = None) -> str:
+    """The name :func:`scores_graph` gives the scores output, without building the graph."""
+    return PROB_OUTPUT if _wants_softmax(model, softmax) else model.output_name
 
 
 def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
@@ -51,9 +61,10 @@ def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray
     model's own input are returned in NCHW, like the input ``x``. ``softmax`` as in
     :func:`scores_graph`.
     """
-    proto, out_name = scores_graph(model, softmax)
+    out_name = scores_output(model, softmax)
     key = f"backward:{out_name}:{','.join(wrt)}"
     if key not in model._sessions:
+        proto, _ = scores_graph(model, softmax)
         cache = os.environ.get(CACHE_ENV)
         graph = backward_cached(proto, list(wrt), output=out_name, sha256=model.sha256,
                                 cache_dir=Path(cache) if cache else None)
@@ -102,9 +113,9 @@ def layer_activation(model: Model, x: npt.NDArray[np.float32], layer: str
     """Scores (N, K) and the layer's activation, from the model with ``layer`` exposed."""
     from .expose import expose
 
-    proto, out_name = scores_graph(model)
+    out_name = scores_output(model)
     key = f"expose:{out_name}:{layer}"
     if key not in model._sessions:
-        model.session_for(key, expose(proto, [layer]))
+        model.session_for(key, expose(scores_graph(model)[0], [layer]))
     scores, act = model.run_batched(model._sessions[key], {model.input.name: x}, [out_name, layer])
     return scores.reshape(len(x), -1), act

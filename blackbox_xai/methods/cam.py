@@ -16,8 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BlackboxError
-from ..graph.gradients import layer_activation, layer_gradient, scores_graph
-from ..model import softmax
+from ..graph.gradients import layer_activation, layer_gradient, scores_graph, scores_output
 from ..perturb import chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, register
 from ..resample import upsample
@@ -207,10 +206,6 @@ def cam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None)
     return _result(x, _weighted_sum(w, act[0]), name, relu=False, weights=w)
 
 
-def _class_probabilities(ctx: Context, scores: Array) -> Array:
-    return scores if ctx.model.output_is_probability or ctx.model.score == "prob" else softmax(scores)
-
-
 @register("scorecam", family="cam", reference="Wang et al. 2020, arXiv:1910.01279",
           requires_graph=True)
 def scorecam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
@@ -230,7 +225,7 @@ def scorecam(query, x: Array, target: int, *, ctx: Context, layer: str | None = 
         for sl in chunked(len(act), chunk_size_for(query)):
             yield upsample(norm[sl], x.shape[1:])
 
-    probs = _class_probabilities(ctx, scores_for_masks(query, x, np.zeros_like(x), masks()))
+    probs = ctx.model.probabilities(scores_for_masks(query, x, np.zeros_like(x), masks()))
     w = probs[:, target]
     return _result(x, _weighted_sum(w, act), name, weights=w)
 
@@ -246,10 +241,10 @@ def ablationcam(query, x: Array, target: int, *, ctx: Context, layer: str | None
     from ..graph.split import split
 
     name = resolve_layer(ctx, layer)
-    proto, out_name = scores_graph(ctx.model)
+    out_name = scores_output(ctx.model)
     key = f"head:{out_name}:{name}"
     if key not in ctx.model._sessions:
-        features, head = split(proto, name)
+        features, head = split(scores_graph(ctx.model)[0], name)
         ctx.model.session_for(key + ":features", features)
         ctx.model.session_for(key, head)
     head_session = ctx.model._sessions[key]

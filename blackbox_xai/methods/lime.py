@@ -8,32 +8,23 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import BlackboxError
-from ..perturb import blur, chunk_size_for, chunked, masks_from_keep, scores_for_masks
+from ..perturb import chunk_size_for, chunked, make_baseline, masks_from_keep, scores_for_masks
 from ..registry import Attribution, Context, register
-from ..segmentation import Segments, resolve_segments
+from ..segmentation import Segments, segment
 
 
 def fill_image(x: npt.NDArray[np.float32], labels: npt.NDArray[np.integer],
                fill: str | float) -> npt.NDArray[np.float32]:
     """What hidden segments show (C, H, W): ``"mean"`` (each segment's mean colour, per
-    channel, as lime_image's ``hide_color=None``), ``"zero"``, ``"blur"`` or a number."""
-    if isinstance(fill, str) and fill not in ("mean", "zero", "blur"):
-        try:
-            fill = float(fill)
-        except ValueError:
-            raise BlackboxError(f"fill={fill!r}: use 'mean', 'zero', 'blur' or a number") from None
-    if fill == "mean":
-        flat = labels.ravel()
-        d = int(flat.max()) + 1
-        counts = np.bincount(flat, minlength=d)
-        means = np.stack([np.bincount(flat, weights=c.ravel(), minlength=d) / counts
-                          for c in x.astype(np.float64)])  # (C, d)
-        return means[:, labels].astype(np.float32)
-    if fill == "zero":
-        return np.zeros_like(x)
-    if fill == "blur":
-        return blur(x)
-    return np.full_like(x, float(fill))
+    channel, as lime_image's ``hide_color=None``), or a baseline: ``"zero"``, ``"blur"``, a number."""
+    if fill != "mean":
+        return make_baseline(x, fill, option="fill")
+    flat = labels.ravel()
+    d = int(flat.max()) + 1
+    counts = np.bincount(flat, minlength=d)
+    means = np.stack([np.bincount(flat, weights=c.ravel(), minlength=d) / counts
+                      for c in x.astype(np.float64)])  # (C, d)
+    return means[:, labels].astype(np.float32)
 
 
 def lime_kernel(distances: npt.NDArray[np.float64], kernel_width: float) -> npt.NDArray[np.float64]:
@@ -64,7 +55,7 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
         raise BlackboxError(f"kernel_width={kernel_width!r}: use a positive number")
     if not alpha >= 0:
         raise BlackboxError(f"alpha={alpha!r}: use a number >= 0")
-    labels = resolve_segments(segments, x)
+    labels = segment(x, segments)
     d = int(labels.max()) + 1
     fill_img = fill_image(x, labels, fill)
     z = ctx.rng.integers(0, 2, size=(int(num_samples), d), dtype=np.int8).astype(bool)

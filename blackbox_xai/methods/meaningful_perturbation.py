@@ -46,10 +46,10 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.ndimage import gaussian_filter
 
 from ..errors import BlackboxError
 from ..model import softmax
+from ..perturb import blur
 from ..registry import Attribution, Context, register
 
 REF_SIZE = 224
@@ -139,8 +139,7 @@ def perturbation_levels(x: npt.NDArray[np.float32], perturbation: str, rng: np.r
     xp = np.pad(x, ((0, 0), (jitter, 0), (jitter, 0)), mode="reflect") if jitter else x
     if perturbation == "blur":
         sigma0 = BLUR_SIGMA * min(h, w) / REF_SIZE
-        levels = [xp] + [gaussian_filter(xp, sigma=(0, s, s), mode="nearest")
-                         for s in sigma0 * np.arange(1, BLUR_LEVELS + 1) / BLUR_LEVELS]
+        levels = [xp] + [blur(xp, s) for s in sigma0 * np.arange(1, BLUR_LEVELS + 1) / BLUR_LEVELS]
     elif perturbation == "constant":
         levels = [xp, np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), xp.shape)]
     elif perturbation == "noise":
@@ -191,8 +190,8 @@ def apply_perturbation(levels: npt.NDArray[np.float32], masks: npt.NDArray[np.fl
 def scores_are_probabilities(ctx: Context) -> bool:
     """Whether the query already returns probabilities (then no softmax is applied here)."""
     model = ctx.model
-    if model is not None and hasattr(model, "output_is_probability"):
-        return bool(model.output_is_probability or getattr(model, "_apply_softmax", False))
+    if model is not None and hasattr(model, "returns_probabilities"):
+        return model.returns_probabilities
     s = np.asarray(ctx.scores, np.float64)
     return bool(s.size > 1 and s.min() >= 0 and abs(s.sum() - 1.0) < 1e-4)
 

@@ -8,28 +8,7 @@ import numpy.typing as npt
 from ..errors import BlackboxError
 from ..perturb import chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, register
-
-
-def interpolation_matrix(n_out: int, n_in: int) -> npt.NDArray[np.float64]:
-    """Linear resampling of ``n_in`` samples to ``n_out`` as a matrix (n_out, n_in).
-
-    The same weights as ``skimage.transform.resize(order=1, mode="reflect",
-    anti_aliasing=False)`` (the RISE reference code): pixel-area alignment,
-    ``src = (u + 0.5) * n_in / n_out - 0.5``, mirrored about the edge samples. Rows sum to 1.
-    """
-    r = np.zeros((n_out, n_in))
-    if n_in == 1:
-        r[:, 0] = 1.0
-        return r
-    src = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-    src = np.abs(src)
-    src = np.where(src > n_in - 1, 2 * (n_in - 1) - src, src)
-    i0 = np.clip(np.floor(src).astype(np.int64), 0, n_in - 2)
-    t = src - i0
-    rows = np.arange(n_out)
-    np.add.at(r, (rows, i0), 1.0 - t)
-    np.add.at(r, (rows, i0 + 1), t)
-    return r
+from ..resample import bilinear_matrix
 
 
 def rise_masks(grids: npt.NDArray[np.floating], dy: npt.NDArray[np.integer],
@@ -40,8 +19,8 @@ def rise_masks(grids: npt.NDArray[np.floating], dy: npt.NDArray[np.integer],
     Bilinear resizing is separable, ``Ry G Rx^T``; cropping only selects rows of ``Ry``/``Rx``.
     """
     s = grids.shape[1]
-    ry = interpolation_matrix((s + 1) * -(-height // s), s)
-    rx = interpolation_matrix((s + 1) * -(-width // s), s)
+    ry = bilinear_matrix(s, (s + 1) * -(-height // s), edge="reflect")
+    rx = bilinear_matrix(s, (s + 1) * -(-width // s), edge="reflect")
     rows = ry[np.asarray(dy)[:, None] + np.arange(height)]  # (n, H, s)
     cols = rx[np.asarray(dx)[:, None] + np.arange(width)]  # (n, W, s)
     return (rows @ grids @ cols.transpose(0, 2, 1)).astype(np.float32)

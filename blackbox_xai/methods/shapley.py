@@ -17,7 +17,7 @@ from ..perturb import (
     scores_for_masks,
 )
 from ..registry import Attribution, Context, register
-from ..segmentation import Segments, resolve_segments
+from ..segmentation import Segments, segment
 
 
 def draw_permutations(rng: np.random.Generator, n: int, d: int, antithetic: bool
@@ -93,7 +93,7 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     """
     if not (isinstance(n_permutations, (int, np.integer)) and n_permutations > 0):
         raise BlackboxError(f"n_permutations={n_permutations!r}: use a positive integer")
-    labels = resolve_segments(segments, x, grid)
+    labels = segment(x, segments, grid=grid)
     d = int(labels.max()) + 1
     base = make_baseline(x, baseline)
     perms = draw_permutations(ctx.rng, int(n_permutations), d, bool(antithetic))

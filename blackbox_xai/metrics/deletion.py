@@ -81,8 +81,8 @@ def default_pixels_per_step(h: int, w: int) -> int:
 
 
 def _auto_softmax(query: QueryFn) -> bool:
-    model = getattr(query, "fn", query)
-    return not (getattr(model, "output_is_probability", False) or getattr(model, "score", None) == "prob")
+    """Softmax the scores unless the query is a Model that already returns probabilities."""
+    return not getattr(getattr(query, "fn", query), "returns_probabilities", False)
 
 
 def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.ArrayLike, target: int,
@@ -104,11 +104,9 @@ def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.Array
 
     Queries: ``2 * (n_steps + 1)`` with ``n_steps = ceil(H * W / pixels_per_step)``.
     """
-    x = np.asarray(x, np.float32)
-    if x.ndim == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 3:
-        raise BlackboxError(f"x has shape {x.shape}: give one input, (C, H, W) or (1, C, H, W)")
+    from ..api import as_single_input
+
+    x = as_single_input(x)
     _, h, w = x.shape
     m = np.asarray(saliency_map, np.float64)
     if m.shape != (h, w):

@@ -9,7 +9,8 @@ from skimage.transform import resize
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
-from blackbox_xai.methods.rise import interpolation_matrix, rise_masks
+from blackbox_xai.methods.rise import rise_masks
+from blackbox_xai.resample import bilinear_matrix
 from blackbox_xai.perturb import DEFAULT_CHUNK
 
 
@@ -24,7 +25,7 @@ def test_masks_match_the_reference_resize_and_crop(s, size):
     ref = np.stack([resize(g, ((s + 1) * cell,) * 2, order=1, mode="reflect", anti_aliasing=False)
                     [y:y + size, x:x + size] for g, y, x in zip(grids, dy, dx)])
     np.testing.assert_allclose(got, ref, atol=1e-6)
-    np.testing.assert_allclose(interpolation_matrix(17, 5).sum(axis=1), 1.0)
+    np.testing.assert_allclose(bilinear_matrix(5, 17, edge="reflect").sum(axis=1), 1.0)
 
 
 def expected_saliency(a: np.ndarray, s: int, p: float) -> np.ndarray:
@@ -39,7 +40,7 @@ def expected_saliency(a: np.ndarray, s: int, p: float) -> np.ndarray:
 
     def k(size):
         cell = -(-size // s)
-        r = interpolation_matrix((s + 1) * cell, s)
+        r = bilinear_matrix(s, (s + 1) * cell, edge="reflect")
         return np.mean([r[d:d + size] @ r[d:d + size].T for d in range(cell)], axis=0)
 
     return p * a.sum() + (1 - p) * k(h) @ a @ k(w)

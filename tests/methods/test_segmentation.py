@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blackbox_xai.errors import BlackboxError
-from blackbox_xai.segmentation import display_image, grid_labels, relabel, resolve_segments, segment
+from blackbox_xai.segmentation import display_image, grid_labels, relabel, segment
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -84,12 +84,12 @@ def test_segmenter_options_are_passed_through():
 def test_caller_label_array_is_checked_and_relabelled():
     x = np.zeros((3, 4, 4), np.float32)
     labels = np.array([[7, 7, 3, 3]] * 2 + [[40, 40, 3, 3]] * 2)
-    np.testing.assert_array_equal(resolve_segments(labels, x), relabel(labels))
+    np.testing.assert_array_equal(segment(x, labels), relabel(labels))
     np.testing.assert_array_equal(segment(x, labels), [[1, 1, 0, 0]] * 2 + [[2, 2, 0, 0]] * 2)
     with pytest.raises(BlackboxError, match="shape"):
-        resolve_segments(np.zeros((4, 5), int), x)
+        segment(x, np.zeros((4, 5), int))
     with pytest.raises(BlackboxError, match="integer"):
-        resolve_segments(np.zeros((4, 4)), x)
+        segment(x, np.zeros((4, 4)))
 
 
 def test_unknown_segmenter_names_the_choices():
