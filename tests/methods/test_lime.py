@@ -114,18 +114,6 @@ def test_default_quickshift_segments_on_a_structured_image():
     assert exp.n_queries == 64 and np.isfinite(exp.map).all()
 
 
-def test_same_seed_same_map_and_any_batch_size_same_map(x32):
-    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, "lime", seed=3,
-                    segments=LABELS, num_samples=80).map for b in (1, 7, 64)]
-    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-6)
-    model = load_model(model_path("tiny_cnn"), batch_size=7)
-    again = explain(model, x32, "lime", seed=3, segments=LABELS, num_samples=80).map
-    np.testing.assert_array_equal(again, maps[1])
-    assert not np.array_equal(
-        explain(model, x32, "lime", seed=4, segments=LABELS, num_samples=80).map, again)
-
-
 def test_bad_options_are_rejected(linear_query, x32):
     with pytest.raises(BlackboxError, match="fill"):
         explain(linear_query, x32, "lime", segments=LABELS, fill="noise")

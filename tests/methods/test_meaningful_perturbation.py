@@ -267,14 +267,6 @@ def test_bad_options_are_rejected(bad):
 
 
 # ---- ONNX models --------------------------------------------------------------------------------
-def test_fd_mode_is_batch_size_invariant_on_onnx_model():
-    """One query call per step: how the Model chunks it does not change the map."""
-    x = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
-    opts = {"grad": "fd", "mask_size": 8, "iterations": 10, "fd_directions": 4}
-    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x,
-                    "meaningful-perturbation", **opts).map for b in (1, 4, 64)]
-    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
-    np.testing.assert_allclose(maps[0], maps[2], atol=1e-5)
 
 
 def test_softmax_model_scores_are_used_as_probabilities():

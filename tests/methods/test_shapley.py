@@ -167,18 +167,6 @@ def test_permutations_and_prefixes():
     np.testing.assert_array_equal(prefix_keep(ranks(perms), slice(7, 12)), keep[7:12])
 
 
-def test_same_seed_same_map_and_any_batch_size_same_map(x32):
-    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, "shapley", seed=5,
-                    grid=4, n_permutations=3).map for b in (1, 7, 64)]
-    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-6)
-    model = load_model(model_path("tiny_cnn"), batch_size=7)
-    again = explain(model, x32, "shapley", seed=5, grid=4, n_permutations=3).map
-    np.testing.assert_array_equal(again, maps[1])
-    other = explain(model, x32, "shapley", seed=6, grid=4, n_permutations=3).map
-    assert not np.array_equal(other, again)
-
-
 def test_bad_options_are_rejected(small_linear, x32):
     query = small_linear[2]
     with pytest.raises(BlackboxError, match="n_permutations"):

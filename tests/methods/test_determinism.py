@@ -1,0 +1,45 @@
+"""Every method: the same seed gives the same map, and the model's batch size never changes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import model_path
+
+from blackbox_xai import all_methods, explain, load_model
+
+#: small budgets so that every method runs in well under a second on the tiny CNN
+OPTIONS = {
+    "occlusion": {"window": 8, "stride": 4},
+    "shapley": {"grid": 4, "n_permutations": 3},
+    "lime": {"segments": "grid", "num_samples": 80},
+    "rise": {"n_masks": 100, "grid": 4},
+    "meaningful-perturbation": {"grad": "fd", "mask_size": 8, "iterations": 10, "fd_directions": 4},
+    "integrated-gradients": {"steps": 8},
+    "smoothgrad": {"n_samples": 5},
+    "smooth-gradcampp": {"n_samples": 2},
+}
+#: finite differences amplify rounding: the map of an fd step may move by this much
+ATOL = {"meaningful-perturbation": 1e-5}
+#: on the tiny CNN the head is linear in the CAM layer, so its gradient ignores the input noise
+SEED_FREE_ON_TINY_CNN = {"smooth-gradcampp"}
+
+
+def test_every_method_is_covered():
+    assert set(OPTIONS) <= set(all_methods())
+
+
+@pytest.mark.parametrize("method", sorted(all_methods()))
+def test_same_seed_same_map_and_any_batch_size_same_map(method, x32):
+    opts = OPTIONS.get(method, {})
+    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, method, seed=3,
+                    target=1, **opts).map for b in (1, 7, 64)]
+    atol = ATOL.get(method, 1e-6)
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=atol)
+    model = load_model(model_path("tiny_cnn"), batch_size=7)
+    again = explain(model, x32, method, seed=3, target=1, **opts).map
+    np.testing.assert_array_equal(again, maps[1])
+    if all_methods()[method].stochastic and method not in SEED_FREE_ON_TINY_CNN:
+        other = explain(model, x32, method, seed=4, target=1, **opts).map
+        assert not np.array_equal(other, again)
