@@ -30,6 +30,14 @@ class UnknownNameError(BlackboxError):
     """A method, option or tensor name that does not exist."""
 
 
+class ModelRunError(BlackboxError):
+    """ONNX Runtime failed while running the model (a shape it rejects, memory)."""
+
+
+class InternalError(RuntimeError):
+    """A bug in blackbox-xai (e.g. a generated graph ONNX Runtime rejects): exit code 3."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], what: str, n: int = 3) -> str:
     """Return ``"unknown <what> 'name'; did you mean: a, b?"`` (or the list of valid names)."""
     choices = list(choices)

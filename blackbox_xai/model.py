@@ -7,13 +7,11 @@ Inputs are always given in NCHW float32; NHWC and fp16 models are adapted here.
 
 from __future__ import annotations
 
-import ctypes.util
 import hashlib
-import importlib.util
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,20 +20,36 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
+from onnx import helper
 
-from .errors import BlackboxError, DeviceError, ModelInputError, ModelLoadError, did_you_mean
+from .errors import BlackboxError, ModelInputError, did_you_mean
+from .graph.batch import make_batch_dynamic
+from .graph.expose import expose
+from .graph.io import load
+from .graph.normalize import declare_output_shapes, default_opset, normalize
+from .runtime import (
+    CPU,
+    CUDA,
+    ONNX_FLOAT_TYPES,
+    Device,
+    create_session,
+    run,
+    verify_batch_dynamic,
+    verify_same_function,
+)
 
 log = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda"]
-ScoreKind = Literal["logit", "prob"]
-Layout = Literal["NCHW", "NHWC"]
+__all__ = ["CPU", "CUDA", "Device", "InputSpec", "Model", "ScoreKind", "load_model", "sha256_of",
+           "softmax"]
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-_ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                     "tensor(double)": np.float64}
+ScoreKind = Literal["logit", "prob", "logprob"]
+Layout = Literal["NCHW", "NHWC"]
+SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
 _MAX_AUTO_BATCH_BYTES = 512 * 2**20
+# Ops that pass scores through unchanged on the way to a graph output.
+_PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
+_ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
 
 
 @dataclass(frozen=True)
@@ -88,80 +102,40 @@ def softmax(z: npt.NDArray[np.floating], axis: int = -1) -> npt.NDArray[np.float
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
-def _cuda_plausible() -> tuple[bool, str]:
-    """Whether a CUDA session is worth trying (ORT lists CUDA even on machines with no GPU)."""
-    if CUDA not in ort.get_available_providers():
-        return False, f"this onnxruntime build ({ort.__version__}) has no CUDA provider"
-    if ctypes.util.find_library("cuda") is None and not os.path.exists("/dev/nvidiactl"):
-        return False, "no NVIDIA driver found"
-    return True, ""
+def log_softmax(z: npt.NDArray[np.floating], axis: int = -1) -> npt.NDArray[np.float32]:
+    z = z - z.max(axis=axis, keepdims=True)
+    return (z - np.log(np.exp(z).sum(axis=axis, keepdims=True))).astype(np.float32)
 
 
-def _preload_cuda_libraries() -> None:
-    """Load the pip NVIDIA libraries (``blackbox-xai[cuda]``) when they are installed."""
-    if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
-        ort.preload_dlls(directory="")
-
-
-def session_options(threads: int | None) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or 0
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    # Methods do numpy work between runs; spinning ORT threads would fight it for the cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
-def create_session(model: bytes | str, device: Device, threads: int | None
-                   ) -> tuple[ort.InferenceSession, str]:
-    """Create a session on the requested device; returns it and a note on the provider that runs."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeviceError(f"device={device!r}: use 'auto', 'cpu' or 'cuda'")
-    note = ""
-    providers = [CPU]
-    if device != "cpu":
-        plausible, why = _cuda_plausible()
-        if plausible:
-            _preload_cuda_libraries()
-            providers = [CUDA, CPU]
-        elif device == "cuda":
-            raise DeviceError(f"device='cuda' but the CUDA execution provider is not usable: {why}")
-        else:
-            note = f" (CUDA not tried: {why})"
-    try:
-        sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
-    except Exception as e:  # ORT raises several exception types for bad graphs
-        raise ModelLoadError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from e
-    active = sess.get_providers()[0]
-    if device == "cuda" and active != CUDA:
-        raise DeviceError("device='cuda' but ONNX Runtime fell back to the CPU (check the CUDA/cuDNN "
-                          "libraries: pip install 'blackbox-xai[cuda]')")
-    if CUDA in providers and active != CUDA:
-        note = " (CUDA requested but unavailable: fell back to CPU)"
-    return sess, active + note
-
-
-def _output_is_softmax(proto: onnx.ModelProto, output: str) -> bool:
+def final_activation(proto: onnx.ModelProto, output: str) -> tuple[str, str | None]:
+    """(logits tensor, activation): the input of a Softmax/LogSoftmax/Sigmoid that ends the
+    graph at ``output`` (through Identity/Cast/Reshape/Flatten/Squeeze), else (output, None)."""
     producers = {o: n for n in proto.graph.node for o in n.output}
     node = producers.get(output)
-    while node is not None and node.op_type in ("Identity", "Cast", "Reshape", "Flatten", "Squeeze"):
+    while node is not None and node.op_type in _PASS_THROUGH:
         node = producers.get(node.input[0])
-    return node is not None and node.op_type in ("Softmax", "Sigmoid")
+    if node is not None and node.op_type in _ACTIVATIONS:
+        return node.input[0], node.op_type
+    return output, None
 
 
 class Model:
     """An ONNX model as a batched query function ``(N, C, H, W) float32 -> (N, K) float32``.
 
+    Loading is one straight pipeline: read the file -> :func:`~blackbox_xai.graph.normalize.
+    normalize` (IR and opset upgrade, verified in ONNX Runtime; ranks completed) -> make a fixed
+    batch axis dynamic (verified) -> one session. Rewritten graphs (backward graphs, exposed
+    layers, heads) are built from that normalised graph and cached per model (:meth:`derived`).
+
     Args:
         path: the ``.onnx`` file (never modified).
         device: ``"auto"`` (CUDA when it really runs, else CPU), ``"cpu"`` or ``"cuda"`` (fails
             clearly when CUDA is not usable).
-        score: ``"logit"`` returns the chosen output as is; ``"prob"`` applies a softmax unless the
-            output already is a probability.
-        output: name of the score output (default: the single 2-D output).
+        score: what is explained. ``"logit"``: the class scores before a final
+            Softmax/LogSoftmax/Sigmoid (the graph is cut there) or the output as is;
+            ``"prob"``: softmax of the logits (sigmoid for a sigmoid output); ``"logprob"``:
+            their logarithm.
+        output: name of the score output (default: the only output, or the only 2-D one).
         batch_size: queries per session run, or ``"auto"`` to probe for the best throughput.
         layout: override the detected input layout.
         threads: ONNX Runtime intra-op threads (default: all cores).
@@ -174,98 +148,216 @@ class Model:
                  score: ScoreKind = "logit", output: str | None = None,
                  batch_size: int | Literal["auto"] = "auto", layout: Layout | None = None,
                  threads: int | None = None, dynamic_batch: bool = True) -> None:
-        if score not in ("logit", "prob"):
-            raise ModelInputError(f"score={score!r}: use 'logit' or 'prob'")
-        from .graph.io import load
-
+        if score not in ("logit", "prob", "logprob"):
+            raise ModelInputError(f"score={score!r}: use 'logit', 'prob' or 'logprob'")
         self.path = Path(path)
-        self.proto = load(self.path)
+        source = load(self.path)
         self.sha256 = sha256_of(self.path)
-        self.device, self.threads = device, threads
-        self.session, self.provider = create_session(str(self.path), device, threads)
-        log.info("model %s: provider %s", self.path.name, self.provider)
-        self.input = self._find_input(layout)
-        if self.input.batch is not None and dynamic_batch:
-            self._try_dynamic_batch(layout)
+        self.device, self.threads, self.score = device, threads, score
+        self.proto, self.graph_problem = self._normalized(source)
+        self.input = self._find_input(self.proto, layout)
+        # The file itself runs unless the batch was made dynamic or the logits are exposed:
+        # the normalised graph computes the same function.
+        changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
         self.output_name = self._find_output(output)
-        self.output_is_probability = _output_is_softmax(self.proto, self.output_name)
-        if self.output_is_probability and score == "logit":
-            log.warning("output %r is already a probability (softmax/sigmoid); scores are "
-                        "probabilities, not logits", self.output_name)
-        self.score = score
-        self._apply_softmax = score == "prob" and not self.output_is_probability
+        self.logits_name, self.activation = final_activation(self.proto, self.output_name)
+        self.output_is_probability = self.activation in ("Softmax", "Sigmoid")
+        if self.logits_name != self.output_name:
+            log.info("explaining %s scores of %r (the input of the final %s)", score,
+                     self.logits_name, self.activation)
+        forward = self.proto
+        if self.logits_name != self.output_name:
+            forward, changed = expose(self.proto, [self.logits_name]), True
+        self.session, self.provider = create_session(
+            forward.SerializeToString() if changed else str(self.path), device, threads)
+        log.info("model %s: provider %s", self.path.name, self.provider)
         self.n_queries = 0
         self._batch_size: int | None = None
         self.set_batch_size(batch_size)
-        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._sessions: dict[Hashable, ort.InferenceSession] = {}
         self.memo: dict[str, object] = {}  # facts derived from the graph once (default layer...)
-        self.num_classes = int(self(np.zeros((1, *self.example_chw()), np.float32)).shape[1])
+        self.num_classes = self._check_scores()
         self.n_queries = 0
+
+    # ---- loading ----------------------------------------------------------------------------
+    def _normalized(self, source: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+        """(graph to rewrite, why graph rewrites cannot run on this model or None).
+
+        The normalised graph computes what the file computes (an opset conversion is checked
+        in ONNX Runtime on a probe batch); when it does not, graph methods refuse and the
+        black-box methods run on the file as it is.
+        """
+        norm = normalize(source)
+        if norm.changes:
+            log.info("normalised %s: %s", self.path.name, ", ".join(norm.changes))
+        if not norm.opset_converted:
+            return norm.model, norm.problem
+        old, new = default_opset(source), default_opset(norm.model)
+        try:
+            verify_same_function(source, norm.model, norm.model, f"upgrading opset {old} to {new}")
+        except BlackboxError as e:
+            problem = f"the model's opset {old} cannot be upgraded for graph rewrites ({e})"
+            log.info("%s; running the file as it is", problem)
+            return source, problem
+        return norm.model, None
+
+    def graph(self) -> onnx.ModelProto:
+        """The normalised graph that rewrites start from, or a one-line error saying why the
+        graph methods cannot run on this model."""
+        if self.graph_problem:
+            from .graph.vjp_rules import GRADIENT_FREE
+
+            raise BlackboxError(f"{self.graph_problem}; the gradient-free methods still work: "
+                                f"{GRADIENT_FREE}")
+        return self.proto
 
     @property
     def returns_probabilities(self) -> bool:
-        """Whether ``model()`` returns class probabilities (``score="prob"`` or a softmax output)."""
-        return self.output_is_probability or self.score == "prob"
+        """Whether ``model()`` returns class probabilities (``score="prob"``)."""
+        return self.score == "prob"
 
     def probabilities(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Class probabilities of scores this model returned (softmax unless they already are)."""
-        return scores if self.returns_probabilities else softmax(scores)
+        """Class probabilities of scores this model returned."""
+        if self.score == "prob":
+            return scores
+        if self.score == "logprob":
+            return np.exp(scores).astype(np.float32)
+        if self.activation == "Sigmoid":
+            return (1 / (1 + np.exp(-scores))).astype(np.float32)
+        return softmax(scores)
 
-    # ---- discovery -------------------------------------------------------------------------
-    def _find_input(self, layout: Layout | None) -> InputSpec:
-        inputs = self.session.get_inputs()
+    def _find_input(self, proto: onnx.ModelProto, layout: Layout | None) -> InputSpec:
+        inits = {t.name for t in proto.graph.initializer}
+        inputs = [i for i in proto.graph.input if i.name not in inits]
         if len(inputs) != 1:
-            names = ", ".join(f"{i.name}{i.shape}" for i in inputs)
+            names = ", ".join(f"{i.name}{_shape_of(i)}" for i in inputs)
             raise ModelInputError(f"model has {len(inputs)} inputs ({names}): an image model has one")
         inp = inputs[0]
-        if len(inp.shape) != 4 or inp.type not in _ONNX_FLOAT_TYPES:
-            raise ModelInputError(f"model input {inp.name!r} is {inp.type} {inp.shape}: not an image "
+        kind = f"tensor({helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)})" \
+            if inp.type.HasField("tensor_type") else "not a tensor"
+        kind = {"tensor(float32)": "tensor(float)", "tensor(float64)": "tensor(double)"}.get(kind, kind)
+        shape = _shape_of(inp)
+        if shape is None or len(shape) != 4 or kind not in ONNX_FLOAT_TYPES:
+            raise ModelInputError(f"model input {inp.name!r} is {kind} {shape}: not an image "
                                   "(expected a 4-D float NCHW or NHWC tensor)")
-        shape = [_dim(d) for d in inp.shape]
-        lay = _detect_layout(shape, inp.name, layout)
-        n, c, h, w = shape if lay == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+        dims = [_dim(d) for d in shape]
+        lay = _detect_layout(dims, inp.name, layout)
+        n, c, h, w = dims if lay == "NCHW" else (dims[0], dims[3], dims[1], dims[2])
         if c is None:
             raise ModelInputError(f"model input {inp.name!r} has a dynamic channel axis: not an image")
-        return InputSpec(inp.name, lay, _ONNX_FLOAT_TYPES[inp.type], n, c, h, w)
+        return InputSpec(inp.name, lay, ONNX_FLOAT_TYPES[kind], n, c, h, w)
 
-    def _try_dynamic_batch(self, layout: Layout | None) -> None:
-        from .graph.batch import make_batch_dynamic
-
+    def _try_dynamic_batch(self, layout: Layout | None) -> bool:
         try:
             proto = make_batch_dynamic(self.proto)
-            session, _ = create_session(proto.SerializeToString(), self.device, self.threads)
-        except (BlackboxError, ValueError) as e:
+            verify_batch_dynamic(self.proto, proto, self.input.batch)
+        except BlackboxError as e:
             log.info("keeping the fixed batch of %d: %s", self.input.batch, e)
-            return
-        self.proto, self.session = proto, session
-        self.input = self._find_input(layout)
+            return False
+        self.proto = proto
+        self.input = self._find_input(proto, layout)
         log.info("made the fixed batch axis of %s dynamic (verified)", self.path.name)
+        return True
 
     def _find_output(self, output: str | None) -> str:
-        outs = self.session.get_outputs()
-        names = [o.name for o in outs]
+        outs = {o.name: _shape_of(o) for o in self.proto.graph.output}
         if output is not None:
-            if output not in names:
-                raise ModelInputError(did_you_mean(output, names, "output"))
+            if output not in outs:
+                raise ModelInputError(did_you_mean(output, outs, "output"))
             return output
-        two_d = [o.name for o in outs if len(o.shape) == 2]
+        if len(outs) == 1:
+            return next(iter(outs))
+        two_d = [name for name, shape in outs.items() if shape is not None and len(shape) == 2]
         if len(two_d) == 1:
             return two_d[0]
-        if len(outs) == 1:
-            return outs[0].name
-        raise ModelInputError(f"model has several outputs ({', '.join(names)}): choose one with output=")
+        listed = ", ".join(f"{n} {list(s) if s is not None else '?'}" for n, s in outs.items())
+        raise ModelInputError(f"the model has {len(outs)} outputs ({listed}): choose the class "
+                              "scores with --output NAME (Python: output=NAME)")
+
+    def _check_scores(self) -> int:
+        """Run one input; refuse outputs that are not class scores; return the class count.
+
+        Class scores are (N, K) or (N, K, 1, ..., 1) (Caffe2's 1x1-conv heads); a spatial map
+        (N, C, H, W) or a box tensor (N, A, D) is a detector's or a segmentation net's output.
+        The declared shapes of the outputs are corrected from this run (exporters write rank
+        0 or nothing), so that rewritten graphs get the true ranks.
+        """
+        x = np.zeros((1, *self.example_chw()), np.float32)
+        feeds = {self.input.name: self._to_model_input(_pad(x, self.input.batch or 1))}
+        names = [o.name for o in self.proto.graph.output]
+        outs = dict(zip(names, run(self.session, names, feeds)))
+        raw = outs[self.output_name]
+        if raw.ndim == 0 or (raw.shape[0] != (self.input.batch or 1)):
+            raise ModelInputError(f"output {self.output_name!r} has shape {list(raw.shape)}: it has "
+                                  "no batch axis, so it cannot be class scores")
+        wide = [d for d in raw.shape[1:] if d != 1]
+        if len(wide) > 1:
+            raise ModelInputError(
+                f"output {self.output_name!r} has shape {list(raw.shape)}: a spatial map or a box "
+                "tensor, not class scores; classification methods do not apply (detection and "
+                "segmentation targets are not supported yet)")
+        self.proto = declare_output_shapes(self.proto, {n: o.shape for n, o in outs.items()})
+        return int(np.prod(raw.shape[1:], dtype=np.int64))
 
     def example_chw(self, default_size: int = 224) -> tuple[int, int, int]:
         c, h, w = self.input.chw
         return (c, h or default_size, w or default_size)
 
-    # ---- sessions on rewritten graphs ------------------------------------------------------
+    # ---- derived graphs ---------------------------------------------------------------------
+    def scores_graph(self, kind: ScoreKind | None = None) -> tuple[onnx.ModelProto, str]:
+        """The normalised graph with an output of (N, K) scores of ``kind`` (default: the
+        model's ``score``), and that output's name: the logits flattened to (N, K), then
+        Softmax/Sigmoid for ``prob``, LogSoftmax (log-sigmoid) for ``logprob``."""
+        kind = kind or self.score
+        proto = self.graph()
+        if kind == "logit" and self.logits_name == self.output_name and \
+                len(_shape_of(next(o for o in proto.graph.output if o.name == self.output_name))
+                    or ()) == 2:
+            return proto, self.output_name
+        out = onnx.ModelProto()
+        out.CopyFrom(proto)
+        nodes = [helper.make_node("Flatten", [self.logits_name], [f"{SCORES}_logit"], axis=1)]
+        last = f"{SCORES}_logit"
+        sigmoid = self.activation == "Sigmoid"
+        if kind == "prob":
+            nodes.append(helper.make_node("Sigmoid" if sigmoid else "Softmax", [last], [SCORES],
+                                          **({} if sigmoid else {"axis": -1})))
+        elif kind == "logprob" and sigmoid:  # log sigmoid(z) = -softplus(-z)
+            nodes += [helper.make_node("Neg", [last], [f"{SCORES}_neg"]),
+                      helper.make_node("Softplus", [f"{SCORES}_neg"], [f"{SCORES}_sp"]),
+                      helper.make_node("Neg", [f"{SCORES}_sp"], [SCORES])]
+        elif kind == "logprob":
+            nodes.append(helper.make_node("LogSoftmax", [last], [SCORES], axis=-1))
+        else:
+            nodes.append(helper.make_node("Identity", [last], [SCORES]))
+        out.graph.node.extend(nodes)
+        elem = next(o.type.tensor_type.elem_type for o in proto.graph.output
+                    if o.name == self.output_name)
+        out.graph.output.append(helper.make_tensor_value_info(SCORES, elem, ["N", self.num_classes]))
+        return out, SCORES
+
+    def scores_output(self, kind: ScoreKind | None = None) -> str:
+        """The name :meth:`scores_graph` gives the scores output, without building the graph."""
+        kind = kind or self.score
+        if kind == "logit" and self.logits_name == self.output_name and self._scores_are_2d():
+            return self.output_name
+        return SCORES
+
+    def _scores_are_2d(self) -> bool:
+        o = next(o for o in self.proto.graph.output if o.name == self.output_name)
+        return len(_shape_of(o) or ()) == 2
+
+    def derived(self, key: Hashable, build) -> ort.InferenceSession:
+        """A session for a graph rewritten from this model, built once by ``build()`` and
+        cached under ``key``; it must load in ONNX Runtime (if not, that is our bug)."""
+        if key not in self._sessions:
+            self._sessions[key], _ = create_session(build().SerializeToString(), self.device,
+                                                    self.threads, generated="rewritten graph")
+        return self._sessions[key]
+
     def session_for(self, key: str, proto: onnx.ModelProto) -> ort.InferenceSession:
         """A cached session for a rewritten graph of this model, on the same device."""
-        if key not in self._sessions:
-            self._sessions[key], _ = create_session(proto.SerializeToString(), self.device,
-                                                    self.threads)
-        return self._sessions[key]
+        return self.derived(key, lambda: proto)
 
     # ---- batching ---------------------------------------------------------------------------
     @property
@@ -292,10 +384,10 @@ class Model:
             x = np.random.default_rng(0).standard_normal((b, *chw), dtype=np.float32)
             feeds = {self.input.name: self._to_model_input(x)}
             try:
-                self.session.run([self.output_name], feeds)  # warm-up
+                self.session.run([self.logits_name], feeds)  # warm-up
                 runs, t0 = 0, time.perf_counter()
                 while runs < 2 or time.perf_counter() - t0 < 0.05:
-                    self.session.run([self.output_name], feeds)
+                    self.session.run([self.logits_name], feeds)
                     runs += 1
                 rate = b * runs / (time.perf_counter() - t0)
             except Exception:  # out of memory
@@ -324,7 +416,7 @@ class Model:
         seed, a head's activation) are cast to the session's declared dtype. Outputs are
         concatenated along axis 0 as float32. Fixed-batch sessions get their last chunk padded.
         """
-        types = {i.name: _ONNX_FLOAT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        types = {i.name: ONNX_FLOAT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
         fixed = _dim(session.get_inputs()[0].shape[0]) if session.get_inputs()[0].shape else None
         if self.input.name in feeds:
             self._check_shape(feeds[self.input.name])
@@ -339,7 +431,7 @@ class Model:
             part = {k: self._to_model_input(v) if k == self.input.name
                     else np.ascontiguousarray(v, dtype=types.get(k, np.float32))
                     for k, v in part.items()}
-            outs = session.run(list(output_names), part)
+            outs = run(session, output_names, part)
             for acc, o in zip(chunks, outs):
                 acc.append(np.asarray(o[:m], dtype=np.float32))
             self.n_queries += m
@@ -354,16 +446,30 @@ class Model:
                                   f"{', '.join(str(e or '?') for e in expected)}) in NCHW")
 
     def __call__(self, x: npt.NDArray[np.float32], progress=None) -> npt.NDArray[np.float32]:
-        """Scores (N, K) of the inputs (N, C, H, W); softmax applied when ``score='prob'``."""
-        (scores,) = self.run_batched(self.session, {self.input.name: x}, [self.output_name],
+        """Scores (N, K) of the inputs (N, C, H, W), of the model's ``score`` kind."""
+        (logits,) = self.run_batched(self.session, {self.input.name: x}, [self.logits_name],
                                      progress=progress)
-        scores = scores.reshape(len(scores), -1)
-        return softmax(scores) if self._apply_softmax else scores
+        logits = logits.reshape(len(logits), -1)
+        if self.score == "logit":
+            return logits
+        if self.activation == "Sigmoid":
+            log_p = -np.logaddexp(0, -logits)
+            return (np.exp(log_p) if self.score == "prob" else log_p).astype(np.float32)
+        return softmax(logits) if self.score == "prob" else log_softmax(logits)
 
     def describe(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "provider": self.provider,
                 "input": self.input.name, "layout": self.input.layout, "output": self.output_name,
+                "explained_tensor": self.logits_name, "final_activation": self.activation,
                 "score": self.score}
+
+
+def _shape_of(v: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    """Declared dims (int, symbolic name or None), or None when the rank is unknown."""
+    t = v.type.tensor_type
+    if not v.type.HasField("tensor_type") or not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
 
 def _pad(v: npt.NDArray, size: int) -> npt.NDArray:

@@ -33,9 +33,9 @@ def test_cpu_provider_is_reported():
 def test_cuda_fails_clearly_without_gpu():
     import onnxruntime as ort
 
-    from blackbox_xai.model import _cuda_plausible
+    from blackbox_xai.runtime import cuda_plausible
 
-    if _cuda_plausible()[0] and "CUDAExecutionProvider" in ort.get_available_providers():
+    if cuda_plausible()[0] and "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a GPU is present")
     with pytest.raises(DeviceError, match="CUDA"):
         load_model(model_path("tiny_cnn"), device="cuda")
@@ -78,16 +78,25 @@ def test_fp16_model_takes_and_returns_float32(batch):
     np.testing.assert_allclose(out, ref, rtol=2e-2, atol=2e-2)  # fp16 has ~3 significant digits
 
 
-def test_prob_score_and_already_softmaxed_output(batch, caplog):
+def test_score_kinds_and_a_softmaxed_output(batch, caplog):
     logits = load_model(model_path("tiny_cnn"))(batch)
     np.testing.assert_allclose(load_model(model_path("tiny_cnn"), score="prob")(batch),
                                softmax(logits), rtol=1e-5, atol=1e-6)
-    with caplog.at_level("WARNING"):
+    logp = np.log(softmax(logits.astype(np.float64)))
+    np.testing.assert_allclose(load_model(model_path("tiny_cnn"), score="logprob")(batch),
+                               logp, rtol=1e-5, atol=1e-5)
+    # a graph ending in Softmax: "logit" explains the tensor before it (the graph is cut there)
+    with caplog.at_level("INFO"):
         sm = load_model(model_path("tiny_cnn_softmax"), score="logit")
-    assert sm.output_is_probability and "already a probability" in caplog.text
-    # score="prob" must not apply a second softmax
+    assert sm.activation == "Softmax" and sm.logits_name == "logits" != sm.output_name
+    assert "the input of the final Softmax" in caplog.text
+    assert sm.describe()["explained_tensor"] == "logits"
+    np.testing.assert_allclose(sm(batch), logits, rtol=1e-5, atol=1e-5)
+    # score="prob" must not apply a second softmax; "logprob" is its logarithm
     np.testing.assert_allclose(load_model(model_path("tiny_cnn_softmax"), score="prob")(batch),
                                softmax(logits), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(load_model(model_path("tiny_cnn_softmax"), score="logprob")(batch),
+                               logp, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_models_raise_one_line_errors(tmp_path):

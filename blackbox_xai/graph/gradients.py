@@ -2,7 +2,8 @@
 
 ``seed`` (N, K) selects what is differentiated: the gradient returned is
 ``d sum_k(seed_k * score_k) / d tensor`` (a one-hot seed gives one class's gradient).
-With ``score="prob"`` the softmax is part of the differentiated graph.
+The differentiated scores are the model's (:meth:`Model.scores_graph`): logits, or with
+``score="prob"``/``"logprob"`` the softmax (its log) is part of the differentiated graph.
 """
 
 from __future__ import annotations
@@ -14,40 +15,26 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import helper
 
-from ..model import Model
+from ..model import Model, ScoreKind
 from .autodiff import backward_cached
 
-PROB_OUTPUT = "bbx_softmax_scores"
 CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
 
 
-def _wants_softmax(model: Model, softmax: bool | None) -> bool:
-    if softmax is None:
-        softmax = model._apply_softmax
-    return softmax and not model.output_is_probability
+def _kind(model: Model, softmax: bool | None) -> ScoreKind:
+    return model.score if softmax is None else "prob" if softmax else "logit"
 
 
 def scores_graph(model: Model, softmax: bool | None = None) -> tuple[onnx.ModelProto, str]:
-    """The model's graph and the name of its scores output: those ``model()`` returns, or with
-    ``softmax=True`` class probabilities (a Softmax appended unless the output already is one).
-    Builds a copy of the graph when it appends: call it only when a session must be made."""
-    if not _wants_softmax(model, softmax):
-        return model.proto, model.output_name
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    proto.graph.node.append(helper.make_node("Softmax", [model.output_name], [PROB_OUTPUT], axis=-1))
-    out = next(o for o in proto.graph.output if o.name == model.output_name)
-    new = proto.graph.output.add()
-    new.CopyFrom(out)
-    new.name = PROB_OUTPUT
-    return proto, PROB_OUTPUT
+    """The model's graph and the name of its (N, K) scores output: those ``model()`` returns,
+    or with ``softmax=True`` class probabilities, ``softmax=False`` logits."""
+    return model.scores_graph(_kind(model, softmax))
 
 
 def scores_output(model: Model, softmax: bool | None = None) -> str:
     """The name :func:`scores_graph` gives the scores output, without building the graph."""
-    return PROB_OUTPUT if _wants_softmax(model, softmax) else model.output_name
+    return model.scores_output(_kind(model, softmax))
 
 
 def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
@@ -56,20 +43,20 @@ def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray
                                 list[npt.NDArray[np.float32]]]:
     """Scores (N, K), the forward values and the gradients of the ``wrt`` tensors.
 
-    The backward graph is built once per (model sha256, wrt) (kept on disk in the folder named
-    by ``$BLACKBOX_XAI_CACHE`` when set) and its session cached on the model. Values of the
+    The backward graph is built once per (hash of the graph differentiated, wrt) (kept on disk
+    in the folder named by ``$BLACKBOX_XAI_CACHE`` when set) and its session cached on the model. Values of the
     model's own input are returned in NCHW, like the input ``x``. ``softmax`` as in
     :func:`scores_graph`.
     """
-    out_name = scores_output(model, softmax)
-    key = f"backward:{out_name}:{','.join(wrt)}"
-    if key not in model._sessions:
-        proto, _ = scores_graph(model, softmax)
+    kind = _kind(model, softmax)
+    out_name = model.scores_output(kind)
+
+    def build() -> onnx.ModelProto:
         cache = os.environ.get(CACHE_ENV)
-        graph = backward_cached(proto, list(wrt), output=out_name, sha256=model.sha256,
-                                cache_dir=Path(cache) if cache else None)
-        model.session_for(key, graph)
-    session = model._sessions[key]
+        return backward_cached(model.scores_graph(kind)[0], list(wrt), output=out_name,
+                               cache_dir=Path(cache) if cache else None)
+
+    session = model.derived(("backward", kind, tuple(wrt)), build)
     grads = [f"{w}_grad" for w in wrt]
     values = [w for w in wrt if w != model.input.name]
     outs = model.run_batched(session, {model.input.name: x, "seed": seed},
@@ -113,9 +100,8 @@ def layer_activation(model: Model, x: npt.NDArray[np.float32], layer: str
     """Scores (N, K) and the layer's activation, from the model with ``layer`` exposed."""
     from .expose import expose
 
-    out_name = scores_output(model)
-    key = f"expose:{out_name}:{layer}"
-    if key not in model._sessions:
-        model.session_for(key, expose(scores_graph(model)[0], [layer]))
-    scores, act = model.run_batched(model._sessions[key], {model.input.name: x}, [out_name, layer])
+    out_name = model.scores_output()
+    session = model.derived(("expose", model.score, layer),
+                            lambda: expose(model.scores_graph()[0], [layer]))
+    scores, act = model.run_batched(session, {model.input.name: x}, [out_name, layer])
     return scores.reshape(len(x), -1), act

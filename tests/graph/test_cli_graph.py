@@ -12,7 +12,7 @@ from helpers import SHIPPED, model_path
 
 from blackbox_xai.cli import cli
 from blackbox_xai.cli_graph import backward_cmd, expose_cmd, layers_cmd
-from blackbox_xai.model import create_session
+from blackbox_xai.runtime import create_session
 
 for _cmd in (layers_cmd, expose_cmd, backward_cmd):
     if _cmd.name not in cli.commands:  # until cli.py attaches them itself

@@ -384,8 +384,11 @@ def test_make_batch_dynamic_frees_a_reshape_batch(shape_from):
 @pytest.mark.parametrize("tail, message", [("concat", "fails on the rewritten model"),
                                            ("reducesum", "'scores' differs")])
 def test_make_batch_dynamic_refuses_graphs_that_pin_the_batch(tail, message):
+    from blackbox_xai.runtime import verify_batch_dynamic
+
+    fixed = fixed_batch_net(tail)
     with pytest.raises(BlackboxError, match=message):
-        make_batch_dynamic(fixed_batch_net(tail))
+        verify_batch_dynamic(fixed, make_batch_dynamic(fixed), 1)
 
 
 def test_make_batch_dynamic_leaves_a_dynamic_model_alone():

@@ -271,10 +271,15 @@ def test_bad_options_are_rejected(bad):
 
 def test_softmax_model_scores_are_used_as_probabilities():
     x = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
-    model = load_model(model_path("tiny_cnn_softmax"))
+    model = load_model(model_path("tiny_cnn_softmax"), score="prob")
     e = explain(model, x, "meaningful-perturbation", grad="fd", mask_size=8, iterations=2)
     assert e.extras["score_kind"] == "probability"
     assert e.extras["initial_score"] == pytest.approx(e.score)
+    # score="logit" on a softmax output explains the logits before it: MP applies the softmax
+    logit = explain(load_model(model_path("tiny_cnn_softmax")), x, "meaningful-perturbation",
+                    grad="fd", mask_size=8, iterations=2)
+    assert logit.extras["score_kind"] == "softmax of the query's scores"
+    assert logit.extras["initial_score"] == pytest.approx(e.score, rel=1e-5)
 
 
 def test_backward_mode_on_onnx_model_matches_finite_differences():

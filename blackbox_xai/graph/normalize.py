@@ -1,0 +1,232 @@
+"""Bring any exported ONNX file to one canonical form before it is rewritten or differentiated.
+
+Real exports come from a decade of converters (Caffe2, CNTK, tf2onnx, keras2onnx, paddle2onnx,
+PyTorch 1.x and 2.x): IR 3 files that list every weight as a graph input, opsets 7 to 10 whose
+ops changed meaning since (Slice, Upsample, Squeeze, ReduceMean), and shapes nobody declared.
+:func:`normalize` returns a private copy with
+
+1. the IR upgraded: initializers are no longer graph inputs (IR >= 4 lets weights be constants);
+2. the default opset raised to at least :data:`MIN_OPSET` with ``onnx.version_converter``
+   (the caller must check the result computes the same function: :func:`blackbox_xai.runtime.
+   verify_same_function`; when the converter fails, the original opset is kept and
+   :attr:`Normalized.problem` says why graph methods cannot run);
+3. every tensor's rank and as much of its shape as can be known: ONNX shape inference with data
+   propagation, then a rank pass of our own for what it leaves unknown (Gemm, Flatten, MatMul,
+   Reshape with a shape of known length, element-wise ops, declared outputs).
+
+Pure ``ModelProto -> ModelProto``; no ONNX Runtime here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper, version_converter
+
+from .io import copy_model, infer_shapes
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum axes as inputs, Softmax on one axis
+MIN_IR = 7  # the IR version that opset 13 came with
+
+# Ops whose output has the rank of their (first) input.
+_SAME_RANK = frozenset((
+    "Abs", "Cast", "Clip", "Dropout", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish",
+    "Identity", "LeakyRelu", "Log", "LogSoftmax", "LRN", "Mish", "Neg", "PRelu", "Reciprocal",
+    "Relu", "Selu", "Sigmoid", "Softmax", "Softplus", "Softsign", "Sqrt", "Tanh", "BatchNormalization",
+    "InstanceNormalization", "LayerNormalization", "QuantizeLinear", "DequantizeLinear",
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "Pad", "Resize", "Upsample", "Transpose", "Floor", "Ceil", "Round", "Sign", "Not",
+))
+# Element-wise ops with numpy broadcasting: the output has the largest rank of the inputs.
+_BROADCAST = frozenset((
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
+    "Greater", "And", "Or", "Xor", "Mod", "BitShift",
+))
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """A normalised copy of a model and what was done to it.
+
+    Attributes:
+        model: the canonical model (never the caller's object).
+        changes: human-readable steps, e.g. ``("IR 3 -> 7", "opset 7 -> 13")``.
+        opset_converted: the opset conversion ran: check the result computes the same function.
+        problem: why graph rewrites cannot run on this model (``None`` when they can).
+    """
+
+    model: onnx.ModelProto
+    changes: tuple[str, ...]
+    opset_converted: bool
+    problem: str | None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def normalize(model: onnx.ModelProto) -> Normalized:
+    """A canonical copy of ``model`` (see the module docstring); ``model`` is not modified."""
+    out, changes, problem, converted = copy_model(model), [], None, False
+    ir = out.ir_version
+    _drop_initializer_inputs(out.graph)
+    opset = default_opset(out)
+    if opset < MIN_OPSET:
+        try:
+            upgraded = version_converter.convert_version(out, MIN_OPSET)
+            onnx.checker.check_model(upgraded)
+        except Exception as e:  # the converter raises RuntimeError, ValueError, checker errors
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problem = (f"the model's opset {opset} cannot be upgraded to {MIN_OPSET} for graph "
+                       f"rewrites ({detail})")
+            log.info("%s", problem)
+        else:
+            out, converted = upgraded, True
+            changes.append(f"opset {opset} -> {MIN_OPSET}")
+    min_ir = MIN_IR if default_opset(out) >= MIN_OPSET else 4
+    out.ir_version = max(out.ir_version, min_ir)
+    if out.ir_version != ir:
+        changes.append(f"IR {ir} -> {out.ir_version}")
+    out = infer_shapes(out)
+    added = complete_ranks(out)
+    if added:
+        changes.append(f"ranks of {added} tensors completed")
+    return Normalized(out, tuple(changes), converted, problem)
+
+
+def _drop_initializer_inputs(g: onnx.GraphProto) -> None:
+    """Remove weights from ``graph.input`` (IR 3 requires them there; they are constants)."""
+    inits = {t.name for t in g.initializer}
+    kept = [i for i in g.input if i.name not in inits]
+    if len(kept) != len(g.input):
+        del g.input[:]
+        g.input.extend(kept)
+
+
+def _rank_of(v: onnx.ValueInfoProto | onnx.TypeProto | None) -> int | None:
+    t = v.type if isinstance(v, onnx.ValueInfoProto) else v
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return len(t.tensor_type.shape.dim)
+
+
+def complete_ranks(model: onnx.ModelProto) -> int:
+    """Add ``value_info`` with the rank (dims unknown) for tensors shape inference left untyped.
+
+    Rules: Gemm and Flatten give 2-D; MatMul the larger input rank (1-D operands per numpy);
+    Reshape the length of its shape tensor when that is known; same-rank and broadcasting
+    element-wise ops; a graph output's declared rank (when it is not 0). Returns how many
+    tensors were completed. Works in place on ``model`` (a private copy).
+    """
+    g = model.graph
+    types: dict[str, onnx.TypeProto] = {}
+    for v in [*g.input, *g.value_info, *g.output]:
+        if _rank_of(v) is not None and (v.name not in types or _rank_of(types[v.name]) == 0):
+            types[v.name] = v.type
+    for t in g.initializer:
+        types.setdefault(t.name, helper.make_tensor_type_proto(t.data_type, t.dims))
+    elem = {name: t.tensor_type.elem_type for name, t in types.items()}
+    declared = {o.name: _rank_of(o) for o in g.output}
+
+    def rank(name: str) -> int | None:
+        return _rank_of(types.get(name))
+
+    added = 0
+    for n in g.node:
+        for i, out in enumerate(n.output):
+            known = rank(out)
+            if not out or known is not None and not (known == 0 and out in declared):
+                continue  # a declared rank 0 is checked: exporters write [] for "unknown"
+            r = _node_rank(n, i, rank, types)
+            if r is None and declared.get(out):
+                r = declared[out]
+            if r is None or r == known:
+                continue
+            et = elem.get(n.input[0], 0) if n.input else 0
+            if n.op_type in ("Shape", "Size"):
+                et = onnx.TensorProto.INT64
+            types[out] = helper.make_tensor_type_proto(et, [None] * r)
+            elem[out] = et
+            existing = [v for v in g.value_info if v.name == out]
+            if existing:
+                existing[0].type.CopyFrom(types[out])
+            else:
+                g.value_info.append(helper.make_value_info(out, types[out]))
+            added += 1
+    for o in g.output:
+        if declared[o.name] != rank(o.name) and rank(o.name) is not None:
+            o.type.CopyFrom(types[o.name])  # a declared rank 0 that is really (N, K)
+    return added
+
+
+def _node_rank(n: onnx.NodeProto, index: int, rank, types: dict[str, onnx.TypeProto]) -> int | None:
+    """The rank of output ``index`` of ``n`` from its inputs' ranks, or None."""
+    op = n.op_type
+    ins = [i for i in n.input if i]
+    if index != 0 and op not in ("Split",):
+        return None
+    if op in ("Gemm", "Flatten"):
+        return 2
+    if op in ("Shape",):
+        return 1
+    if op in ("Size",):
+        return 0
+    if op in _SAME_RANK or op == "Split":
+        return rank(ins[0]) if ins else None
+    if op in _BROADCAST:
+        ranks = [rank(i) for i in ins]
+        return None if any(r is None for r in ranks) else max(ranks)
+    if op == "MatMul":
+        ra, rb = rank(ins[0]), rank(ins[1])
+        if ra is None or rb is None:
+            return None
+        return max(ra, rb) - (ra == 1) - (rb == 1)
+    if op == "Reshape":
+        shape_type = types.get(ins[1])
+        if shape_type is None or _rank_of(shape_type) != 1:
+            return None
+        d = shape_type.tensor_type.shape.dim[0]
+        return d.dim_value if d.HasField("dim_value") else None
+    if op == "Concat":
+        ranks = [rank(i) for i in ins]
+        return next((r for r in ranks if r is not None), None)
+    if op in ("Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
+        return _axes_rank(n, rank(ins[0]) if ins else None)
+    return None
+
+
+def _axes_rank(n: onnx.NodeProto, r: int | None) -> int | None:
+    """Rank after Squeeze/Unsqueeze/Reduce* whose axes are an attribute (inputs: unknown)."""
+    if r is None:
+        return None
+    at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    axes = at.get("axes")
+    if n.op_type.startswith("Reduce"):
+        if at.get("keepdims", 1):
+            return r
+        return 0 if axes is None else r - len(axes)
+    if axes is None:
+        return None
+    return r - len(axes) if n.op_type == "Squeeze" else r + len(axes)
+
+
+def declare_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
+                          ) -> onnx.ModelProto:
+    """``model``, or a copy whose outputs declare the ranks seen in a real run (batch axis
+    symbolic, other axes as run); ``shapes`` maps output names to the shapes of a batch run.
+    Exporters declare rank 0 or nothing for outputs they could not type."""
+    wrong = [o for o in model.graph.output if o.name in shapes
+             and _rank_of(o) != len(shapes[o.name])]
+    if not wrong:
+        return model
+    out = copy_model(model)
+    for o in out.graph.output:
+        if o.name in shapes and _rank_of(o) != len(shapes[o.name]):
+            shape = shapes[o.name]
+            dims = ["N", *shape[1:]] if shape else []
+            o.type.CopyFrom(helper.make_tensor_type_proto(o.type.tensor_type.elem_type, dims))
+    return out

@@ -1,0 +1,196 @@
+"""ONNX Runtime, in one leaf module: providers, session options, session creation, the one
+guarded run, and the runtime checks of graph rewrites (same outputs before and after).
+
+Nothing else in the package creates or runs a session; :mod:`blackbox_xai.graph` stays pure
+``ModelProto -> ModelProto`` and :mod:`blackbox_xai.model` calls these functions.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.util
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from .errors import BlackboxError, DeviceError, InternalError, ModelLoadError, ModelRunError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                    "tensor(double)": np.float64}
+UNKNOWN_DIM = 32  # size used for probe runs along symbolic non-batch axes
+
+# ONNX Runtime's C++ logger writes to stderr on its own (CUDA fallback, failed runs); every
+# failure reaches the user as one line through the exceptions below instead.
+ort.set_default_logger_severity(4)
+
+
+def cuda_plausible() -> tuple[bool, str]:
+    """Whether a CUDA session is worth trying (ORT lists CUDA even on machines with no GPU)."""
+    if CUDA not in ort.get_available_providers():
+        return False, f"this onnxruntime build ({ort.__version__}) has no CUDA provider"
+    if ctypes.util.find_library("cuda") is None and not os.path.exists("/dev/nvidiactl"):
+        return False, "no NVIDIA driver found"
+    return True, ""
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the pip NVIDIA libraries (``blackbox-xai[cuda]``) when they are installed."""
+    if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
+        ort.preload_dlls(directory="")
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or 0
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 4
+    # Methods do numpy work between runs; spinning ORT threads would fight it for the cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+
+
+def create_session(model: bytes | str, device: Device, threads: int | None, *,
+                   generated: str | None = None) -> tuple[ort.InferenceSession, str]:
+    """Create a session on the requested device; returns it and a note on the provider that runs.
+
+    ``generated`` names a graph this package wrote (a backward graph...): if ONNX Runtime
+    cannot load it, that is our bug (:class:`InternalError`), not a fault of the user's model.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"device={device!r}: use 'auto', 'cpu' or 'cuda'")
+    note = ""
+    providers = [CPU]
+    if device != "cpu":
+        plausible, why = cuda_plausible()
+        if plausible:
+            _preload_cuda_libraries()
+            providers = [CUDA, CPU]
+        elif device == "cuda":
+            raise DeviceError(f"device='cuda' but the CUDA execution provider is not usable: {why}")
+        else:
+            note = f" (CUDA not tried: {why})"
+    try:
+        sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+    except Exception as e:  # ORT raises several exception types for bad graphs
+        if generated:
+            raise InternalError(f"blackbox-xai built a {generated} that ONNX Runtime cannot load "
+                                f"(a bug in blackbox-xai, not in your model): {_first_line(e)}") from e
+        raise ModelLoadError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from e
+    active = sess.get_providers()[0]
+    if device == "cuda" and active != CUDA:
+        raise DeviceError("device='cuda' but ONNX Runtime fell back to the CPU (check the CUDA/cuDNN "
+                          "libraries: pip install 'blackbox-xai[cuda]')")
+    if CUDA in providers and active != CUDA:
+        note = " (CUDA requested but unavailable: fell back to CPU)"
+    return sess, active + note
+
+
+def run(session: ort.InferenceSession, outputs: Sequence[str] | None,
+        feeds: Mapping[str, npt.NDArray], what: str = "the model") -> list[npt.NDArray]:
+    """``session.run``, with ONNX Runtime's failures (a Reshape that fails at run time, an
+    allocation that cannot be satisfied) turned into one-line :class:`ModelRunError`."""
+    try:
+        return session.run(None if outputs is None else list(outputs), dict(feeds))
+    except Exception as e:  # ORT's pybind exceptions share no useful base class
+        rows = len(next(iter(feeds.values()))) if feeds else 0
+        line = _first_line(e)
+        hint = ("; try a smaller --batch-size" if any(w in line.lower() for w in
+                ("alloc", "memory", "bad_alloc")) else "")
+        raise ModelRunError(f"ONNX Runtime failed running {what} on a batch of {rows}: {line}{hint}"
+                            ) from e
+
+
+# ---- runtime checks of graph rewrites ----------------------------------------------------------
+def probe_feeds(model: onnx.ModelProto, rows: int, seed: int = 0) -> dict[str, npt.NDArray]:
+    """Random inputs with ``rows`` samples; symbolic non-batch axes get ``UNKNOWN_DIM``."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        t = v.type.tensor_type
+        shape = [rows] + [d.dim_value or UNKNOWN_DIM for d in t.shape.dim[1:]]
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[v.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[v.name] = np.zeros(shape, dtype)
+    return feeds
+
+
+def same_outputs(a: npt.NDArray, b: npt.NDArray) -> bool:
+    """Equal up to float rounding (fp16 outputs get a looser tolerance)."""
+    if a.shape != b.shape:
+        return False
+    if not np.issubdtype(a.dtype, np.floating):
+        return bool(np.array_equal(a, b))
+    tol = 1e-2 if a.dtype == np.float16 else 1e-4
+    return bool(np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max(initial=0)))))
+
+
+def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return create_session(src, "cpu", None)[0]
+
+
+def verify_batch_dynamic(original: onnx.ModelProto, dynamic: onnx.ModelProto, batch: int) -> None:
+    """Batch 2 == two batch-1 runs, and batch ``batch`` == the original model, or raise."""
+    x = probe_feeds(dynamic, max(batch, 2))
+
+    def part(start: int, stop: int) -> dict[str, npt.NDArray]:
+        return {k: v[start:stop] for k, v in x.items()}
+
+    try:
+        new, old = _session(dynamic), _session(original)
+        singles = zip(*(new.run(None, part(i, i + 1)) for i in (0, 1)))
+        checks = [("batch 2 vs two batch-1 runs", new.run(None, part(0, 2)),
+                   [np.concatenate(o) for o in singles]),
+                  (f"batch {batch} vs the original model", new.run(None, part(0, batch)),
+                   old.run(None, part(0, batch)))]
+    except Exception as e:  # ORT raises several exception types
+        raise BlackboxError(f"cannot make the batch dynamic: ONNX Runtime fails on the rewritten "
+                            f"model ({_first_line(e)})") from e
+    names = [o.name for o in dynamic.graph.output]
+    for what, got, want in checks:
+        for name, a, b in zip(names, got, want):
+            if not same_outputs(a, b):
+                raise BlackboxError(
+                    f"cannot make the batch dynamic: output {name!r} differs ({what}); the graph "
+                    "hard-codes the batch size in an op other than Reshape (Expand, Tile...)")
+
+
+def verify_same_function(original: onnx.ModelProto | str, rewritten: onnx.ModelProto,
+                         reference: onnx.ModelProto, what: str) -> None:
+    """Both models give the same outputs on one probe batch (``reference`` gives the input
+    shapes), or raise :class:`BlackboxError` naming ``what`` was rewritten."""
+    rows = next((d.dim_value for i in reference.graph.input[:1]
+                 for d in i.type.tensor_type.shape.dim[:1] if d.dim_value > 0), 2)
+    feeds = probe_feeds(reference, rows)
+    try:
+        want = _session(original).run(None, feeds)
+        got = _session(rewritten).run(None, feeds)
+    except Exception as e:  # ORT raises several exception types
+        raise BlackboxError(f"{what}: ONNX Runtime fails on the result ({_first_line(e)})") from e
+    for o, a, b in zip(rewritten.graph.output, got, want):
+        if not same_outputs(np.asarray(a), np.asarray(b)):
+            raise BlackboxError(f"{what}: output {o.name!r} changed")
