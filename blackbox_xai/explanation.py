@@ -60,6 +60,8 @@ class Explanation:
     extras: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     model: dict[str, Any] | None = None
+    #: the image and its preprocessing (path, sha256, size, box, recipe): ``Prepared.inputs``
+    inputs: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
     def manifest(self) -> dict[str, Any]:
@@ -77,7 +79,7 @@ class Explanation:
         """Write ``stem.npy`` (raw map), ``stem.json`` (manifest), ``stem.png`` (heatmap),
         ``stem_overlay.png`` (when the original ``image`` is given; ``box`` places the map on it)
         and ``stem.extras.npz`` (large extras). All files appear together or not at all."""
-        from .viz import heatmap_image, overlay_image
+        from .viz import heatmap_image, is_signed_method, overlay_image
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -86,9 +88,11 @@ class Explanation:
         np.save(buf, self.map)
         payloads[out / f"{stem}.npy"] = buf.getvalue()
         payloads[out / f"{stem}.json"] = json.dumps(self.manifest(), indent=2).encode()
-        payloads[out / f"{stem}.png"] = _png(heatmap_image(self.map))
+        signed = is_signed_method(self.method)
+        payloads[out / f"{stem}.png"] = _png(heatmap_image(self.map, signed=signed))
         if image is not None:
-            payloads[out / f"{stem}_overlay.png"] = _png(overlay_image(image, self.map, box=box))
+            payloads[out / f"{stem}_overlay.png"] = _png(overlay_image(image, self.map, box=box,
+                                                                       signed=signed))
         big = {k: v for k, v in self.extras.items()
                if isinstance(v, np.ndarray) and v.size > _INLINE_LIMIT}
         if big:

@@ -11,6 +11,11 @@ photo itself when each channel spans the full [0, 255] range. That matches what 
 feeds scikit-image: it passes the uint8 photo, which ``quickshift`` turns into floats in
 [0, 1] (``img_as_float``) and then into CIELAB, so ``max_dist=200, ratio=0.2`` keep lime's
 meaning. A uint8 (H, W, 3) photo can also be given directly and is then used as is.
+
+The superpixel defaults are lime's (and ours) for a 224 x 224 input; smaller or larger inputs get
+them scaled to their size (:func:`scaled_defaults`), so a 32-pixel input is cut into a similar
+number of segments instead of one. A superpixel segmenter that finds fewer than ``min_segments``
+segments raises rather than give a segment method a constant map; a constant image is one segment.
 """
 
 from __future__ import annotations
@@ -27,13 +32,39 @@ SEGMENTERS = ("grid", "quickshift", "slic", "felzenszwalb")
 #: A segmenter name or an integer label array (H, W) given by the caller.
 Segments = str | npt.NDArray[np.integer]
 
-#: Defaults per segmenter. quickshift: lime_image's. slic/felzenszwalb: chosen to give a few dozen
+#: Defaults per segmenter for a 224 x 224 input (:data:`REFERENCE_SIDE`), scaled to other sizes by
+#: :func:`scaled_defaults`. quickshift: lime_image's. slic/felzenszwalb: chosen to give a few dozen
 #: segments on a 224-pixel photo (30-60 on the examples); override with ``segment(..., **kwargs)``.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},
     "slic": {"n_segments": 50, "compactness": 10.0, "start_label": 0},
     "felzenszwalb": {"scale": 200.0, "sigma": 0.5, "min_size": 100},
 }
+REFERENCE_SIDE = 224
+
+#: Fewer superpixels than this and a segment method refuses (its map would be near constant).
+MIN_SEGMENTS = 4
+
+
+def scaled_defaults(method: str, hw: tuple[int, ...]) -> dict[str, Any]:
+    """:data:`DEFAULTS` for ``method`` scaled to an (H, W) input; unchanged at 224 x 224.
+
+    With ``s = sqrt(H W) / 224`` (the input's side relative to 224 px): quickshift's
+    ``kernel_size`` and ``max_dist`` are lengths and scale with ``s`` (``kernel_size`` at least 1,
+    scikit-image's minimum); felzenszwalb's ``min_size`` is an area in pixels and scales with
+    ``s**2`` (at least 1). slic's ``n_segments`` is a count and its ``compactness`` is relative
+    to the grid step, so slic's are kept. On the example photos resized to 32 px this gives
+    8-15 quickshift and 12-20 felzenszwalb segments (30-40 at 224 px), where the unscaled
+    values give 1-4.
+    """
+    s = float(np.sqrt(hw[0] * hw[1])) / REFERENCE_SIDE
+    opts = dict(DEFAULTS[method])
+    if method == "quickshift":
+        opts["kernel_size"] = max(1.0, opts["kernel_size"] * s)
+        opts["max_dist"] = opts["max_dist"] * s
+    elif method == "felzenszwalb":
+        opts["min_size"] = max(1, round(opts["min_size"] * s * s))
+    return opts
 
 
 def relabel(labels: npt.ArrayLike) -> npt.NDArray[np.int64]:
@@ -83,17 +114,20 @@ def _rgb(img: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def segment(x_or_image: npt.ArrayLike, method: Segments = "grid", *, grid: int = 7,
-            **kwargs: Any) -> npt.NDArray[np.int64]:
+            min_segments: int = MIN_SEGMENTS, **kwargs: Any) -> npt.NDArray[np.int64]:
     """Label map (H, W) with labels ``0 .. d-1`` for a model input or a photo.
 
     Args:
         x_or_image: a model input (C, H, W) in normalised model space (float), or a uint8
             photo (H, W, C).
-        method: ``"grid"`` (``grid x grid`` cells), ``"quickshift"`` (lime_image's default:
-            kernel_size=4, max_dist=200, ratio=0.2), ``"slic"``, ``"felzenszwalb"``, or an
-            integer label array (H, W) which is checked and relabelled to ``0 .. d-1``.
+        method: ``"grid"`` (``grid x grid`` cells), ``"quickshift"`` (lime_image's default at
+            224 px: kernel_size=4, max_dist=200, ratio=0.2), ``"slic"``, ``"felzenszwalb"``, or
+            an integer label array (H, W) which is checked and relabelled to ``0 .. d-1``.
         grid: cells per side for ``"grid"``.
-        **kwargs: passed to the scikit-image segmenter (override :data:`DEFAULTS`).
+        min_segments: a superpixel segmenter that finds fewer segments raises
+            :class:`BlackboxError` suggesting ``--segments grid`` (a grid or a caller's label
+            array is taken as given).
+        **kwargs: passed to the scikit-image segmenter (override :func:`scaled_defaults`).
     """
     arr = np.asarray(x_or_image)
     if arr.dtype == np.uint8:
@@ -113,14 +147,22 @@ def segment(x_or_image: npt.ArrayLike, method: Segments = "grid", *, grid: int =
     from skimage import segmentation as sk
 
     img = _rgb(display_image(arr))
-    opts = {**DEFAULTS[method], **kwargs}
-    if method == "quickshift":
+    opts = {**scaled_defaults(method, hw), **kwargs}
+    if np.ptp(img) == 0:  # a constant image is one region; segmenters would cut it at random
+        labels = np.zeros(hw, np.int64)
+    elif method == "quickshift":
         labels = sk.quickshift(img, **opts)
     elif method == "slic":
         labels = sk.slic(img, **opts)
     else:
         labels = sk.felzenszwalb(img, **opts)
-    return relabel(labels)
+    labels = relabel(labels)
+    d = int(labels.max()) + 1
+    if d < min_segments:
+        raise BlackboxError(f"{method} found {d} segment{'s' if d > 1 else ''} on the "
+                            f"{hw[0]} x {hw[1]} input, fewer than the {min_segments} needed: "
+                            "use --segments grid")
+    return labels
 
 
 def check_labels(labels: npt.ArrayLike, hw: tuple[int, ...]) -> npt.NDArray[np.int64]:

@@ -38,26 +38,42 @@ def diverging(t: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
     return (rgb * 255).astype(np.uint8)
 
 
-def is_signed(m: npt.NDArray[np.floating]) -> bool:
-    """A map has meaningful negative evidence when its minimum is below -5% of its range."""
-    lo, hi = float(np.min(m)), float(np.max(m))
-    return lo < 0 and -lo > 0.05 * max(hi - lo, 1e-12)
+#: Methods whose maps are signed attributions: a value is evidence for (> 0) or against (< 0)
+#: the class, and 0 means no effect. They are drawn centred at 0 on the diverging scale.
+SIGNED_METHODS = frozenset({"occlusion", "shapley", "lime", "cam", "gradient-x-input",
+                            "integrated-gradients"})
+#: Methods whose maps are relevance, not signed evidence: RISE and Score-CAM (weighted averages
+#: of scores: all negative on a model with negative logits), CAMs after ReLU, |gradient| maps
+#: (saliency, smoothgrad), masks (meaningful perturbation). Drawn min-max on inferno.
+UNSIGNED_METHODS = frozenset({"rise", "scorecam", "gradcam", "gradcampp", "smooth-gradcampp",
+                              "xgradcam", "layercam", "ablationcam", "eigencam", "saliency",
+                              "smoothgrad", "meaningful-perturbation"})
 
 
-def normalize(m: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float64], float, float]:
-    """Display scaling: [-1, 1] by max |m| when signed, else min-max to [0, 1]; and (lo, hi)."""
+def is_signed_method(method: str) -> bool:
+    """Whether ``method``'s maps are signed attributions (by the method's meaning, not the
+    data's sign). A method in neither set is drawn signed: centred at 0, no sign is hidden."""
+    return method not in UNSIGNED_METHODS
+
+
+def normalize(m: npt.NDArray[np.floating], signed: bool
+              ) -> tuple[npt.NDArray[np.float64], float, float]:
+    """Display scaling and its range (lo, hi): signed, ``m / max|m|`` in [-1, 1] with range
+    (-max|m|, max|m|); unsigned, min-max to [0, 1] with range (min, max)."""
     m = np.nan_to_num(np.asarray(m, np.float64))
-    if is_signed(m):
+    if signed:
         v = max(float(np.abs(m).max()), 1e-12)
         return m / v, -v, v
     lo, hi = float(m.min()), float(m.max())
     return (m - lo) / max(hi - lo, 1e-12), lo, hi
 
 
-def colorize(m: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.uint8], float, float]:
-    """RGB image of a map and its display range (lo, hi): diverging when signed, else inferno."""
-    t, lo, hi = normalize(m)
-    return (diverging(t) if is_signed(m) else inferno(t)), lo, hi
+def colorize(m: npt.NDArray[np.floating], signed: bool
+             ) -> tuple[npt.NDArray[np.uint8], float, float]:
+    """RGB image of a map and its display range (lo, hi): blue-white-red centred at 0 when
+    ``signed``, else inferno from the map's minimum to its maximum."""
+    t, lo, hi = normalize(m, signed)
+    return (diverging(t) if signed else inferno(t)), lo, hi
 
 
 def _legend(width: int, lo: float, hi: float, signed: bool) -> Image.Image:
@@ -79,21 +95,25 @@ def _with_legend(img: Image.Image, lo: float, hi: float, signed: bool) -> Image.
     return out
 
 
-def heatmap_image(m: npt.NDArray[np.floating]) -> Image.Image:
-    """The map alone, at the model's input resolution, with a colour legend."""
-    rgb, lo, hi = colorize(m)
-    return _with_legend(Image.fromarray(rgb), lo, hi, is_signed(m))
+def heatmap_image(m: npt.NDArray[np.floating], *, signed: bool = True) -> Image.Image:
+    """The map alone, at the model's input resolution, with a colour legend.
+
+    ``signed``: whether the map is a signed attribution (:func:`is_signed_method`).
+    """
+    rgb, lo, hi = colorize(m, signed)
+    return _with_legend(Image.fromarray(rgb), lo, hi, signed)
 
 
 def overlay_image(image: Image.Image, m: npt.NDArray[np.floating], box: Box | None = None,
-                  alpha: float = 0.7) -> Image.Image:
+                  alpha: float = 0.7, *, signed: bool = True) -> Image.Image:
     """The map blended over the original photo; ``box`` is where the model's input came from.
 
-    Opacity grows with |value| (up to ``alpha``) so that unimportant pixels show the photo.
+    Opacity grows with |value| (signed) or with the value above the minimum (unsigned), up to
+    ``alpha``, so that unimportant pixels show the photo. ``signed`` as for :func:`heatmap_image`.
     """
     image = image.convert("RGB")
-    rgb, lo, hi = colorize(m)
-    t, _, _ = normalize(m)
+    rgb, lo, hi = colorize(m, signed)
+    t, _, _ = normalize(m, signed)
     x0, y0, x1, y1 = box or (0, 0, image.width, image.height)
     size = (max(round(x1 - x0), 1), max(round(y1 - y0), 1))
     heat = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)
@@ -102,4 +122,4 @@ def overlay_image(image: Image.Image, m: npt.NDArray[np.floating], box: Box | No
     region = image.crop((round(x0), round(y0), round(x0) + size[0], round(y0) + size[1]))
     out = image.copy()
     out.paste(Image.composite(heat, region, weight), (round(x0), round(y0)))
-    return _with_legend(out, lo, hi, is_signed(m))
+    return _with_legend(out, lo, hi, signed)

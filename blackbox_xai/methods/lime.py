@@ -39,8 +39,10 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
          fill: str | float = "mean", alpha: float = 1.0) -> Attribution:
     """Superpixel LIME: weighted ridge regression of the score on which segments are shown.
 
-    Draw z in {0,1}^d (the first sample all ones: x itself, not queried again); hidden
-    segments show the fill (segment mean colour, zero, blur or a number). Weights
+    Segments: quickshift by default, its parameters scaled to the input size
+    (:func:`~blackbox_xai.segmentation.scaled_defaults`); fewer than 4 superpixels raise (use
+    segments="grid"). Draw z in {0,1}^d (the first sample all ones: x itself, not queried
+    again); hidden segments show the fill (segment mean colour, zero, blur or a number). Weights
     w = sqrt(exp(-D(z, 1)^2 / kernel_width^2)) with D the cosine distance (lime_image's kernel);
     fit Ridge(alpha) with intercept of f_c on z with weights w. The map paints each segment with
     its coefficient. Queries: num_samples. extras: attributions (coefficients), intercept, r2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import Recorder, model_path
@@ -110,8 +112,33 @@ def test_default_quickshift_segments_on_a_structured_image():
     x[0, :, :16], x[2, :, 16:], x[1, 8:24, 8:24] = 2.0, 2.0, -1.0  # red/blue halves, a square
     exp = explain(model, x, "lime", seed=0, num_samples=64)
     labels = exp.extras["segments"]
-    assert labels.max() + 1 == len(exp.extras["attributions"]) >= 3
+    assert labels.max() + 1 == len(exp.extras["attributions"]) >= 4
+    regions = (np.arange(32) >= 16)[None, :] + 2 * (x[1] < 0)  # left, right, square (2 parts)
+    for k in range(labels.max() + 1):  # no superpixel crosses a colour edge
+        assert len(np.unique(regions[labels == k])) == 1
     assert exp.n_queries == 64 and np.isfinite(exp.map).all()
+
+
+def test_cli_refuses_a_flat_image_and_suggests_the_grid(run, tmp_path):
+    """One segment would give a constant map with exit 0: one line, exit 2, the flag that works."""
+    from PIL import Image
+
+    img = tmp_path / "flat.png"
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(img)
+    path = model_path("tiny_cnn")
+    r = run("explain", "lime", path, img, "--num-samples", "20", "--out", tmp_path / "o")
+    assert r.exit_code == 2
+    errors = [line for line in r.output.splitlines() if "segment" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "quickshift found 1 segment on the 32 x 32 input, fewer than the 4 needed: "
+        "use --segments grid")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    r = run("explain", "lime", path, img, "--num-samples", "20", "--segments", "grid",
+            "--out", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    extras = json.loads((tmp_path / "o" / "flat_lime.json").read_text())["extras"]
+    np.testing.assert_array_equal(extras["segments"], grid_labels(32, 32, 7))
+    assert len(extras["attributions"]) == 49
 
 
 def test_bad_options_are_rejected(linear_query, x32):
