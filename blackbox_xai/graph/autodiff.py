@@ -85,12 +85,14 @@ def backward_cached(
 ) -> onnx.ModelProto:
     """:func:`backward`, memoised in memory (last few) and optionally on disk in ``cache_dir``.
 
-    The key is (engine version, model sha256, wrt, output); pass ``sha256`` when it is known to
-    skip hashing. Each call returns a fresh ``ModelProto``.
+    The key is (engine version, onnx version, sha256 of the exact graph differentiated, wrt,
+    output); pass ``sha256`` only when it is the hash of that graph. An unreadable cache entry
+    (truncated, empty) is rebuilt; a cache folder that cannot be written means no disk cache.
+    Each call returns a fresh ``ModelProto``.
     """
     data = model if isinstance(model, bytes) else model.SerializeToString()
     digest = sha256 or hashlib.sha256(data).hexdigest()
-    key = (ENGINE_VERSION, digest, tuple(wrt), output)
+    key = (ENGINE_VERSION, onnx.__version__, digest, tuple(wrt), output)
     if key in _memory_cache:
         _memory_cache.move_to_end(key)
         return onnx.load_from_string(_memory_cache[key])
@@ -98,18 +100,34 @@ def backward_cached(
     if cache_dir is not None:
         name = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
         path = Path(cache_dir) / f"backward-{name}.onnx"
-    if path is not None and path.is_file():
-        result = path.read_bytes()
-        log.debug("backward graph read from %s", path)
-    else:
+    result = _read_cached(path) if path is not None else None
+    if result is None:
         src = onnx.load_from_string(data) if isinstance(model, bytes) else model
         result = backward(src, wrt, output).SerializeToString()
         if path is not None:
-            _atomic_write(path, result)
+            try:
+                _atomic_write(path, result)
+            except OSError as e:
+                log.warning("backward-graph cache %s is not writable (%s): not cached",
+                            path.parent, e.strerror or e)
     _memory_cache[key] = result
     while len(_memory_cache) > _MEMORY_CACHE_SIZE:
         _memory_cache.popitem(last=False)
     return onnx.load_from_string(result)
+
+
+def _read_cached(path: Path) -> bytes | None:
+    """The cached graph's bytes, or None when absent or unreadable (then it is rebuilt)."""
+    try:
+        data = path.read_bytes()
+        if not onnx.load_from_string(data).graph.node:
+            return None  # an empty file parses as an empty model
+    except Exception:  # OSError, protobuf's DecodeError (no public base class)
+        if path.exists():
+            log.info("backward-graph cache entry %s is unreadable: rebuilding it", path.name)
+        return None
+    log.debug("backward graph read from %s", path)
+    return data
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -73,7 +73,6 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     """A canonical copy of ``model`` (see the module docstring); ``model`` is not modified."""
     out, changes, problem, converted = copy_model(model), [], None, False
     ir = out.ir_version
-    _drop_initializer_inputs(out.graph)
     opset = default_opset(out)
     if opset < MIN_OPSET:
         try:
@@ -87,10 +86,14 @@ def normalize(model: onnx.ModelProto) -> Normalized:
         else:
             out, converted = upgraded, True
             changes.append(f"opset {opset} -> {MIN_OPSET}")
+    _drop_initializer_inputs(out.graph)  # after the converter, which expects IR 3's inputs
     min_ir = MIN_IR if default_opset(out) >= MIN_OPSET else 4
     out.ir_version = max(out.ir_version, min_ir)
     if out.ir_version != ir:
         changes.append(f"IR {ir} -> {out.ir_version}")
+    for o in out.graph.output:  # exporters write rank 0 for "unknown": let inference say
+        if _rank_of(o) == 0:
+            o.type.tensor_type.ClearField("shape")
     out = infer_shapes(out)
     added = complete_ranks(out)
     if added:
