@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import BlackboxError
+from .errors import BlackboxError, InternalError
 from .explanation import Explanation
 from .model import Model
 from .progress import progress_bar
@@ -29,6 +29,13 @@ class CountingQuery:
         self.n += len(x)
         if self.progress is not None:
             self.progress.update(len(x))
+        if scores.size == 0 or scores.shape[0] != len(x):
+            raise BlackboxError(f"the model returned scores of shape {scores.shape} for {len(x)} "
+                                "inputs: expected (N, K) with K >= 1")
+        bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))
+        if bad.any():
+            raise BlackboxError(f"the model returned NaN or infinite scores for {int(bad.sum())} "
+                                f"of {len(x)} inputs: its explanation would be meaningless")
         return scores.reshape(len(x), -1)
 
 
@@ -38,6 +45,9 @@ def as_single_input(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
         x = x[0]
     if x.ndim != 3:
         raise BlackboxError(f"x has shape {x.shape}: explain() takes one input, (C, H, W) or (1, C, H, W)")
+    if not np.isfinite(x).all():
+        raise BlackboxError(f"the input has {int((~np.isfinite(x)).sum())} NaN or infinite values "
+                            "(check the preprocessing: mean, std, scale)")
     return x
 
 
@@ -52,7 +62,7 @@ def resolve_target(scores: npt.NDArray[np.float32], target: int | None) -> int:
 
 def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: int | None = None,
             seed: int | None = 0, progress: bool = False, labels: Sequence[str] | None = None,
-            **options: Any) -> Explanation:
+            inputs: dict[str, Any] | None = None, **options: Any) -> Explanation:
     """Explain ``model``'s score for class ``target`` (default: top-1) on one input ``x``.
 
     Args:
@@ -61,8 +71,11 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: in
         method: a registered method name (``blackbox_xai.METHODS``).
         seed: seeds the method's ``np.random.Generator``; same seed, same map.
         progress: show a progress bar on stderr.
+        inputs: recorded in the manifest: the image and its preprocessing (``Prepared.inputs``).
         **options: the method's options (see ``blackbox-xai methods``).
     """
+    if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63):
+        raise BlackboxError(f"--seed {seed!r}: use an integer >= 0")
     spec = get_method(method)
     opts = spec.validate(options)
     x = as_single_input(x)
@@ -85,9 +98,12 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: in
     amap = np.asarray(attribution.map, dtype=np.float32)
     if amap.shape != x.shape[1:]:
         raise RuntimeError(f"{method} returned a map of shape {amap.shape}, expected {x.shape[1:]}")
+    if not np.isfinite(amap).all():
+        raise InternalError(f"{method} returned a map with {int((~np.isfinite(amap)).sum())} NaN "
+                            "or infinite values (a bug in blackbox-xai: please report it)")
     return Explanation(
         map=amap, method=method, target=tgt, score=float(scores0[tgt]),
         n_queries=n_queries, seconds=seconds, seed=seed, options=opts,
         extras=attribution.extras, label=labels[tgt] if labels is not None else None,
-        model=real_model.describe() if real_model is not None else None,
+        model=real_model.describe() if real_model is not None else None, inputs=inputs,
     )

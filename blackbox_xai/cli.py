@@ -16,7 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
-from .errors import BlackboxError, UnknownNameError, did_you_mean
+from .errors import BlackboxError, InternalError, UnknownNameError, did_you_mean
 
 log = logging.getLogger("blackbox_xai")
 
@@ -46,7 +46,9 @@ def friendly_errors(fn: Callable) -> Callable:
         except Exception as e:  # never a traceback for the user; --debug shows it
             if logging.getLogger("blackbox_xai").isEnabledFor(logging.DEBUG):
                 raise
-            click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug)", err=True)
+            text = " ".join(str(e).split())  # one line, whatever the exception holds
+            what = "" if isinstance(e, InternalError) else f"{type(e).__name__}: "
+            click.echo(f"internal error: {what}{text} (rerun with --debug)", err=True)
             sys.exit(3)
 
     return wrapper
@@ -57,9 +59,12 @@ def model_options(fn: Callable) -> Callable:
     for opt in reversed([
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True, help="Execution provider; cuda fails if CUDA cannot run."),
-        click.option("--score", type=click.Choice(["logit", "prob"]), default="logit",
-                     show_default=True, help="Explain the logit or the softmax probability."),
-        click.option("--output", "output_name", default=None, help="Score output name (default: the 2-D one)."),
+        click.option("--score", type=click.Choice(["logit", "prob", "logprob"]), default="logit",
+                     show_default=True,
+                     help="Explain the logit (before a final softmax, which is cut off), the "
+                          "softmax probability, or its log."),
+        click.option("--output", "output_name", default=None,
+                     help="The class-score output (default: the only one, or the only 2-D one)."),
         click.option("--batch-size", default="auto", show_default=True, help="Queries per run, or auto."),
         click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
@@ -69,17 +74,72 @@ def model_options(fn: Callable) -> Callable:
     return fn
 
 
+class _Numbers(click.Option):
+    """An option taking 1 to ``most`` numbers (``--mean 0.5`` or ``--mean 0.485 0.456 0.406``),
+    delivered as one space-separated string."""
+
+    def __init__(self, *args: Any, most: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.most = most
+
+    def add_to_parser(self, parser, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        opt = getattr(parser, "_long_opt", {}).get(self.opts[0])  # click's (private) parser
+        if opt is None:  # a click without it: one value, or a comma-separated list
+            return
+        store = opt.process
+
+        def process(value: str, state) -> None:
+            values = [value]
+            while state.rargs and len(values) < self.most and _is_number(state.rargs[0]):
+                values.append(state.rargs.pop(0))
+            store(" ".join(values), state)
+
+        opt.process = process
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+_PREPROCESS_FLAGS = ("preset", "resize", "crop", "letterbox", "pad", "mean", "std", "scale",
+                     "bgr", "max_pixels")
+
+
 def preprocess_options(fn: Callable) -> Callable:
+    """The preprocessing flags, passed to the command as one dict ``preprocess``."""
+    from .preprocess import PRESETS
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, preprocess={k: kwargs.pop(k) for k in _PREPROCESS_FLAGS}, **kwargs)
+
     for opt in reversed([
-        click.option("--resize", type=int, default=None, help="Resize the shorter side to this first."),
-        click.option("--crop", type=int, default=None, help="Centre-crop size (default: the model's input)."),
-        click.option("--mean", type=float, nargs=3, default=None, help="Per-channel mean (after /scale)."),
-        click.option("--std", type=float, nargs=3, default=None, help="Per-channel std (after /scale)."),
-        click.option("--scale", type=float, default=None, help="Divide pixels by this (255 -> [0, 1])."),
-        click.option("--bgr", is_flag=True, default=False, help="Feed BGR instead of RGB."),
+        click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+                     help="torchvision: ImageNet mean/std, resize 256/224 of the input, centre crop; "
+                          "tf: [-1, 1]; caffe: BGR 0-255 minus the ImageNet mean; zero-one; zero-255."),
+        click.option("--resize", cls=_Numbers, most=2, default=None, metavar="H [W]",
+                     help="One value: the shorter side to H; two: exactly H x W; then the centre crop."),
+        click.option("--crop", cls=_Numbers, most=2, default=None, metavar="H [W]",
+                     help="Centre-crop size (default: the model's input)."),
+        click.option("--letterbox/--no-letterbox", default=None,
+                     help="Fit the whole image inside the input keeping its aspect, padded with --pad."),
+        click.option("--pad", type=int, default=None, help="Letterbox padding pixel value 0-255 (default 0)."),
+        click.option("--mean", cls=_Numbers, most=3, default=None, metavar="M [M M]",
+                     help="Mean after /scale: one value for all channels, or one per channel."),
+        click.option("--std", cls=_Numbers, most=3, default=None, metavar="S [S S]",
+                     help="Std after /scale: one value for all channels, or one per channel."),
+        click.option("--scale", type=float, default=None, help="Divide pixels by this (255 -> [0, 1]; 1: 0-255)."),
+        click.option("--bgr/--rgb", "bgr", default=None, help="Channel order fed to the model."),
+        click.option("--max-pixels", type=click.IntRange(1), default=None,
+                     help="Largest image (width x height) to decode (default: Pillow's bomb limit)."),
     ]):
-        fn = opt(fn)
-    return fn
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 def open_model(model_path: str, device: str, score: str, output_name: str | None,
@@ -95,17 +155,50 @@ def open_model(model_path: str, device: str, score: str, output_name: str | None
                       batch_size=batch_size, threads=threads, layout=layout)
 
 
-def prepare_images(model, images: tuple[str, ...], resize, crop, mean, std, scale, bgr):
+def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
+    """The recipe (flags > preset > sidecar > metadata > guess) and each image prepared with it."""
     from .preprocess import Preprocessing
 
+    numbers = {}
+    for k in ("resize", "crop", "mean", "std"):
+        if flags[k] is not None:
+            try:
+                numbers[k] = tuple(float(v) for v in flags[k].replace(",", " ").split())
+            except ValueError:
+                raise BlackboxError(f"--{k} {flags[k]!r}: give numbers") from None
+    order = {True: "BGR", False: "RGB", None: None}[flags["bgr"]]
+    mode = {True: "letterbox", False: "crop", None: None}[flags["letterbox"]]
     pre = Preprocessing.for_model(
-        model.path, model.input.chw[1:], resize=resize, crop=crop, mean=mean or None,
-        std=std or None, scale=scale, channel_order="BGR" if bgr else None)
-    return pre, [pre.prepare(p, model.input.channels) for p in images]
+        model.path, model.input.chw[1:], channels=model.input.channels,
+        num_classes=model.num_classes, preset=flags["preset"], flag_prefix="--", **numbers,
+        scale=flags["scale"], pad=flags["pad"], channel_order=order, mode=mode)
+    return pre, [pre.prepare(p, model.input.channels, flags["max_pixels"]) for p in images]
 
 
 # ---- commands ---------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """A click group whose usage errors (a missing argument, a bad option value) are one line
+    on stderr with exit code 2, like every other error of the CLI."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)  # ctx.exit(code) returns the code here
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.version_option(package_name="blackbox-xai")
@@ -136,6 +229,7 @@ def inspect_cmd(model_path: str, device: str) -> None:
     """Show a model's inputs, outputs, opsets, op histogram and execution provider."""
     from .graph.io import load
     from .model import create_session, sha256_of
+    from .preprocess import Preprocessing, read_metadata
 
     proto = load(model_path)
     sess, provider = create_session(model_path, device, None)
@@ -149,6 +243,12 @@ def inspect_cmd(model_path: str, device: str) -> None:
             click.echo(f"{kind:9s} {i.name}  {i.type}  {i.shape}")
     hist = Counter(n.op_type for n in proto.graph.node)
     click.echo(f"nodes     {sum(hist.values())}: " + ", ".join(f"{k} {v}" for k, v in hist.most_common()))
+    dims = [d if isinstance(d, int) and d > 0 else None for d in sess.get_inputs()[0].shape]
+    if len(dims) == 4 and (dims[1] in (1, 3) or dims[3] in (1, 3)):  # an image input
+        c, h, w = dims[1:] if dims[1] in (1, 3) else (dims[3], dims[1], dims[2])
+        pre = Preprocessing.for_model(model_path, (h, w), channels=c, metadata=read_metadata(proto),
+                                      warn_if_guessed=False)
+        click.echo(f"preprocessing  {pre.summary(c)} (from {pre.origins()})")
 
 
 @cli.command("predict")
@@ -159,10 +259,10 @@ def inspect_cmd(model_path: str, device: str) -> None:
 @preprocess_options
 @friendly_errors
 def predict_cmd(model_path, images, top, device, score, output_name, batch_size, threads, layout,
-                resize, crop, mean, std, scale, bgr) -> None:
+                preprocess) -> None:
     """Top classes of each image (probabilities and logits)."""
     model = open_model(model_path, device, "logit", output_name, batch_size, threads, layout)
-    pre, prepared = prepare_images(model, images, resize, crop, mean, std, scale, bgr)
+    pre, prepared = prepare_images(model, images, preprocess)
     logits = model(np.stack([p.tensor for p in prepared]))
     probs = model.probabilities(logits)
     for p, lg, pr in zip(prepared, logits, probs):
@@ -216,15 +316,15 @@ def make_explain_command(spec) -> click.Command:
         flag_name = "--" + o.name.replace("_", "-")
         if flag:
             params.append(click.Option([f"{flag_name}/--no-{o.name.replace('_', '-')}", o.name],
-                                       default=o.default, show_default=True))
+                                       default=o.default, show_default=True, help=o.help))
         else:
             params.append(click.Option([flag_name, o.name], type=ctype, default=o.default,
-                                       show_default=True))
+                                       show_default=True, help=o.help))
 
     @click.argument("model_path", metavar="MODEL")
     @click.argument("images", nargs=-1, required=True)
     @click.option("--target", type=int, default=None, help="Class to explain (default: top-1).")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
                   help="Write .npy/.json/.png per image here (default: write nothing).")
     @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -233,16 +333,16 @@ def make_explain_command(spec) -> click.Command:
     @preprocess_options
     @friendly_errors
     def run(model_path, images, target, seed, out_dir, overwrite, progress, device, score,
-            output_name, batch_size, threads, layout, resize, crop, mean, std, scale, bgr,
-            **options):
+            output_name, batch_size, threads, layout, preprocess, **options):
         from .api import explain
 
+        spec.validate(options)  # bad option values cost no model loading
         model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
-        pre, prepared = prepare_images(model, images, resize, crop, mean, std, scale, bgr)
+        pre, prepared = prepare_images(model, images, preprocess)
         show = sys.stderr.isatty() if progress is None else progress
         for p in prepared:
             exp = explain(model, p.tensor, spec.name, target=target, seed=seed, progress=show,
-                          labels=pre.labels, **options)
+                          labels=pre.labels, inputs=p.inputs, **options)
             label = f" ({exp.label})" if exp.label else ""
             line = (f"{p.path.name}: {spec.name} target {exp.target}{label} score {exp.score:.4g}, "
                     f"{exp.n_queries} queries, {exp.seconds:.2f} s")

@@ -246,7 +246,7 @@ def _annotated_overlay(prepared, amap, boxes, point):
               help="Object boxes (JSON or CSV, model-input pixels) for the pointing game.")
 @click.option("--target", "target_mode", type=click.Choice(["top1", "label"]), default="top1",
               show_default=True, help="Explain the predicted class or the box file's label.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--pixels-per-step", type=click.IntRange(1), default=None,
               help="Deletion/insertion step (default: H*W/28, 1792 at 224x224).")
 @click.option("--tolerance", type=click.FloatRange(0), default=15.0, show_default=True,
@@ -262,7 +262,7 @@ def _annotated_overlay(prepared, amap, boxes, point):
 @friendly_errors
 def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_path, target_mode, seed,
                  pixels_per_step, tolerance, out_dir, report_path, overwrite, progress, device, score,
-                 output_name, batch_size, threads, layout, resize, crop, mean, std, scale, bgr) -> None:
+                 output_name, batch_size, threads, layout, preprocess) -> None:
     """Explain IMAGES with each method and score the maps' faithfulness.
 
     Per image and method: deletion and insertion AUC (RISE protocol: pixels in map order set to
@@ -287,7 +287,6 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
         pointing_hit,
     )
     from .metrics.pointing import max_location
-    from .model import softmax
     from .report import Figure, Section, plot_curves, render_report, thumbnail
 
     methods = _parse_methods(methods_text)
@@ -314,7 +313,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     _check_free(planned, overwrite)
 
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
-    pre, prepared = prepare_images(model, images, resize, crop, mean, std, scale, bgr)
+    pre, prepared = prepare_images(model, images, preprocess)
     show = sys.stderr.isatty() if progress is None else progress
     rows: list[dict[str, Any]] = []
     curves: dict[tuple[str, str], Any] = {}
@@ -323,7 +322,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     for img, stem, p in zip(images, stems, prepared):
         ann = annotations[img]
         logits = model(p.tensor[None])[0]
-        probs = logits if (model.output_is_probability or model.score == "prob") else softmax(logits)
+        probs = model.probabilities(logits)
         top1 = int(np.argmax(logits))
         target = ann.label if target_mode == "label" else top1
         labels = pre.labels or ()
@@ -443,15 +442,16 @@ Example:
               help="An image drifts when Spearman(map A, map B) is below this.")
 @click.option("--top-k", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
               help="Region fraction for the top-k IoU.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the comparison (settings, summary, per-image rows) as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Write the per-image rows as CSV.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--score", type=click.Choice(["logit", "prob"]), default="logit", show_default=True,
-              help="Explain the logit or the softmax probability.")
-@click.option("--output", "output_name", default=None, help="Score output name (default: the 2-D one).")
+@click.option("--score", type=click.Choice(["logit", "prob", "logprob"]), default="logit",
+              show_default=True, help="Explain the logit, the softmax probability, or its log.")
+@click.option("--output", "output_name", default=None,
+              help="The class-score output (default: the only one, or the only 2-D one).")
 @click.option("--batch-size", default="auto", show_default=True, help="Queries per run, or auto.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores).")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
@@ -460,7 +460,7 @@ Example:
 @friendly_errors
 def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, option_pairs,
                 threshold, top_k, seed, json_path, csv_path, overwrite, score, output_name,
-                batch_size, threads, layout, resize, crop, mean, std, scale, bgr) -> None:
+                batch_size, threads, layout, preprocess) -> None:
     from dataclasses import asdict
 
     from .compare import compare_models
@@ -475,7 +475,7 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
                    "(a determinism check); use --against or --device-b", err=True)
     model_a = open_model(model_path, device_a, score, output_name, batch_size, threads, layout)
     model_b = open_model(b_path, device_b, score, output_name, batch_size, threads, layout)
-    _, prepared = prepare_images(model_a, images, resize, crop, mean, std, scale, bgr)
+    _, prepared = prepare_images(model_a, images, preprocess)
     result = compare_models(model_a, model_b, [p.tensor for p in prepared], method,
                             names=[p.path.name for p in prepared], seed=seed,
                             threshold=threshold, top_k=top_k, **opts)
@@ -507,15 +507,14 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Cascade points to evaluate (default: every layer).")
 @click.option("--target", type=int, default=None, help="Class (default: top-1).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as JSON.")
 @model_options
 @preprocess_options
 @friendly_errors
 def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, seed, json_path,
-               device, score, output_name, batch_size, threads, layout, resize, crop, mean, std,
-               scale, bgr) -> None:
+               device, score, output_name, batch_size, threads, layout, preprocess) -> None:
     """Model-randomization sanity check (Adebayo et al. 2018) of METHOD on one IMAGE.
 
     Re-initialises the model's weights layer by layer from the output backwards (cascading) or
@@ -526,7 +525,7 @@ def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, se
 
     opts = method_options([method], option_pairs)[method]
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
-    _, (prepared,) = prepare_images(model, (image,), resize, crop, mean, std, scale, bgr)
+    _, (prepared,) = prepare_images(model, (image,), preprocess)
     if json_path is not None:
         _check_free([Path(json_path)], overwrite=False)
     result = randomization_check(model, prepared.tensor, method, target=target, seed=seed,

@@ -51,12 +51,13 @@ def layers_cmd(model_path: str) -> None:
     model = load(model_path)
     layers = candidate_layers(model)
     default = default_layer(model)
-    header = ("tensor", "shape", "op", "feeds pooling")
-    rows = [(c.name, _shape(c.shape), c.op, "yes" if c.feeds_pooling else "no") for c in layers]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    header = ("tensor", "shape", "layout", "op", "feeds pooling")
+    rows = [(c.name, _shape(c.shape), c.layout, c.op, "yes" if c.feeds_pooling else "no")
+            for c in layers]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
 
     def line(mark: str, row: tuple[str, ...]) -> str:
-        return f"{mark} " + "  ".join(f"{v:{w}s}" for v, w in zip(row, widths)) + f"  {row[3]}"
+        return f"{mark} " + "  ".join(f"{v:{w}s}" for v, w in zip(row, widths)) + f"  {row[-1]}"
 
     click.echo(line(" ", header))
     for row in rows:
@@ -84,16 +85,32 @@ def expose_cmd(model_path: str, tensors: tuple[str, ...], out: str, overwrite: b
               help="Tensor or input to differentiate with respect to (repeatable).")
 @click.option("-o", "--out", required=True, help="The .onnx file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--output", "output_name", default=None,
+              help="The class-score output (default: the only one, or the only 2-D one).")
+@click.option("--score", type=click.Choice(["logit", "prob", "logprob"]), default="logit",
+              show_default=True, help="Differentiate the logits (before a final softmax), the "
+                                      "softmax probabilities, or their log.")
 @_friendly
-def backward_cmd(model_path: str, wrt: tuple[str, ...], out: str, overwrite: bool) -> None:
-    """Write MODEL's backward graph: extra input seed (N, K), outputs d(seed . scores)/d(wrt)."""
+def backward_cmd(model_path: str, wrt: tuple[str, ...], out: str, overwrite: bool,
+                 output_name: str | None, score: str) -> None:
+    """Write MODEL's backward graph: extra input seed (N, K), outputs d(seed . scores)/d(wrt).
+
+    The graph is built from the normalised model (IR and opset upgraded where needed) and is
+    loaded in ONNX Runtime before it is written.
+    """
     from .graph import load, resolve_tensor, save
+    from .graph.autodiff import backward
+    from .model import load_model
+    from .runtime import create_session
 
     dest = _output_path(model_path, out, overwrite)
-    model = load(model_path)
-    for name in wrt:
-        resolve_tensor(model, name)
-    from .graph.autodiff import backward
-
-    save(backward(model, wrt=list(wrt)), dest)
-    click.echo(f"wrote {dest}: gradients of seed . scores with respect to {', '.join(wrt)}")
+    source = load(model_path)
+    for name in wrt:  # names first: a typo costs no model loading
+        resolve_tensor(source, name)
+    model = load_model(model_path, device="cpu", score=score, output=output_name)
+    proto, scores = model.scores_graph()
+    graph = backward(proto, wrt=list(wrt), output=scores)
+    create_session(graph.SerializeToString(), "cpu", 1, generated="backward graph")
+    save(graph, dest)
+    click.echo(f"wrote {dest}: gradients of seed . {scores} (seed: N x {model.num_classes}) with "
+               f"respect to {', '.join(wrt)}")

@@ -272,7 +272,7 @@ class Model:
             return two_d[0]
         listed = ", ".join(f"{n} {list(s) if s is not None else '?'}" for n, s in outs.items())
         raise ModelInputError(f"the model has {len(outs)} outputs ({listed}): choose the class "
-                              "scores with --output NAME (Python: output=NAME)")
+                              "scores with --output NAME")
 
     def _check_scores(self) -> int:
         """Run one input; refuse outputs that are not class scores; return the class count.

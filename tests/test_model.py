@@ -86,7 +86,7 @@ def test_score_kinds_and_a_softmaxed_output(batch, caplog):
     np.testing.assert_allclose(load_model(model_path("tiny_cnn"), score="logprob")(batch),
                                logp, rtol=1e-5, atol=1e-5)
     # a graph ending in Softmax: "logit" explains the tensor before it (the graph is cut there)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="blackbox_xai"):
         sm = load_model(model_path("tiny_cnn_softmax"), score="logit")
     assert sm.activation == "Softmax" and sm.logits_name == "logits" != sm.output_name
     assert "the input of the final Softmax" in caplog.text

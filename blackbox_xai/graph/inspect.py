@@ -22,6 +22,7 @@ from .io import infer_shapes
 
 Dim = int | str | None  # a size, a symbolic name, or unknown
 TensorKind = Literal["input", "initializer", "intermediate", "output"]
+Layout = Literal["NCHW", "NHWC"]
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool"}
@@ -42,17 +43,6 @@ class TensorInfo:
     elem_type: int  # onnx.TensorProto data type; 0 when unknown
     op: str | None  # producing op type (None for inputs and initializers)
     node: str | None  # producing node name
-
-
-@dataclass(frozen=True)
-class CandidateLayer:
-    """A 4-D float feature map a CAM can weight, and whether it feeds the global pooling."""
-
-    name: str
-    shape: tuple[Dim, ...]
-    op: str
-    node: str | None
-    feeds_pooling: bool
 
 
 # ---- graph walks ------------------------------------------------------------------------------
@@ -197,13 +187,51 @@ def resolve_tensor(model: onnx.ModelProto, name: str) -> str:
 
 
 # ---- CAM layers -------------------------------------------------------------------------------
-def _is_spatial_reduce(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
-    """A ReduceMean/ReduceMax over the two spatial axes of a 4-D tensor (NCHW or NHWC)."""
+# ops whose first input and output are channels-first by the ONNX spec (for 4-D tensors)
+CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "QLinearConv", "BatchNormalization",
+                      "InstanceNormalization", "LRN", "MaxPool", "AveragePool", "LpPool",
+                      "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "DepthToSpace",
+                      "SpaceToDepth"}
+# ops whose 4-D inputs and 4-D outputs line up axis by axis (elementwise, broadcasting, slicing)
+AXIS_PRESERVING = ACTIVATIONS | {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Cast", "Abs", "Neg",
+    "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign",
+    "ThresholdedRelu", "Pad", "Resize", "Upsample", "Concat", "Split", "Slice", "Expand", "Tile",
+    "QuantizeLinear", "DequantizeLinear"}
+SPATIAL_AXES: dict[Layout, tuple[int, int]] = {"NCHW": (2, 3), "NHWC": (1, 2)}
+_IDENTITY = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class CandidateLayer:
+    """A 4-D float feature map a CAM can weight: its layout, and whether it feeds the pooling."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    layout: Layout  # "NCHW": (N, C, H, W); "NHWC": (N, H, W, C)
+    op: str
+    node: str | None
+    feeds_pooling: bool
+
+
+class NotAFeatureMapError(BlackboxError):
+    """A tensor asked for as a CAM layer is not a spatial feature map of known layout."""
+
+
+def _reduce_axes(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[int] | None:
+    """The axes (mod 4) a Reduce* node reduces, when an attribute or constant input gives them."""
     axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = constant_value(graph, node.input[1])  # opset 18: axes is an input
         axes = None if value is None else value.reshape(-1).tolist()
-    return axes is not None and {a % 4 for a in axes} in ({2, 3}, {1, 2})
+    return None if axes is None else {int(a) % 4 for a in axes}
+
+
+def reduce_layout(graph: onnx.GraphProto, node: onnx.NodeProto) -> Layout | None:
+    """The layout a spatial ReduceMean/ReduceMax implies for its 4-D input: axes {2, 3} are the
+    spatial axes of NCHW, {1, 2} those of NHWC; None for any other reduction."""
+    axes = _reduce_axes(graph, node) if node.op_type in SPATIAL_REDUCES else None
+    return next((lay for lay, pair in SPATIAL_AXES.items() if axes == set(pair)), None)
 
 
 def _feeds_pooling(graph: onnx.GraphProto, name: str, readers: dict[str, list[int]]) -> bool:
@@ -212,43 +240,217 @@ def _feeds_pooling(graph: onnx.GraphProto, name: str, readers: dict[str, list[in
         n = graph.node[i]
         if n.input[0] != name:
             continue
-        if n.op_type in GLOBAL_POOLS:
-            return True
-        if n.op_type in SPATIAL_REDUCES and _is_spatial_reduce(graph, n):
+        if n.op_type in GLOBAL_POOLS or reduce_layout(graph, n) is not None:
             return True
         if n.op_type in ACTIVATIONS and _feeds_pooling(graph, n.output[0], readers):
             return True
     return False
 
 
-def _is_feature_map(shape: tuple[Dim, ...] | None) -> bool:
-    """4-D with a spatial extent: at most one non-batch axis is 1 (a pooled (N, C, 1, 1) is not)."""
-    return shape is not None and len(shape) == 4 and sum(d == 1 for d in shape[1:]) < 2
+def _input_layout(shape: tuple[Dim, ...]) -> Layout | None:
+    """A graph input's layout from its channel axis: 1, 3 or 4 channels first or last."""
+    first, last = shape[1] in (1, 3, 4), shape[3] in (1, 3, 4)
+    return "NCHW" if first else "NHWC" if last else None
+
+
+def _head_width(graph: onnx.GraphProto, pooled: str, readers: dict[str, list[int]]) -> int | None:
+    """Input size of the Gemm/MatMul that reads the pooled vector ``pooled`` (through
+    Flatten/Reshape/Squeeze/Identity), from its constant weight; None when there is none."""
+    for _ in range(4):
+        nxt = [graph.node[i] for i in readers.get(pooled, [])]
+        if len(nxt) != 1 or nxt[0].input[0] != pooled:
+            return None
+        node = nxt[0]
+        if node.op_type in ("Gemm", "MatMul"):
+            w = constant_value(graph, node.input[1])
+            if w is None or w.ndim != 2:
+                return None
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            return int(w.shape[1] if node.op_type == "Gemm" and trans_b else w.shape[0])
+        if node.op_type not in ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout"):
+            return None
+        pooled = node.output[0]
+    return None
+
+
+def _layout_evidence(model: onnx.ModelProto, info: dict[str, TensorInfo]
+                     ) -> tuple[dict[str, set[str]], list[tuple[str, str, tuple[int, ...]]]]:
+    """Votes (tensor -> layouts the graph asserts for it) and edges (a, b, perm): label(b) is
+    label(a) permuted by perm, for the input-dependent 4-D tensors of the main graph."""
+    g = model.graph
+    live = input_dependent(g)
+    four = {n for n, t in info.items() if n in live and t.shape is not None and len(t.shape) == 4}
+    readers = consumers(g)
+    votes: dict[str, set[str]] = {}
+
+    def vote(name: str, layout: str) -> None:
+        if name in four:
+            votes.setdefault(name, set()).add(layout)
+
+    for i in g.input:
+        if i.name in four and (lay := _input_layout(info[i.name].shape)) is not None:
+            vote(i.name, lay)
+    edges: list[tuple[str, str, tuple[int, ...]]] = []
+    for n in g.node:
+        if not n.input or not n.input[0]:
+            continue
+        if n.op_type in CHANNELS_FIRST_OPS:
+            vote(n.input[0], "NCHW")
+            vote(n.output[0], "NCHW")
+        if n.op_type in SPATIAL_REDUCES | GLOBAL_POOLS and n.input[0] in four:
+            if (lay := reduce_layout(g, n)) is not None:
+                vote(n.input[0], lay)
+            width, shape = _head_width(g, n.output[0], readers), info[n.input[0]].shape
+            if width is not None and (shape[1] == width) != (shape[3] == width):
+                vote(n.input[0], "NCHW" if shape[1] == width else "NHWC")
+        if n.op_type == "Transpose" and n.input[0] in four and n.output[0] in four:
+            perm = next((tuple(a.ints) for a in n.attribute if a.name == "perm"), (3, 2, 1, 0))
+            edges.append((n.input[0], n.output[0], perm))
+        elif n.op_type in AXIS_PRESERVING:
+            outs = [o for o in n.output if o in four]
+            edges += [(i, o, _IDENTITY) for i in node_inputs(n) if i in four for o in outs]
+    return votes, edges
+
+
+def tensor_layouts(model: onnx.ModelProto, info: dict[str, TensorInfo] | None = None
+                   ) -> dict[str, Layout]:
+    """The layout of every input-dependent 4-D tensor whose layout the graph establishes.
+
+    Evidence: the model input's channel axis (1, 3 or 4 channels first or last); ops that are
+    channels-first by definition (Conv, pooling, BatchNormalization... read and write NCHW);
+    spatial ReduceMean/ReduceMax axes ({2, 3}: NCHW, {1, 2}: NHWC); a pooled vector's width
+    equal to the next Gemm/MatMul's input size. It travels through axis-preserving ops
+    (elementwise, Pad, Resize, Concat, Slice...) unchanged and through Transpose permuted
+    (label(out)_i = label(in)_perm[i]). Tensors connected this way form a component that takes
+    one consistent labelling; a component with contradictory evidence, or none, or a tensor
+    whose label is neither NCHW nor NHWC (e.g. H and W swapped) has no layout.
+    """
+    info = tensor_info(model) if info is None else info
+    votes, edges = _layout_evidence(model, info)
+    links: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for a, b, perm in edges:
+        inverse = tuple(perm.index(i) for i in range(4))
+        links.setdefault(a, []).append((b, perm))
+        links.setdefault(b, []).append((a, inverse))
+    layouts: dict[str, Layout] = {}
+    seen: set[str] = set()
+    for root in dict.fromkeys([*votes, *links]):
+        if root in seen:
+            continue
+        # rel[t] = q: label(t)_i = label(root)_q[i]
+        rel: dict[str, tuple[int, ...]] = {root: _IDENTITY}
+        stack, consistent = [root], True
+        while stack:
+            t = stack.pop()
+            for u, perm in links.get(t, []):
+                q = tuple(rel[t][p] for p in perm)
+                if u not in rel:
+                    rel[u] = q
+                    stack.append(u)
+                elif rel[u] != q:
+                    consistent = False
+        seen.update(rel)
+        roots = set()
+        for t, q in rel.items():
+            for label in votes.get(t, ()):
+                r = [""] * 4
+                for i, axis in enumerate(q):
+                    r[axis] = label[i]
+                roots.add("".join(r))
+        if consistent and len(roots) == 1:
+            (r,) = roots
+            for t, q in rel.items():
+                label = "".join(r[i] for i in q)
+                if label in SPATIAL_AXES:
+                    layouts[t] = label  # type: ignore[assignment]
+    return layouts
+
+
+def _spatial(shape: tuple[Dim, ...], layout: Layout) -> tuple[Dim, Dim]:
+    h, w = SPATIAL_AXES[layout]
+    return shape[h], shape[w]
+
+
+def _candidates(model: onnx.ModelProto, info: dict[str, TensorInfo],
+                layouts: dict[str, Layout]) -> list[CandidateLayer]:
+    g = model.graph
+    on_path = {o for i in needed_nodes(g, [o.name for o in g.output]) for o in g.node[i].output}
+    readers = consumers(g)
+    return [CandidateLayer(t.name, t.shape, layouts[t.name], t.op, t.node,
+                           _feeds_pooling(g, t.name, readers))
+            for t in info.values()
+            if t.op is not None and t.elem_type in FLOAT_TYPES and t.name in layouts
+            and _spatial(t.shape, layouts[t.name]) != (1, 1) and t.name in on_path]
 
 
 def candidate_layers(model: onnx.ModelProto) -> list[CandidateLayer]:
-    """The 4-D float feature maps a CAM can use, in topological order.
+    """The spatial feature maps a CAM can use, in topological order.
 
-    A candidate is produced by a node from the input (not a constant), has a spatial extent
-    larger than 1x1, and lies on a path to the graph outputs. ``feeds_pooling`` marks tensors that
-    feed GlobalAveragePool/GlobalMaxPool or a spatial ReduceMean/ReduceMax, directly or through
+    A candidate is a 4-D float tensor produced by a node from the input (not a constant) on a
+    path to the graph outputs, whose layout :func:`tensor_layouts` establishes (NCHW or NHWC),
+    with a spatial extent larger than 1x1. ``feeds_pooling`` marks tensors that feed
+    GlobalAveragePool/GlobalMaxPool or a spatial ReduceMean/ReduceMax, directly or through
     activations.
     """
-    g = model.graph
-    on_path = {o for i in needed_nodes(g, [o.name for o in g.output]) for o in g.node[i].output}
-    live = input_dependent(g)
-    readers = consumers(g)
-    return [CandidateLayer(t.name, t.shape, t.op, t.node, _feeds_pooling(g, t.name, readers))
-            for t in tensor_info(model).values()
-            if t.op is not None and t.elem_type in FLOAT_TYPES and _is_feature_map(t.shape)
-            and t.name in on_path and t.name in live]
+    info = tensor_info(model)
+    return _candidates(model, info, tensor_layouts(model, info))
+
+
+def _default(layers: list[CandidateLayer]) -> CandidateLayer:
+    if not layers:
+        raise BlackboxError("the model has no 4-D feature map (N, C, H, W or N, H, W, C) on the "
+                            "path to its outputs: CAM methods need a convolutional layer")
+    pooled = [c for c in layers if c.feeds_pooling]
+    return (pooled or layers)[-1]
 
 
 def default_layer(model: onnx.ModelProto) -> str:
     """The CAM layer: the last candidate feeding the global pooling, else the last candidate."""
-    layers = candidate_layers(model)
-    if not layers:
-        raise BlackboxError("the model has no 4-D feature map (N, C, H, W) on the path to its "
-                            "outputs: CAM methods need a convolutional layer")
-    pooled = [c for c in layers if c.feeds_pooling]
-    return (pooled or layers)[-1].name
+    return _default(candidate_layers(model)).name
+
+
+def _dims(shape: tuple[Dim, ...]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _why_not(t: TensorInfo, layouts: dict[str, Layout]) -> str:
+    """Why tensor ``t`` is not a candidate layer, in a few words."""
+    shape = "?" if t.shape is None else _dims(t.shape)
+    if t.op is None:
+        return "is a graph input, not a feature map"
+    if t.shape is None:
+        return "has an unknown rank"
+    if len(t.shape) != 4:
+        return f"is {len(t.shape)}-D ({shape}), not a 4-D feature map"
+    if t.elem_type not in FLOAT_TYPES:
+        return f"({shape}) is not a float tensor"
+    if t.name not in layouts:
+        return f"({shape}) is 4-D but the graph does not establish its layout (NCHW or NHWC)"
+    if _spatial(t.shape, layouts[t.name]) == (1, 1):
+        return f"({shape}, {layouts[t.name]}) has no spatial extent"
+    return f"({shape}) is a constant or does not lead to the outputs"
+
+
+def feature_map(model: onnx.ModelProto, name: str | None = None) -> CandidateLayer:
+    """The candidate layer ``name`` (default: :func:`default_layer`'s), or a one-line error.
+
+    Raises :class:`UnknownNameError` (with close matches) for a name the graph lacks, and
+    :class:`NotAFeatureMapError` listing a few candidates for a tensor that is not a spatial
+    feature map of known layout: a CAM is never computed on misread axes.
+    """
+    info = tensor_info(model)
+    layouts = tensor_layouts(model, info)
+    layers = _candidates(model, info, layouts)
+    if name is None:
+        return _default(layers)
+    resolve_tensor(model, name)
+    found = next((c for c in layers if c.name == name), None)
+    if found is not None:
+        return found
+    shown = []
+    if layers:
+        best = _default(layers)
+        shown = [best] + [c for c in reversed(layers) if c != best][:3]
+    listed = ", ".join(f"{c.name} ({c.layout} {_dims(c.shape)})" for c in shown)
+    raise NotAFeatureMapError(f"layer {name!r} {_why_not(info[name], layouts)}; CAM layers: "
+                              f"{listed or 'none (the model has no spatial feature map)'}")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BlackboxError
 from ..perturb import chunk_size_for, chunked, make_baseline, masks_from_keep, scores_for_masks
-from ..registry import Attribution, Context, register
+from ..registry import Attribution, Context, Range, register
 from ..segmentation import Segments, segment
 
 
@@ -33,10 +33,11 @@ def lime_kernel(distances: npt.NDArray[np.float64], kernel_width: float) -> npt.
 
 
 @register("lime", family="black-box", stochastic=True,
-          reference="Ribeiro et al. 2016, arXiv:1602.04938")
+          reference="Ribeiro et al. 2016, arXiv:1602.04938", fast={"num_samples": 200})
 def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
-         segments: Segments = "quickshift", num_samples: int = 1000, kernel_width: float = 0.25,
-         fill: str | float = "mean", alpha: float = 1.0) -> Attribution:
+         segments: Segments = "quickshift", num_samples: Annotated[int, Range(2)] = 1000,
+         kernel_width: Annotated[float, Range(0, lo_open=True)] = 0.25,
+         fill: str | float = "mean", alpha: Annotated[float, Range(0)] = 1.0) -> Attribution:
     """Superpixel LIME: weighted ridge regression of the score on which segments are shown.
 
     Segments: quickshift by default, its parameters scaled to the input size
@@ -47,16 +48,17 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     fit Ridge(alpha) with intercept of f_c on z with weights w. The map paints each segment with
     its coefficient. Queries: num_samples. extras: attributions (coefficients), intercept, r2
     (the weighted R^2 of the fit), segments.
+
+    Args:
+        segments: quickshift, slic, felzenszwalb, grid, or a label array (H, W).
+        num_samples: perturbed inputs scored (the query budget).
+        kernel_width: width of the exponential kernel on the cosine distance.
+        fill: what hidden segments show: mean (segment colour), zero, blur, or a number.
+        alpha: ridge regularisation strength.
     """
     from sklearn.linear_model import Ridge
     from sklearn.metrics import pairwise_distances
 
-    if not (isinstance(num_samples, (int, np.integer)) and num_samples >= 2):
-        raise BlackboxError(f"num_samples={num_samples!r}: use an integer >= 2")
-    if not kernel_width > 0:
-        raise BlackboxError(f"kernel_width={kernel_width!r}: use a positive number")
-    if not alpha >= 0:
-        raise BlackboxError(f"alpha={alpha!r}: use a number >= 0")
     labels = segment(x, segments)
     d = int(labels.max()) + 1
     fill_img = fill_image(x, labels, fill)

@@ -42,7 +42,7 @@ Design (all in one place, so the defaults mean the same thing at any input size)
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +50,7 @@ import numpy.typing as npt
 from ..errors import BlackboxError
 from ..model import softmax
 from ..perturb import blur
-from ..registry import Attribution, Context, register
+from ..registry import Attribution, Context, Range, register
 
 REF_SIZE = 224
 REF_AREA = REF_SIZE * REF_SIZE
@@ -281,42 +281,20 @@ class MaskGame:
         return float(f[0]), df_dm
 
 
-def _check(mode: str, perturbation: str, grad: str, mask_size: int, iterations: int, lr: float,
-           l1: float, tv: float, tv_beta: float, jitter: int, fd_directions: int, fd_eps: float,
-           h: int, w: int) -> None:
-    if mode not in ("deletion", "preservation"):
-        raise BlackboxError(f"mode={mode!r}: use 'deletion' or 'preservation'")
-    if perturbation not in ("blur", "constant", "noise"):
-        raise BlackboxError(f"perturbation={perturbation!r}: use 'blur', 'constant' or 'noise'")
-    if grad not in ("backward", "fd"):
-        raise BlackboxError(f"grad={grad!r}: use 'backward' (needs a Model) or 'fd' (any query)")
-    ints = {"mask_size": mask_size, "iterations": iterations, "jitter": jitter,
-            "fd_directions": fd_directions}
-    for name, v in ints.items():
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise BlackboxError(f"{name}={v!r}: use an integer")
-    if not 1 <= mask_size <= min(h, w):
-        raise BlackboxError(f"mask_size={mask_size}: use 1..{min(h, w)} for a {h}x{w} input")
-    if iterations < 1 or fd_directions < 1:
-        raise BlackboxError(f"iterations={iterations}, fd_directions={fd_directions}: use >= 1")
-    if not 0 <= jitter < min(h, w):
-        raise BlackboxError(f"jitter={jitter}: use 0..{min(h, w) - 1} pixels")
-    if not (lr > 0 and fd_eps > 0):
-        raise BlackboxError(f"lr={lr}, fd_eps={fd_eps}: use positive numbers")
-    if not (l1 >= 0 and tv >= 0):
-        raise BlackboxError(f"l1={l1}, tv={tv}: use non-negative weights")
-    if not tv_beta >= 1:
-        raise BlackboxError(f"tv_beta={tv_beta}: use a number >= 1")
-
-
 @register("meaningful-perturbation", family="black-box",
-          reference="Fong & Vedaldi 2017, arXiv:1704.03296", stochastic=True)
+          reference="Fong & Vedaldi 2017, arXiv:1704.03296", stochastic=True,
+          fast={"iterations": 60})
 def meaningful_perturbation(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
                             mode: Mode = "deletion", perturbation: Perturbation = "blur",
-                            mask_size: int = 28, iterations: int = 300, lr: float = 0.1,
-                            l1: float = 1e-4, tv: float = 1e-2, tv_beta: float = 3.0,
-                            jitter: int = 4, grad: Grad = "backward", fd_directions: int = 16,
-                            fd_eps: float = 0.05) -> Attribution:
+                            mask_size: Annotated[int, Range(1)] = 28,
+                            iterations: Annotated[int, Range(1)] = 300,
+                            lr: Annotated[float, Range(0, lo_open=True)] = 0.1,
+                            l1: Annotated[float, Range(0)] = 1e-4,
+                            tv: Annotated[float, Range(0)] = 1e-2,
+                            tv_beta: Annotated[float, Range(1)] = 3.0,
+                            jitter: Annotated[int, Range(0)] = 4, grad: Grad = "backward",
+                            fd_directions: Annotated[int, Range(1)] = 16,
+                            fd_eps: Annotated[float, Range(0, lo_open=True)] = 0.05) -> Attribution:
     """Optimise a smooth mask whose blur deletes (or whose complement's blur preserves) the score.
 
     Deletion: ``min_m l1 ||1 - M||_1 + tv TV_beta(m) + E_tau f_c(Phi(x0(. - tau); M))``;
@@ -331,10 +309,26 @@ def meaningful_perturbation(query, x: npt.NDArray[np.float32], target: int, *, c
     iterates; the map is ``1 - M`` (deletion: what must go) or ``M`` (preservation: what must
     stay). L1 is per pixel at the 224 x 224 reference area, TV over the low-resolution grid
     (see the module docstring).
+
+    Args:
+        mode: deletion (find what must go) or preservation (find what must stay).
+        perturbation: what replaces the masked-out input: blur, constant or noise.
+        mask_size: side of the low-resolution mask optimised (at most the input side).
+        iterations: optimiser steps.
+        lr: Adam learning rate.
+        l1: weight of the mask-area term.
+        tv: weight of the total-variation term.
+        tv_beta: exponent of the total variation.
+        jitter: largest random shift of the input per step, in pixels.
+        grad: backward (the model's backward graph) or fd (finite differences, any query).
+        fd_directions: random directions per finite-difference step.
+        fd_eps: finite-difference step size in mask space.
     """
     _, h, w = x.shape
-    _check(mode, perturbation, grad, mask_size, iterations, lr, l1, tv, tv_beta, jitter,
-           fd_directions, fd_eps, h, w)
+    if mask_size > min(h, w):
+        raise BlackboxError(f"--mask-size {mask_size}: use 1..{min(h, w)} for a {h}x{w} input")
+    if jitter >= min(h, w):
+        raise BlackboxError(f"--jitter {jitter}: use 0..{min(h, w) - 1} pixels")
     if grad == "backward" and ctx.model is None:
         raise BlackboxError("meaningful-perturbation with grad='backward' needs the model's "
                             "backward graph: pass a Model from load_model(), or use grad='fd' "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import BlackboxError
 from ..perturb import Baseline, chunk_size_for, chunked, make_baseline, scores_for_masks
-from ..registry import Attribution, Context, register
+from ..registry import Attribution, Context, Range, register
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -24,13 +25,20 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-@register("occlusion", family="black-box", reference="Zeiler & Fergus 2014, arXiv:1311.2901")
+@register("occlusion", family="black-box", reference="Zeiler & Fergus 2014, arXiv:1311.2901",
+          fast={"window": 32, "stride": 16})
 def occlusion(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
-              window: int = 16, stride: int = 8, baseline: Baseline = "zero") -> Attribution:
+              window: Annotated[int, Range(1)] = 16, stride: Annotated[int, Range(1)] = 8,
+              baseline: Baseline = "zero") -> Attribution:
     """Slide a window over the input, replace it by the baseline, map f_c(x) - f_c(x_occluded).
 
     A pixel's value is the mean score drop over the windows that cover it; queries: one per
     window plus one.
+
+    Args:
+        window: side of the square occluder, in input pixels.
+        stride: step between window positions (a last window is added flush with the edge).
+        baseline: what replaces the window: zero, mean, blur, or a number.
     """
     _, h, w = x.shape
     if not (0 < window <= min(h, w)) or stride <= 0:

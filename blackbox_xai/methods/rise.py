@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BlackboxError
 from ..perturb import chunk_size_for, chunked, scores_for_masks
-from ..registry import Attribution, Context, register
+from ..registry import Attribution, Context, Range, register
 from ..resample import bilinear_matrix
 
 
@@ -27,22 +28,22 @@ def rise_masks(grids: npt.NDArray[np.floating], dy: npt.NDArray[np.integer],
 
 
 @register("rise", family="black-box", stochastic=True,
-          reference="Petsiuk et al. 2018, arXiv:1806.07421")
+          reference="Petsiuk et al. 2018, arXiv:1806.07421", fast={"n_masks": 500})
 def rise(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
-         n_masks: int = 4000, grid: int = 7, p: float = 0.5) -> Attribution:
+         n_masks: Annotated[int, Range(1)] = 4000, grid: Annotated[int, Range(1)] = 7,
+         p: Annotated[float, Range(0, 1, lo_open=True)] = 0.5) -> Attribution:
     """Score the input under random smooth masks; saliency = sum_i f_c(x * M_i) M_i / (N p).
 
     Each mask: an s x s grid of cells on with probability p, upsampled bilinearly to
     (s+1) * ceil(H/s) and cropped at a random shift. Masks are made chunk by chunk (the small
     grids and shifts are drawn up front, so the map does not depend on the batch size).
     Queries: n_masks. extras: n_masks, p, grid.
+
+    Args:
+        n_masks: random masks scored (the query budget).
+        grid: cells per side of the coarse random grid.
+        p: probability that a cell is kept.
     """
-    if not (isinstance(n_masks, (int, np.integer)) and n_masks > 0):
-        raise BlackboxError(f"n_masks={n_masks!r}: use a positive integer")
-    if not (isinstance(grid, (int, np.integer)) and grid > 0):
-        raise BlackboxError(f"grid={grid!r}: use a positive integer")
-    if not 0 < p <= 1:
-        raise BlackboxError(f"p={p!r}: use a probability in (0, 1]")
     _, h, w = x.shape
     n, s = int(n_masks), int(grid)
     grids = (ctx.rng.random((n, s, s)) < p).astype(np.float64)

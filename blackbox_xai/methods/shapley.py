@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import BlackboxError
 from ..perturb import (
     Baseline,
     chunk_size_for,
@@ -16,7 +16,7 @@ from ..perturb import (
     masks_from_keep,
     scores_for_masks,
 )
-from ..registry import Attribution, Context, register
+from ..registry import Attribution, Context, Range, register
 from ..segmentation import Segments, segment
 
 
@@ -77,10 +77,11 @@ def standard_errors(phi: npt.NDArray[np.float64], antithetic: bool) -> npt.NDArr
 
 @register("shapley", family="black-box", stochastic=True,
           reference="Castro et al. 2009, doi:10.1016/j.cor.2008.04.004; "
-                    "Strumbelj & Kononenko 2010, JMLR 11")
+                    "Strumbelj & Kononenko 2010, JMLR 11", fast={"n_permutations": 4})
 def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
-            segments: Segments = "grid", grid: int = 7, n_permutations: int = 25,
-            antithetic: bool = True, baseline: Baseline = "zero") -> Attribution:
+            segments: Segments = "grid", grid: Annotated[int, Range(1)] = 7,
+            n_permutations: Annotated[int, Range(1)] = 25, antithetic: bool = True,
+            baseline: Baseline = "zero") -> Attribution:
     """Permutation-sampled Shapley values of segments (grid or superpixels), revealed from a baseline.
 
     For a random permutation pi of the d segments, start from the baseline and reveal the
@@ -90,9 +91,14 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     pairwise-interaction noise. Queries: n_permutations * (d - 1) + 2 (the prefixes, the shared
     baseline, and x itself, which every permutation ends with and which is scored only once). The map paints each segment with its value.
     extras: attributions (d,), std_errors (d,), segments, n_permutations, efficiency_gap.
+
+    Args:
+        segments: grid, quickshift, slic, felzenszwalb, or a label array (H, W).
+        grid: cells per side with segments=grid.
+        n_permutations: permutations sampled (the query budget).
+        antithetic: pair each permutation with its reverse.
+        baseline: what hidden segments show: zero, mean, blur, or a number.
     """
-    if not (isinstance(n_permutations, (int, np.integer)) and n_permutations > 0):
-        raise BlackboxError(f"n_permutations={n_permutations!r}: use a positive integer")
     labels = segment(x, segments, grid=grid)
     d = int(labels.max()) + 1
     base = make_baseline(x, baseline)

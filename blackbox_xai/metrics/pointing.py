@@ -96,6 +96,22 @@ def energy_pointing(saliency_map: npt.ArrayLike, box: Box | Sequence[Box]) -> fl
 
 
 # ---- box files --------------------------------------------------------------------------------
+def _read_boxes(raw: object, where: str) -> tuple[Box, ...]:
+    """One box ``[x0, y0, x1, y1]`` or a list of them from a box file; errors name ``where``."""
+    boxes = raw if isinstance(raw, list) and raw and isinstance(raw[0], (list, tuple)) else [raw]
+    for k, b in enumerate(boxes):
+        at = where if len(boxes) == 1 else f"{where} box {k}"
+        if not isinstance(b, (list, tuple)) or len(b) != 4:
+            raise BlackboxError(f"{at}: {b!r} is not [x0, y0, x1, y1]")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
+            raise BlackboxError(f"{at}: {b!r}: coordinates must be numbers")
+        if not all(np.isfinite(b)):
+            raise BlackboxError(f"{at}: {b!r}: coordinates must be finite")
+        if b[2] <= b[0] or b[3] <= b[1]:
+            raise BlackboxError(f"{at}: {b!r}: need x0 < x1 and y0 < y1")
+    return tuple(tuple(float(v) for v in b) for b in boxes)
+
+
 def _label(v: object, where: str) -> int | None:
     if v is None or v == "":
         return None
@@ -116,9 +132,9 @@ def _from_json(data: object, path: Path) -> dict[str, Annotation]:
                 raw = entry.get("boxes", entry.get("box"))
                 if raw is None:
                     raise BlackboxError(f"{where}: no 'box' or 'boxes'")
-                out[name] = Annotation(tuple(_as_boxes(raw)), _label(entry.get("label"), where))
+                out[name] = Annotation(_read_boxes(raw, where), _label(entry.get("label"), where))
             else:
-                out[name] = Annotation(tuple(_as_boxes(entry)))
+                out[name] = Annotation(_read_boxes(entry, where))
         except BlackboxError as e:
             raise BlackboxError(str(e) if str(e).startswith(str(path)) else f"{where}: {e}") from None
     return out
@@ -139,7 +155,7 @@ def _from_csv(text: str, path: Path) -> dict[str, Annotation]:
             raise BlackboxError(f"{path}:{i}: expected image,x0,y0,x1,y1[,label], got {row}") from None
         if len(coords) != 4:
             raise BlackboxError(f"{path}:{i}: expected image,x0,y0,x1,y1[,label], got {row}")
-        boxes.setdefault(row[0], []).extend(_as_boxes(coords))
+        boxes.setdefault(row[0], []).extend(_read_boxes(coords, f"{path}:{i}"))
         lab = _label(row[5] if len(row) > 5 else None, f"{path}:{i}")
         if lab is not None:
             labels[row[0]] = lab
@@ -151,7 +167,11 @@ def load_boxes(path: str | os.PathLike) -> dict[str, Annotation]:
     p = Path(path)
     if not p.is_file():
         raise BlackboxError(f"box file not found: {p}")
-    text = p.read_text()
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BlackboxError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                            f"{e.start})") from None
     if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
             data = json.loads(text)

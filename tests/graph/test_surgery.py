@@ -33,6 +33,7 @@ from blackbox_xai.graph import (
     split,
     tensor_info,
 )
+from blackbox_xai.graph.inspect import NotAFeatureMapError, feature_map, tensor_layouts
 from blackbox_xai.model import create_session
 
 LITE0_LAYER = "/_swish_1/Clip_output_0"
@@ -230,7 +231,7 @@ def test_candidate_layers_of_tiny_cnn():
     layers = candidate_layers(load(model_path("tiny_cnn")))
     assert [(c.name, c.op, c.feeds_pooling) for c in layers] == [
         ("conv", "Conv", False), ("bn", "BatchNormalization", True), ("features", "Relu", True)]
-    assert layers[-1].shape == ("N", 8, 32, 32)
+    assert layers[-1].shape == ("N", 8, 32, 32) and {c.layout for c in layers} == {"NCHW"}
     assert default_layer(load(model_path("tiny_cnn"))) == "features"
     assert default_layer(load(model_path("tiny_cnn_fp16"))) == "features"
 
@@ -240,6 +241,7 @@ def test_default_layer_of_efficientnet_lite0_is_relu6_before_the_pooling(lite0):
     assert default_layer(lite0) == LITE0_LAYER
     assert layers[LITE0_LAYER].op == "Clip" and layers[LITE0_LAYER].feeds_pooling
     assert layers[LITE0_LAYER].shape == ("N", 1280, 7, 7)
+    assert {c.layout for c in layers.values()} == {"NCHW"}
     readers = [n.op_type for n in lite0.graph.node if LITE0_LAYER in n.input]
     assert readers == ["GlobalAveragePool"]
     assert "input" not in layers and not any(c.shape[2:] == (1, 1) for c in layers.values())
@@ -266,6 +268,109 @@ def test_unknown_tensor_lists_close_matches(lite0):
     for rewrite in (lambda m: expose(m, ["featurs"]), lambda m: split(m, "featurs")):
         with pytest.raises(UnknownNameError, match="did you mean: features"):
             rewrite(load(model_path("tiny_cnn")))
+
+
+
+def layout_net() -> onnx.ModelProto:
+    """x (NCHW) -> Conv 'c1' -> Transpose(0, 2, 3, 1) 't' -> Relu 'act' -> ReduceMean(1, 2) ->
+    MatMul 'mm'; a side branch from c1: Transpose(0, 1, 3, 2) 'swapped' (H and W swapped) ->
+    Reshape (N, 4, 3, 12) 'odd' (no evidence) -> Reshape (N, 4, 36) 'tok3' -> ReduceMean(2)
+    'side' -> MatMul; logits = mm + side_mm."""
+    vi = helper.make_tensor_value_info
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c1"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Relu", ["t"], ["act"]),
+             helper.make_node("ReduceMean", ["act"], ["pooled"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "fc"], ["mm"]),
+             helper.make_node("Transpose", ["c1"], ["swapped"], perm=[0, 1, 3, 2]),
+             helper.make_node("Reshape", ["swapped", "shape4"], ["odd"]),
+             helper.make_node("Reshape", ["odd", "shape3"], ["tok3"]),
+             helper.make_node("ReduceMean", ["tok3"], ["side"], axes=[2], keepdims=0),
+             helper.make_node("MatMul", ["side", "fc_side"], ["side_mm"]),
+             helper.make_node("Add", ["mm", "side_mm"], ["logits"])]
+    return build(nodes, [vi("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                 [vi("logits", TensorProto.FLOAT, ["N", 3])],
+                 {"w1": weights(4, 3, 3, 3), "fc": weights(4, 3), "fc_side": weights(4, 3),
+                  "shape4": np.array([0, 4, 3, 12], np.int64),
+                  "shape3": np.array([0, 4, 36], np.int64)})
+
+
+def test_layouts_follow_transposes_and_readers():
+    m = layout_net()
+    assert tensor_layouts(m) == {"x": "NCHW", "c1": "NCHW", "t": "NHWC", "act": "NHWC"}
+    layers = candidate_layers(m)
+    assert [(c.name, c.layout, c.feeds_pooling) for c in layers] == [
+        ("c1", "NCHW", False), ("t", "NHWC", True), ("act", "NHWC", True)]
+    assert default_layer(m) == "act" and feature_map(m).layout == "NHWC"
+    assert feature_map(m, "c1") == layers[0]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("swapped", r"'swapped' \(Nx4x6x6\) is 4-D but the graph does not establish its layout"),
+    ("odd", r"'odd' \(Nx4x3x12\) is 4-D but the graph does not establish its layout"),
+    ("tok3", r"'tok3' is 3-D \(Nx4x36\), not a 4-D feature map"),
+    ("logits", r"'logits' is 2-D \(Nx3\)"),
+    ("x", r"'x' is a graph input"),
+])
+def test_a_tensor_that_is_not_a_spatial_feature_map_is_refused(name, reason):
+    with pytest.raises(NotAFeatureMapError, match=reason) as e:
+        feature_map(layout_net(), name)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.endswith("CAM layers: act (NHWC Nx6x6x4), t (NHWC Nx6x6x4), c1 (NCHW Nx4x6x6)")
+    with pytest.raises(UnknownNameError, match="did you mean: act"):
+        feature_map(layout_net(), "acts")
+
+
+def test_pooled_map_has_no_spatial_extent():
+    with pytest.raises(NotAFeatureMapError, match=r"'pooled' \(Nx8x1x1, NCHW\) has no spatial"):
+        feature_map(load(model_path("tiny_cnn")), "pooled")
+
+
+def test_contradictory_evidence_gives_no_layout():
+    """A Conv output (NCHW by definition) averaged over axes 1, 2 (an NHWC reader) is 4-D, but
+    which axis holds the channels is contradictory: it is not a candidate."""
+    vi = helper.make_tensor_value_info
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["act"]),
+             helper.make_node("ReduceMean", ["act"], ["pooled"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "fc"], ["logits"])]
+    m = build(nodes, [vi("x", TensorProto.FLOAT, ["N", 3, 6, 5])],
+              [vi("logits", TensorProto.FLOAT, ["N", 3])],
+              {"w1": weights(4, 3, 3, 3), "fc": weights(5, 3)})
+    assert tensor_layouts(m) == {"x": "NCHW"}
+    with pytest.raises(BlackboxError, match="no 4-D feature map"):
+        default_layer(m)
+    with pytest.raises(NotAFeatureMapError, match="does not establish its layout"):
+        feature_map(m, "act")
+
+
+@pytest.mark.parametrize("channels, layout", [(4, "NHWC"), (5, "NCHW")])
+def test_layout_from_the_head_width_alone(channels, layout):
+    """No Conv, no readable axes (opset 18: ReduceMean's axes computed in the graph): the
+    pooled width equal to the MatMul's input size says which axis holds the channels."""
+    vi = helper.make_tensor_value_info
+    shape = [0, 6, 6, 4] if layout == "NHWC" else [0, 5, 6, 6]
+    axes = [1, 2] if layout == "NHWC" else [2, 3]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Relu", ["r"], ["act"]),
+             helper.make_node("Identity", ["axes"], ["axes_live"]),
+             helper.make_node("Add", ["axes_live", "zero"], ["axes_sum"]),
+             helper.make_node("ReduceMean", ["act", "axes_sum"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "fc"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "head_width", [vi("x", TensorProto.FLOAT, ["N", 144 if channels == 4 else 180]),
+                              vi("zero", TensorProto.INT64, [2])],
+        [vi("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in
+                     {"shape": np.array(shape, np.int64), "axes": np.array(axes, np.int64),
+                      "fc": weights(channels, 3)}.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    layers = candidate_layers(m)
+    assert [(c.name, c.layout, c.feeds_pooling) for c in layers] == [
+        ("r", layout, False), ("act", layout, False)]
 
 
 # ---- expose -----------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from helpers import EXAMPLES, SHIPPED, model_path
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from blackbox_xai import explain, load_model
+from blackbox_xai.graph.inspect import NotAFeatureMapError
 from blackbox_xai.methods.cam import gradcampp_weights
 from blackbox_xai.preprocess import Preprocessing
 
@@ -54,7 +55,7 @@ def test_gradcam_equals_closed_form(tiny, x_act_grad):
     x, act, g = x_act_grad
     exp = explain(tiny, x, "gradcam", target=TARGET)
     expected = relu(np.tensordot(g.mean(axis=(1, 2)), act, axes=1))
-    assert exp.extras["layer"] == "features"
+    assert exp.extras["layer"] == "features" and exp.extras["layout"] == "NCHW"
     np.testing.assert_allclose(exp.extras["cam"], expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(exp.map, expected, rtol=1e-4, atol=1e-6)  # 32 -> 32: identity
     assert exp.n_queries == 2  # target resolution + one forward+backward
@@ -150,6 +151,81 @@ def test_cam_rejects_head_that_is_not_gap_linear(tiny, x_act_grad):
 
     with pytest.raises(BlackboxError, match="global average pooling"):
         explain(tiny, x_act_grad[0], "cam", layer="conv")
+
+
+
+# ---- NHWC feature maps (tf2onnx / keras2onnx heads) -------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_nhwc_head(tmp_path_factory):
+    """tiny_cnn with a tf2onnx-style head: features -> Transpose(0, 2, 3, 1) 'features_nhwc' ->
+    ReduceMean(axes 1, 2) -> MatMul(fc.w^T) -> Add(fc.b). Same logits as tiny_cnn; its default
+    CAM layer is the NHWC transpose of tiny_cnn's 'features'."""
+    m = onnx.load(model_path("tiny_cnn"))
+    fc = next(i for i in m.graph.initializer if i.name == "fc.w")
+    fc_t = numpy_helper.from_array(numpy_helper.to_array(fc).T.copy(), "fc.wT")
+    nodes = [n for n in m.graph.node if n.op_type not in ("GlobalAveragePool", "Flatten", "Gemm")]
+    nodes += [helper.make_node("Transpose", ["features"], ["features_nhwc"], perm=[0, 2, 3, 1]),
+              helper.make_node("ReduceMean", ["features_nhwc"], ["pooled"], axes=[1, 2], keepdims=0),
+              helper.make_node("MatMul", ["pooled", "fc.wT"], ["mm"]),
+              helper.make_node("Add", ["mm", "fc.b"], ["logits"])]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.append(fc_t)
+    onnx.checker.check_model(m, full_check=True)
+    path = tmp_path_factory.mktemp("nhwc") / "tiny_nhwc_head.onnx"
+    onnx.save(m, path)
+    return load_model(path)
+
+
+def test_gradcam_on_an_nhwc_layer_equals_the_closed_form(tiny_nhwc_head, x_act_grad):
+    x, act, g = x_act_grad
+    exp = explain(tiny_nhwc_head, x, "gradcam", target=TARGET)
+    assert (exp.extras["layer"], exp.extras["layout"]) == ("features_nhwc", "NHWC")
+    np.testing.assert_allclose(exp.extras["weights"], g.mean(axis=(1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(exp.extras["cam"], relu(np.tensordot(g.mean(axis=(1, 2)), act, axes=1)),
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("gradcam", {}), ("gradcampp", {}), ("xgradcam", {}), ("layercam", {}), ("cam", {}),
+    ("smooth-gradcampp", {"n_samples": 2, "filters": "1,4,6"}), ("scorecam", {}),
+    ("ablationcam", {}), ("eigencam", {})])
+def test_every_cam_on_the_nhwc_layer_equals_the_nchw_one(tiny, tiny_nhwc_head, x_act_grad,
+                                                         method, options):
+    """The same activations and head, one model reading them in NHWC: identical CAMs, so no
+    axis is misread (a (C, h, w) reading of (h, w, C) would give a 32 x 8 map of stripes)."""
+    x = x_act_grad[0]
+    nhwc = explain(tiny_nhwc_head, x, method, target=TARGET, seed=4, **options)
+    nchw = explain(tiny, x, method, target=TARGET, seed=4, layer="features", **options)
+    assert nhwc.extras["layout"] == "NHWC" and nchw.extras["layout"] == "NCHW"
+    assert nhwc.extras["cam"].shape == (32, 32)
+    np.testing.assert_allclose(nhwc.extras["cam"], nchw.extras["cam"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(nhwc.map, nchw.map, rtol=1e-4, atol=1e-6)
+    assert np.abs(nchw.map).max() > 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "smooth-gradcampp", "cam", "scorecam",
+                                    "ablationcam", "eigencam"])
+@pytest.mark.parametrize("layer, reason", [("logits", "is 2-D (Nx5)"),
+                                           ("pooled", "(Nx8x1x1, NCHW) has no spatial extent")])
+def test_a_layer_that_is_not_a_feature_map_is_refused(tiny, x_act_grad, method, layer, reason):
+    before = tiny.n_queries
+    with pytest.raises(NotAFeatureMapError) as e:
+        explain(tiny, x_act_grad[0], method, target=TARGET, layer=layer)
+    message = str(e.value)
+    assert reason in message and "\n" not in message
+    assert message.endswith("CAM layers: features (NCHW Nx8x32x32), bn (NCHW Nx8x32x32), "
+                            "conv (NCHW Nx8x32x32)")
+    assert tiny.n_queries - before == 1  # only the target's forward pass: no map computed
+
+
+def test_cli_refuses_a_layer_that_is_not_a_feature_map(run, tmp_path):
+    r = run("explain", "gradcam", model_path("tiny_cnn"), EXAMPLES / "cat.jpg", "--layer", "logits",
+            "--out", tmp_path / "out")
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.output.splitlines() if "logits" in line]
+    assert len(errors) == 1 and "not a 4-D feature map" in errors[0] and "features (NCHW" in errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize("photo", ["cat.jpg", "coffee.jpg"])

@@ -104,7 +104,7 @@ def test_masks_come_in_chunks(x32):
 
 
 def test_bad_options_are_rejected(linear_query, x32):
-    for opts, name in [({"p": 0.0}, "p="), ({"p": 1.5}, "p="), ({"n_masks": 0}, "n_masks"),
-                       ({"grid": 0}, "grid")]:
+    for opts, name in [({"p": 0.0}, "--p 0.0: must be > 0 and <= 1"), ({"p": 1.5}, "--p 1.5"),
+                       ({"n_masks": 0}, "--n-masks 0"), ({"grid": 0}, "--grid 0: must be >= 1")]:
         with pytest.raises(BlackboxError, match=name):
             explain(linear_query, x32, "rise", **opts)
