@@ -13,11 +13,7 @@ from helpers import EXAMPLES, SHIPPED, model_path
 from onnx import numpy_helper
 
 from blackbox_xai.cli import cli
-from blackbox_xai.cli_eval import compare_cmd, evaluate_cmd, method_options
-
-for _cmd in (evaluate_cmd, compare_cmd):  # until the lead attaches them in cli.py
-    if _cmd.name not in cli.commands:
-        cli.add_command(_cmd)
+from blackbox_xai.cli.evaluate import method_options
 
 PHOTOS = [EXAMPLES / "cat.jpg", EXAMPLES / "coffee.jpg"]
 NORM = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]

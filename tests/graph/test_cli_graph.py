@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import numpy as np
@@ -10,16 +9,7 @@ import onnx
 import pytest
 from helpers import SHIPPED, model_path
 
-from blackbox_xai.cli import cli
-from blackbox_xai.cli_graph import backward_cmd, expose_cmd, layers_cmd
 from blackbox_xai.runtime import create_session
-
-for _cmd in (layers_cmd, expose_cmd, backward_cmd):
-    if _cmd.name not in cli.commands:  # until cli.py attaches them itself
-        cli.add_command(_cmd)
-
-needs_autodiff = pytest.mark.skipif(importlib.util.find_spec("blackbox_xai.graph.autodiff") is None,
-                                    reason="graph.autodiff is not there yet")
 
 
 @pytest.fixture
@@ -99,7 +89,6 @@ def test_bad_tensor_names_list_close_matches(run, tiny, tmp_path):
     assert_user_error(run("layers", tmp_path / "missing.onnx"), "not found")
 
 
-@needs_autodiff
 def test_backward_writes_a_graph_with_a_seed_input(run, tiny, tmp_path):
     out = tmp_path / "grad.onnx"
     r = run("backward", tiny, "--wrt", "features", "-o", out)

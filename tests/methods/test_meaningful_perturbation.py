@@ -283,11 +283,7 @@ def test_softmax_model_scores_are_used_as_probabilities():
 
 
 def test_backward_mode_on_onnx_model_matches_finite_differences():
-    """The real backward graph (skipped until blackbox_xai.graph.gradients can be imported)."""
-    try:
-        import blackbox_xai.graph.gradients  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"no backward graphs yet: {err}")
+    """The real backward graph against coordinate finite differences of the mask game."""
     model = load_model(model_path("tiny_cnn"))
     x = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
     scores = model(x[None])[0]
@@ -309,10 +305,6 @@ def test_backward_mode_on_onnx_model_matches_finite_differences():
 def test_backward_mode_with_probability_scores_needs_one_pass_per_step():
     """score="prob": the backward graph ends in the softmax, the seed is one-hot, no forward
     query is needed for the seed, and the gradient is the same as through the logits."""
-    try:
-        import blackbox_xai.graph.gradients  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"no backward graphs yet: {err}")
     x = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
     m = np.random.default_rng(2).uniform(0.2, 0.8, (8, 8))
     grads = []

@@ -12,7 +12,6 @@ from helpers import EXAMPLES, model_path
 from PIL import Image
 
 from blackbox_xai.cli import cli
-from blackbox_xai.cli_eval import evaluate_cmd
 from blackbox_xai.metrics.deletion import CurveResult
 from blackbox_xai.report import Figure, Section, plot_curves, render_report
 
@@ -96,8 +95,6 @@ def test_render_report_embeds_every_image():
 
 
 def test_evaluate_report_is_self_contained(tmp_path):
-    if "evaluate" not in cli.commands:
-        cli.add_command(evaluate_cmd)
     photos = [EXAMPLES / "cat.jpg", EXAMPLES / "rocket.jpg"]
     report = tmp_path / "report.html"
     r = CliRunner().invoke(cli, ["evaluate", model_path("tiny_cnn"), *map(str, photos),

@@ -1,22 +1,19 @@
-"""The ``blackbox-xai`` / ``bbx`` command line; ``explain METHOD`` subcommands come from the registry."""
+"""What every command shares: errors as one line, the model and preprocessing options, opening
+the model and preparing the images."""
 
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import sys
 import types
 import typing
-from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
-from .errors import BlackboxError, InternalError, UnknownNameError, did_you_mean
+from ..errors import BlackboxError, InternalError
 
 log = logging.getLogger("blackbox_xai")
 
@@ -112,7 +109,7 @@ _PREPROCESS_FLAGS = ("preset", "resize", "crop", "letterbox", "pad", "mean", "st
 
 def preprocess_options(fn: Callable) -> Callable:
     """The preprocessing flags, passed to the command as one dict ``preprocess``."""
-    from .preprocess import PRESETS
+    from ..preprocess import PRESETS
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -144,7 +141,7 @@ def preprocess_options(fn: Callable) -> Callable:
 
 def open_model(model_path: str, device: str, score: str, output_name: str | None,
                batch_size: str, threads: int | None, layout: str | None):
-    from .model import load_model
+    from ..model import load_model
 
     if batch_size != "auto":
         try:
@@ -157,7 +154,7 @@ def open_model(model_path: str, device: str, score: str, output_name: str | None
 
 def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
     """The recipe (flags > preset > sidecar > metadata > guess) and each image prepared with it."""
-    from .preprocess import Preprocessing
+    from ..preprocess import Preprocessing
 
     numbers = {}
     for k in ("resize", "crop", "mean", "std"):
@@ -176,6 +173,8 @@ def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
 
 
 # ---- commands ---------------------------------------------------------------------------------
+
+
 class OneLineErrors(click.Group):
     """A click group whose usage errors (a missing argument, a bad option value) are one line
     on stderr with exit code 2, like every other error of the CLI."""
@@ -198,97 +197,6 @@ class OneLineErrors(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)  # ctx.exit(code) returns the code here
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-@click.version_option(package_name="blackbox-xai")
-def cli(quiet: bool, debug: bool) -> None:
-    """Explain what an exported ONNX model looks at, with no training framework."""
-    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO
-    logging.basicConfig(level=level, format="bbx: %(message)s", stream=sys.stderr, force=True)
-    logging.getLogger("blackbox_xai").setLevel(level)
-
-
-@cli.command("methods")
-def methods_cmd() -> None:
-    """List the explanation methods, their options and defaults."""
-    from .registry import all_methods
-
-    for spec in all_methods().values():
-        opts = ", ".join(f"{o.name}={o.default!r}" for o in spec.options) or "-"
-        click.echo(f"{spec.name:24s} {spec.family:10s} {spec.summary}")
-        click.echo(f"{'':24s} options: {opts}")
-        click.echo(f"{'':24s} reference: {spec.reference}")
-
-
-@cli.command("inspect")
-@click.argument("model_path", metavar="MODEL")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@friendly_errors
-def inspect_cmd(model_path: str, device: str) -> None:
-    """Show a model's inputs, outputs, opsets, op histogram and execution provider."""
-    from .graph.io import load
-    from .model import create_session, sha256_of
-    from .preprocess import Preprocessing, read_metadata
-
-    proto = load(model_path)
-    sess, provider = create_session(model_path, device, None)
-    click.echo(f"model     {model_path}  ({Path(model_path).stat().st_size / 2**20:.1f} MiB, "
-               f"sha256 {sha256_of(model_path)[:16]})")
-    click.echo(f"provider  {provider}")
-    click.echo(f"ir        {proto.ir_version}  producer {proto.producer_name} {proto.producer_version}")
-    click.echo("opsets    " + ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in proto.opset_import))
-    for kind, items in (("input", sess.get_inputs()), ("output", sess.get_outputs())):
-        for i in items:
-            click.echo(f"{kind:9s} {i.name}  {i.type}  {i.shape}")
-    hist = Counter(n.op_type for n in proto.graph.node)
-    click.echo(f"nodes     {sum(hist.values())}: " + ", ".join(f"{k} {v}" for k, v in hist.most_common()))
-    dims = [d if isinstance(d, int) and d > 0 else None for d in sess.get_inputs()[0].shape]
-    if len(dims) == 4 and (dims[1] in (1, 3) or dims[3] in (1, 3)):  # an image input
-        c, h, w = dims[1:] if dims[1] in (1, 3) else (dims[3], dims[1], dims[2])
-        pre = Preprocessing.for_model(model_path, (h, w), channels=c, metadata=read_metadata(proto),
-                                      warn_if_guessed=False)
-        click.echo(f"preprocessing  {pre.summary(c)} (from {pre.origins()})")
-
-
-@cli.command("predict")
-@click.argument("model_path", metavar="MODEL")
-@click.argument("images", nargs=-1, required=True)
-@click.option("--top", type=click.IntRange(1), default=5, show_default=True)
-@model_options
-@preprocess_options
-@friendly_errors
-def predict_cmd(model_path, images, top, device, score, output_name, batch_size, threads, layout,
-                preprocess) -> None:
-    """Top classes of each image (probabilities and logits)."""
-    model = open_model(model_path, device, "logit", output_name, batch_size, threads, layout)
-    pre, prepared = prepare_images(model, images, preprocess)
-    logits = model(np.stack([p.tensor for p in prepared]))
-    probs = model.probabilities(logits)
-    for p, lg, pr in zip(prepared, logits, probs):
-        click.echo(f"{p.path.name}:")
-        for c in np.argsort(-pr)[:top]:
-            name = pre.labels[c] if pre.labels else ""
-            click.echo(f"  {c:5d}  {pr[c]:.4f}  {lg[c]:9.4f}  {name}")
-
-
-class ExplainGroup(click.Group):
-    """``explain METHOD``: one subcommand per registered method, options from its signature."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        from .registry import all_methods
-
-        return list(all_methods())
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command:
-        from .registry import all_methods
-
-        methods = all_methods()
-        if name not in methods:
-            raise UserError(did_you_mean(name, methods, "method"))
-        return make_explain_command(methods[name])
-
-
 def _click_type(annotation: Any, default: Any) -> tuple[Any, bool]:
     """(click type, is_flag) for a method option's annotation."""
     origin = typing.get_origin(annotation)
@@ -307,77 +215,3 @@ def _click_type(annotation: Any, default: Any) -> tuple[Any, bool]:
     if annotation in (int, float, str):
         return annotation, False
     return str, False
-
-
-def make_explain_command(spec) -> click.Command:
-    params: list[click.Parameter] = []
-    for o in spec.options:
-        ctype, flag = _click_type(o.annotation, o.default)
-        flag_name = "--" + o.name.replace("_", "-")
-        if flag:
-            params.append(click.Option([f"{flag_name}/--no-{o.name.replace('_', '-')}", o.name],
-                                       default=o.default, show_default=True, help=o.help))
-        else:
-            params.append(click.Option([flag_name, o.name], type=ctype, default=o.default,
-                                       show_default=True, help=o.help))
-
-    @click.argument("model_path", metavar="MODEL")
-    @click.argument("images", nargs=-1, required=True)
-    @click.option("--target", type=int, default=None, help="Class to explain (default: top-1).")
-    @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-                  help="Write .npy/.json/.png per image here (default: write nothing).")
-    @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-    @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
-    @model_options
-    @preprocess_options
-    @friendly_errors
-    def run(model_path, images, target, seed, out_dir, overwrite, progress, device, score,
-            output_name, batch_size, threads, layout, preprocess, **options):
-        from .api import explain
-
-        spec.validate(options)  # bad option values cost no model loading
-        model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
-        pre, prepared = prepare_images(model, images, preprocess)
-        show = sys.stderr.isatty() if progress is None else progress
-        for p in prepared:
-            exp = explain(model, p.tensor, spec.name, target=target, seed=seed, progress=show,
-                          labels=pre.labels, inputs=p.inputs, **options)
-            label = f" ({exp.label})" if exp.label else ""
-            line = (f"{p.path.name}: {spec.name} target {exp.target}{label} score {exp.score:.4g}, "
-                    f"{exp.n_queries} queries, {exp.seconds:.2f} s")
-            if out_dir is not None:
-                stem = f"{p.path.stem}_{spec.name}"
-                files = exp.save(out_dir, stem, image=p.image, box=p.box, overwrite=overwrite)
-                line += f" -> {', '.join(str(f) for f in files if f.suffix == '.png')}"
-            click.echo(line)
-
-    doc = inspect.getdoc(spec.fn) or spec.name
-    cmd = click.command(spec.name, help=f"{doc}\n\nReference: {spec.reference}",
-                        short_help=spec.summary)(run)
-    cmd.params.extend(params)
-    return cmd
-
-
-@cli.group("explain", cls=ExplainGroup)
-def explain_cmd() -> None:
-    """Explain MODEL's decision on IMAGE(s) with METHOD (see `blackbox-xai methods`)."""
-
-
-def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="blackbox-xai")
-    except UnknownNameError as e:  # raised while resolving a subcommand
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-
-
-def _attach_subcommands() -> None:
-    from .cli_eval import compare_cmd, evaluate_cmd, sanity_cmd
-    from .cli_graph import backward_cmd, expose_cmd, layers_cmd
-
-    for command in (layers_cmd, expose_cmd, backward_cmd, evaluate_cmd, compare_cmd, sanity_cmd):
-        cli.add_command(command)
-
-
-_attach_subcommands()

@@ -1,30 +1,13 @@
-"""Graph commands: ``layers``, ``expose``, ``backward`` (attach with ``cli.add_command``).
-
-This module does not import :mod:`blackbox_xai.cli` at import time, so ``cli.py`` can import
-it anywhere without a cycle; the error wrapper is fetched when a command runs.
-"""
+"""Graph commands: ``layers``, ``expose``, ``backward``."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from .errors import BlackboxError
-
-
-def _friendly(fn: Callable) -> Callable:
-    """:func:`blackbox_xai.cli.friendly_errors`, resolved at call time."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
+from ..errors import BlackboxError
+from .common import friendly_errors
 
 
 def _output_path(model_path: str, out: str, overwrite: bool) -> Path:
@@ -43,10 +26,10 @@ def _shape(shape: tuple) -> str:
 
 @click.command("layers")
 @click.argument("model_path", metavar="MODEL")
-@_friendly
+@friendly_errors
 def layers_cmd(model_path: str) -> None:
     """List the 4-D feature maps a CAM can use; * marks the default layer."""
-    from .graph import candidate_layers, default_layer, load
+    from ..graph import candidate_layers, default_layer, load
 
     model = load(model_path)
     layers = candidate_layers(model)
@@ -69,10 +52,10 @@ def layers_cmd(model_path: str) -> None:
 @click.argument("tensors", metavar="TENSOR", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, help="The .onnx file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@_friendly
+@friendly_errors
 def expose_cmd(model_path: str, tensors: tuple[str, ...], out: str, overwrite: bool) -> None:
     """Write a copy of MODEL that also outputs TENSOR(s) (open it in Netron)."""
-    from .graph import expose, load, save
+    from ..graph import expose, load, save
 
     dest = _output_path(model_path, out, overwrite)
     save(expose(load(model_path), tensors), dest)
@@ -90,7 +73,7 @@ def expose_cmd(model_path: str, tensors: tuple[str, ...], out: str, overwrite: b
 @click.option("--score", type=click.Choice(["logit", "prob", "logprob"]), default="logit",
               show_default=True, help="Differentiate the logits (before a final softmax), the "
                                       "softmax probabilities, or their log.")
-@_friendly
+@friendly_errors
 def backward_cmd(model_path: str, wrt: tuple[str, ...], out: str, overwrite: bool,
                  output_name: str | None, score: str) -> None:
     """Write MODEL's backward graph: extra input seed (N, K), outputs d(seed . scores)/d(wrt).
@@ -98,10 +81,10 @@ def backward_cmd(model_path: str, wrt: tuple[str, ...], out: str, overwrite: boo
     The graph is built from the normalised model (IR and opset upgraded where needed) and is
     loaded in ONNX Runtime before it is written.
     """
-    from .graph import load, resolve_tensor, save
-    from .graph.autodiff import backward
-    from .model import load_model
-    from .runtime import create_session
+    from ..graph import load, resolve_tensor, save
+    from ..graph.autodiff import backward
+    from ..model import load_model
+    from ..runtime import create_session
 
     dest = _output_path(model_path, out, overwrite)
     source = load(model_path)

@@ -1,6 +1,6 @@
 """``blackbox-xai evaluate`` and ``blackbox-xai compare``: faithfulness metrics and deployment checks.
 
-Attach to the main group with ``cli.add_command(evaluate_cmd)`` and ``cli.add_command(compare_cmd)``.
+``sanity`` runs the model-randomization check. The group in :mod:`.` attaches them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import click
 import numpy as np
 
-from .cli import (
+from ..errors import BlackboxError
+from .common import (
     _click_type,
     friendly_errors,
     model_options,
@@ -25,7 +26,6 @@ from .cli import (
     prepare_images,
     preprocess_options,
 )
-from .errors import BlackboxError
 
 log = logging.getLogger("blackbox_xai")
 
@@ -60,7 +60,7 @@ def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = Fa
     A bare ``KEY=VALUE`` applies to every listed method that has the option (hyphens in KEY
     are fine: ``n-masks`` = ``n_masks``). ``fast`` starts from :data:`FAST_OPTIONS`.
     """
-    from .registry import get_method
+    from ..registry import get_method
 
     specs = {m: get_method(m) for m in methods}
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
@@ -94,7 +94,7 @@ def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = Fa
 
 
 def _parse_methods(text: str) -> list[str]:
-    from .registry import get_method
+    from ..registry import get_method
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
@@ -117,7 +117,7 @@ def _csv_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    from .explanation import _jsonable
+    from ..explanation import _jsonable
 
     def clean(v: Any) -> Any:  # NaN is not JSON
         if isinstance(v, float) and not np.isfinite(v):
@@ -140,7 +140,7 @@ def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
 
 
 def _write(payloads: dict[Path, bytes]) -> None:
-    from .explanation import write_all_atomically
+    from ..explanation import write_all_atomically
 
     for p in payloads:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def _annotated_overlay(prepared, amap, boxes, point):
     """viz.overlay_image plus the annotation boxes (green) and the map's maximum (cyan cross)."""
     from PIL import ImageDraw
 
-    from .viz import overlay_image
+    from ..viz import overlay_image
 
     img = overlay_image(prepared.image, amap, box=prepared.box)
     bx0, by0, bx1, by1 = prepared.box
@@ -277,8 +277,8 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
           --methods occlusion,rise --boxes examples/boxes.json --fast \\
           --out eval/ --report eval/report.html
     """
-    from .api import explain
-    from .metrics import (
+    from ..api import explain
+    from ..metrics import (
         annotation_for,
         completeness_gap,
         deletion_insertion,
@@ -286,8 +286,8 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
         load_boxes,
         pointing_hit,
     )
-    from .metrics.pointing import max_location
-    from .report import Figure, Section, plot_curves, render_report, thumbnail
+    from ..metrics.pointing import max_location
+    from ..report import Figure, Section, plot_curves, render_report, thumbnail
 
     methods = _parse_methods(methods_text)
     opts = method_options(methods, option_pairs, fast)
@@ -366,7 +366,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
 
     payloads: dict[Path, bytes] = {}
     if out is not None:
-        from .report import png_bytes
+        from ..report import png_bytes
 
         payloads[out / "metrics.csv"] = _csv_bytes(rows)
         doc = {"model": model.describe(), "methods": {m: opts[m] for m in methods}, "seed": seed,
@@ -378,7 +378,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
         for fname, fig in figures.items():
             payloads[out / fname] = png_bytes(fig)
     if report_path:
-        from .explanation import versions
+        from ..explanation import versions
 
         v = versions()
         method_text = "; ".join(f"{m} {opts[m] or 'defaults'}" for m in methods)
@@ -463,7 +463,7 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
                 batch_size, threads, layout, preprocess) -> None:
     from dataclasses import asdict
 
-    from .compare import compare_models
+    from ..compare import compare_models
 
     device_b = device_b or device_a
     opts = method_options([method], option_pairs)[method]
@@ -521,7 +521,7 @@ def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, se
     one layer at a time (independent), explains again, and prints the Spearman rank correlation,
     SSIM and top-10% IoU of each map with the original. A faithful method decorrelates.
     """
-    from .metrics import randomization_check
+    from ..metrics import randomization_check
 
     opts = method_options([method], option_pairs)[method]
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
