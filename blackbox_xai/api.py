@@ -11,9 +11,10 @@ import numpy.typing as npt
 
 from .errors import BlackboxError, InternalError
 from .explanation import Explanation
+from .methods import get_method
 from .model import Model
 from .progress import progress_bar
-from .registry import Context, get_method
+from .registry import Context
 
 QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 

@@ -1,4 +1,4 @@
-"""The result of ``explain``: a map plus the metadata to reproduce it, saved atomically."""
+"""The result of ``explain``: a map plus the metadata to reproduce it, saved all-or-nothing."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import io
 import json
 import os
 import platform
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import BlackboxError
+from .outputs import OutputPlan, model_inputs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: extras_arrays (dtype and shape of array extras)
 _INLINE_LIMIT = 4096  # extras arrays larger than this go to the .npz
 
 
@@ -24,7 +24,7 @@ def versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    from . import __version__
+    from ._version import __version__
 
     return {"blackbox_xai": __version__, "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__, "numpy": np.__version__, "python": platform.python_version()}
@@ -70,19 +70,17 @@ class Explanation:
                         for k, v in self.options.items()}
         d["schema_version"] = SCHEMA_VERSION
         d["map_shape"] = list(self.map.shape)
-        d["extras"] = {k: _jsonable(v) for k, v in self.extras.items()
-                       if not (isinstance(v, np.ndarray) and v.size > _INLINE_LIMIT)}
+        d["extras"] = {k: _jsonable(v) for k, v in self.extras.items() if not _in_npz(v)}
+        d["extras_arrays"] = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "file": _in_npz(v)}
+                              for k, v in self.extras.items() if isinstance(v, np.ndarray)}
         return _jsonable(d)
 
-    def save(self, out_dir: str | os.PathLike, stem: str, *, image=None, box=None,
-             overwrite: bool = False) -> list[Path]:
-        """Write ``stem.npy`` (raw map), ``stem.json`` (manifest), ``stem.png`` (heatmap),
-        ``stem_overlay.png`` (when the original ``image`` is given; ``box`` places the map on it)
-        and ``stem.extras.npz`` (large extras). All files appear together or not at all."""
+    def files(self, out_dir: str | os.PathLike, stem: str, *, image=None, box=None
+              ) -> dict[Path, bytes]:
+        """The contents of the files :meth:`save` writes (see :func:`plan_files`), by path."""
         from .viz import heatmap_image, is_signed_method, overlay_image
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         payloads: dict[Path, bytes] = {}
         buf = io.BytesIO()
         np.save(buf, self.map)
@@ -93,54 +91,88 @@ class Explanation:
         if image is not None:
             payloads[out / f"{stem}_overlay.png"] = _png(overlay_image(image, self.map, box=box,
                                                                        signed=signed))
-        big = {k: v for k, v in self.extras.items()
-               if isinstance(v, np.ndarray) and v.size > _INLINE_LIMIT}
+        big = {k: v for k, v in self.extras.items() if _in_npz(v)}
         if big:
             buf = io.BytesIO()
             np.savez_compressed(buf, **big)
             payloads[out / f"{stem}.extras.npz"] = buf.getvalue()
-        existing = [p for p in payloads if p.exists()]
-        if existing and not overwrite:
-            raise BlackboxError(f"{existing[0]} exists; pass --overwrite to replace it")
-        write_all_atomically(payloads)
-        return list(payloads)
+        return payloads
+
+    def save(self, out_dir: str | os.PathLike, stem: str, *, image=None, box=None,
+             overwrite: bool = False) -> list[Path]:
+        """Write ``stem.npy`` (raw map), ``stem.json`` (manifest), ``stem.png`` (heatmap),
+        ``stem_overlay.png`` (when the original ``image`` is given; ``box`` places the map on it)
+        and ``stem.extras.npz`` (large extras), all together or none; the model, its sidecar and
+        the image recorded in the explanation are never overwritten."""
+        plan = OutputPlan(overwrite)
+        plan_files(plan, out_dir, stem, overlay=image is not None)
+        plan.check(self.input_files())
+        return plan.commit(self.files(out_dir, stem, image=image, box=box))
+
+    def input_files(self) -> dict[Path, str]:
+        """The files this explanation was computed from (model, sidecar, image) that are known."""
+        found = model_inputs(self.model["path"]) if self.model and self.model.get("path") else {}
+        if self.inputs and self.inputs.get("image"):
+            found[Path(self.inputs["image"])] = "an input image"
+        return found
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Explanation:
-        """Read an explanation back from its ``.json`` manifest (and the ``.npy`` beside it)."""
+        """Read an explanation back from its ``.json`` manifest, the ``.npy`` map beside it and
+        the ``.extras.npz`` of large extras; array extras come back as arrays of their dtype."""
         p = Path(path)
-        d = json.loads(p.read_text())
-        m = np.load(p.with_suffix(".npy"))
-        extras = d.pop("extras")
-        npz = p.with_suffix(".extras.npz")
-        if npz.exists():
-            extras.update(dict(np.load(npz)))
-        for k in ("schema_version", "map_shape"):
-            d.pop(k)
-        return cls(map=m, extras=extras, **d)
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BlackboxError(f"cannot read manifest {p}: {_one_line(e)}") from None
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise BlackboxError(f"{p} has no schema_version: not a blackbox-xai manifest")
+        if version > SCHEMA_VERSION:
+            raise BlackboxError(f"{p} has schema_version {version}, newer than this blackbox-xai "
+                                f"reads ({SCHEMA_VERSION}): upgrade blackbox-xai")
+        npy, npz = p.with_suffix(".npy"), p.with_suffix(".extras.npz")
+        try:
+            amap = np.load(npy, allow_pickle=False)
+            extras = dict(d.get("extras") or {})
+            arrays = d.get("extras_arrays", {})
+            in_file = [k for k, a in arrays.items() if a["file"]]
+            if in_file or (version == 1 and npz.exists()):  # v1: no list, the whole .npz
+                with np.load(npz, allow_pickle=False) as z:
+                    extras.update({k: z[k] for k in in_file or z.files})
+            for k, a in arrays.items():
+                if not a["file"]:
+                    extras[k] = np.asarray(extras[k], dtype=a["dtype"]).reshape(a["shape"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BlackboxError(f"cannot read the arrays of {p}: {_one_line(e)}") from None
+        names = {f.name for f in fields(cls)} - {"map", "extras"}
+        missing = {f.name for f in fields(cls) if f.default is MISSING and
+                   f.default_factory is MISSING} - {"map", "extras"} - d.keys()
+        if missing:
+            raise BlackboxError(f"{p} lacks {', '.join(sorted(missing))}")
+        return cls(map=amap, extras=extras, **{k: v for k, v in d.items() if k in names})
+
+
+def plan_files(plan: OutputPlan, out_dir: str | os.PathLike, stem: str, *, overlay: bool,
+               source: str | None = None) -> None:
+    """Add to ``plan`` every file :meth:`Explanation.save` may write for ``stem``."""
+    out = Path(out_dir)
+    for name in (f"{stem}.npy", f"{stem}.json", f"{stem}.png"):
+        plan.add(out / name, source=source)
+    if overlay:
+        plan.add(out / f"{stem}_overlay.png", source=source)
+    plan.add(out / f"{stem}.extras.npz", source=source, optional=True)  # large extras only
+
+
+def _in_npz(v: Any) -> bool:
+    return isinstance(v, np.ndarray) and v.size > _INLINE_LIMIT
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def write_all_atomically(payloads: dict[Path, bytes]) -> None:
-    """Write every file to a temporary name first, then rename them all into place."""
-    temps: list[tuple[str, Path]] = []
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        for path, data in payloads.items():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~umask)
-            temps.append((tmp, path))
-    except BaseException:
-        for tmp, _ in temps:
-            os.unlink(tmp)
-        raise
-    for tmp, path in temps:
-        os.replace(tmp, path)

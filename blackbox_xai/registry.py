@@ -1,4 +1,6 @@
-"""The method registry: plain functions registered by name, with their options read from the signature.
+"""The method registry (a leaf module): plain functions registered by name, with their options
+read from the signature. :mod:`blackbox_xai.methods` registers the built-in methods and looks
+them up.
 
 A method is ``def name(query, x, target, *, ctx, **options) -> Attribution``: ``query`` maps
 (N, C, H, W) float32 to (N, K) scores, ``x`` is one input (C, H, W), ``ctx`` a :class:`Context`.
@@ -239,17 +241,3 @@ def register(name: str, *, family: str, reference: str, stochastic: bool = False
         return fn
 
     return deco
-
-
-def get_method(name: str) -> MethodSpec:
-    from . import methods  # noqa: F401  (registers the built-in methods)
-
-    if name not in METHODS:
-        raise UnknownNameError(did_you_mean(name, sorted(METHODS), "method"))
-    return METHODS[name]
-
-
-def all_methods() -> dict[str, MethodSpec]:
-    from . import methods  # noqa: F401
-
-    return dict(sorted(METHODS.items()))

@@ -119,6 +119,11 @@ def run(session: ort.InferenceSession, outputs: Sequence[str] | None,
                             ) from e
 
 
+def evaluate(model: onnx.ModelProto, feeds: Mapping[str, npt.NDArray]) -> list[npt.NDArray]:
+    """Run a small helper model once on the CPU (the backward builder's probes)."""
+    return _session(model).run(None, dict(feeds))
+
+
 # ---- runtime checks of graph rewrites ----------------------------------------------------------
 def probe_feeds(model: onnx.ModelProto, rows: int, seed: int = 0) -> dict[str, npt.NDArray]:
     """Random inputs with ``rows`` samples; symbolic non-batch axes get ``UNKNOWN_DIM``."""

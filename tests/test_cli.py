@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from helpers import EXAMPLES, SHIPPED, model_path
 
 from blackbox_xai.cli import cli
-from blackbox_xai.registry import all_methods
+from blackbox_xai.methods import all_methods
 
 
 def test_help_for_every_subcommand(run):

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from blackbox_xai.explanation import Explanation
-from blackbox_xai.registry import all_methods
+from blackbox_xai.methods import all_methods
 from blackbox_xai.viz import (
     LEGEND_HEIGHT,
     SIGNED_METHODS,

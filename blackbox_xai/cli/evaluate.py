@@ -18,6 +18,7 @@ import click
 import numpy as np
 
 from ..errors import BlackboxError
+from ..outputs import OutputPlan, model_inputs
 from .common import (
     _click_type,
     friendly_errors,
@@ -60,7 +61,7 @@ def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = Fa
     A bare ``KEY=VALUE`` applies to every listed method that has the option (hyphens in KEY
     are fine: ``n-masks`` = ``n_masks``). ``fast`` starts from :data:`FAST_OPTIONS`.
     """
-    from ..registry import get_method
+    from ..methods import get_method
 
     specs = {m: get_method(m) for m in methods}
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
@@ -94,7 +95,7 @@ def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = Fa
 
 
 def _parse_methods(text: str) -> list[str]:
-    from ..registry import get_method
+    from ..methods import get_method
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
@@ -131,20 +132,25 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(clean(_jsonable(obj)), indent=2) + "\n").encode()
 
 
-def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
+def _input_files(model_paths: Sequence[str], images: Sequence[str],
+                 boxes_path: str | None = None) -> dict[Path, str]:
+    """The files a command reads, which its outputs must never replace."""
+    found: dict[Path, str] = {}
+    for m in model_paths:
+        found.update(model_inputs(m))
+    found.update({Path(i): "an input image" for i in images})
+    if boxes_path:
+        found[Path(boxes_path)] = "the boxes file"
+    return found
+
+
+def _planned(paths: Sequence[Path], overwrite: bool, inputs: dict[Path, str]) -> OutputPlan:
+    """A checked plan of ``paths``: run before any computing."""
+    plan = OutputPlan(overwrite)
     for p in paths:
-        if p.exists():
-            raise BlackboxError(f"{p} exists; pass --overwrite to replace it")
-
-
-def _write(payloads: dict[Path, bytes]) -> None:
-    from ..explanation import write_all_atomically
-
-    for p in payloads:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    write_all_atomically(payloads)
+        plan.add(p)
+    plan.check(inputs)
+    return plan
 
 
 def _fmt(v: Any, width: int) -> str:
@@ -310,7 +316,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
                     for kind in ("curves", "overlay")]
     if report_path:
         planned.append(Path(report_path))
-    _check_free(planned, overwrite)
+    plan = _planned(planned, overwrite, _input_files([model_path], images, boxes_path))
 
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
     pre, prepared = prepare_images(model, images, preprocess)
@@ -396,7 +402,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
                              tables=[("Per-method means", summary, None), ("Metrics", rows, cols)])
         payloads[Path(report_path)] = page.encode()
     if payloads:
-        _write(payloads)
+        plan.commit(payloads)
         where = [str(out)] if out is not None else []
         where += [str(report_path)] if report_path else []
         click.echo(f"wrote {len(payloads)} files ({', '.join(where)})", err=True)
@@ -467,9 +473,9 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
 
     device_b = device_b or device_a
     opts = method_options([method], option_pairs)[method]
-    outputs = [Path(p) for p in (json_path, csv_path) if p]
-    _check_free(outputs, overwrite)
     b_path = model_b_path or model_path
+    plan = _planned([Path(p) for p in (json_path, csv_path) if p], overwrite,
+                    _input_files([model_path, b_path], images))
     if model_b_path is None and device_a == device_b:
         click.echo(f"note: comparing {Path(model_path).name} with itself on {device_a} "
                    "(a determinism check); use --against or --device-b", err=True)
@@ -489,7 +495,7 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
     if csv_path:
         payloads[Path(csv_path)] = _csv_bytes([asdict(r) for r in result.rows])
     if payloads:
-        _write(payloads)
+        plan.commit(payloads)
     if not result.ok:
         click.echo(f"FAIL: {result.n_flips} top-1 flips, {result.n_drifted} drifted explanations",
                    err=True)
@@ -510,11 +516,12 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the table as JSON.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing JSON file.")
 @model_options
 @preprocess_options
 @friendly_errors
 def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, seed, json_path,
-               device, score, output_name, batch_size, threads, layout, preprocess) -> None:
+               overwrite, device, score, output_name, batch_size, threads, layout, preprocess) -> None:
     """Model-randomization sanity check (Adebayo et al. 2018) of METHOD on one IMAGE.
 
     Re-initialises the model's weights layer by layer from the output backwards (cascading) or
@@ -524,13 +531,13 @@ def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, se
     from ..metrics import randomization_check
 
     opts = method_options([method], option_pairs)[method]
+    plan = _planned([Path(json_path)] if json_path else [], overwrite,
+                    _input_files([model_path], [image]))
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
     _, (prepared,) = prepare_images(model, (image,), preprocess)
-    if json_path is not None:
-        _check_free([Path(json_path)], overwrite=False)
     result = randomization_check(model, prepared.tensor, method, target=target, seed=seed,
                                  modes=modes, steps=steps, **opts)
     click.echo(f"{prepared.path.name}: {method}, target {result.target}")
     click.echo(result.format())
     if json_path is not None:
-        _write({Path(json_path): _json_bytes(result.table())})
+        plan.commit({Path(json_path): _json_bytes(result.table())})

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ..errors import BlackboxError
+from ..outputs import OutputPlan, model_inputs
 from .common import friendly_errors
 
 
-def _output_path(model_path: str, out: str, overwrite: bool) -> Path:
-    """The output file, refusing the input model itself and, without --overwrite, existing files."""
-    dest, src = Path(out), Path(model_path)
-    if dest.exists() and dest.resolve() == src.resolve():
-        raise BlackboxError(f"-o {out}: that is the input model; write the result to another file")
-    if dest.exists() and not overwrite:
-        raise BlackboxError(f"-o {out} exists; pass --overwrite to replace it")
-    return dest
+def _plan_model_output(model_path: str, out: str, overwrite: bool) -> OutputPlan:
+    """The plan of ``-o OUT`` (and its external data), checked before any computing: never the
+    input model or its sidecar, an existing file only with --overwrite."""
+    from ..graph.io import external_data_path
+
+    plan = OutputPlan(overwrite)
+    plan.add(out)
+    plan.add(external_data_path(out), optional=True)
+    plan.check(model_inputs(model_path))
+    return plan
 
 
 def _shape(shape: tuple) -> str:
@@ -57,8 +57,8 @@ def expose_cmd(model_path: str, tensors: tuple[str, ...], out: str, overwrite: b
     """Write a copy of MODEL that also outputs TENSOR(s) (open it in Netron)."""
     from ..graph import expose, load, save
 
-    dest = _output_path(model_path, out, overwrite)
-    save(expose(load(model_path), tensors), dest)
+    plan = _plan_model_output(model_path, out, overwrite)
+    dest = save(expose(load(model_path), tensors), out, plan=plan)
     click.echo(f"wrote {dest}: outputs {', '.join(tensors)} added")
 
 
@@ -84,16 +84,16 @@ def backward_cmd(model_path: str, wrt: tuple[str, ...], out: str, overwrite: boo
     from ..graph import load, resolve_tensor, save
     from ..graph.autodiff import backward
     from ..model import load_model
-    from ..runtime import create_session
+    from ..runtime import create_session, evaluate
 
-    dest = _output_path(model_path, out, overwrite)
+    plan = _plan_model_output(model_path, out, overwrite)
     source = load(model_path)
     for name in wrt:  # names first: a typo costs no model loading
         resolve_tensor(source, name)
     model = load_model(model_path, device="cpu", score=score, output=output_name)
     proto, scores = model.scores_graph()
-    graph = backward(proto, wrt=list(wrt), output=scores)
+    graph = backward(proto, wrt=list(wrt), output=scores, evaluate=evaluate)
     create_session(graph.SerializeToString(), "cpu", 1, generated="backward graph")
-    save(graph, dest)
+    dest = save(graph, out, plan=plan)
     click.echo(f"wrote {dest}: gradients of seed . {scores} (seed: N x {model.num_classes}) with "
                f"respect to {', '.join(wrt)}")

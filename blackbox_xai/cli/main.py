@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from ..errors import UnknownNameError, did_you_mean
+from ..outputs import OutputPlan, model_inputs
 from .common import (
     OneLineErrors,
     UserError,
@@ -37,10 +38,14 @@ def cli(quiet: bool, debug: bool) -> None:
 
 
 @cli.command("methods")
-def methods_cmd() -> None:
+@click.option("--markdown", is_flag=True, help="Print the table the README shows.")
+def methods_cmd(markdown: bool) -> None:
     """List the explanation methods, their options and defaults."""
-    from ..registry import all_methods
+    from ..methods import all_methods, methods_table
 
+    if markdown:
+        click.echo(methods_table(), nl=False)
+        return
     for spec in all_methods().values():
         opts = ", ".join(f"{o.name}={o.default!r}" for o in spec.options) or "-"
         click.echo(f"{spec.name:24s} {spec.family:10s} {spec.summary}")
@@ -103,12 +108,12 @@ class ExplainGroup(click.Group):
     """``explain METHOD``: one subcommand per registered method, options from its signature."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from ..registry import all_methods
+        from ..methods import all_methods
 
         return list(all_methods())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command:
-        from ..registry import all_methods
+        from ..methods import all_methods
 
         methods = all_methods()
         if name not in methods:
@@ -142,22 +147,31 @@ def make_explain_command(spec) -> click.Command:
     def run(model_path, images, target, seed, out_dir, overwrite, progress, device, score,
             output_name, batch_size, threads, layout, preprocess, **options):
         from ..api import explain
+        from ..explanation import plan_files
 
         spec.validate(options)  # bad option values cost no model loading
+        # every image's files are planned and checked before any computing, written at the end
+        plan = OutputPlan(overwrite)
+        if out_dir is not None:
+            for img in images:
+                plan_files(plan, out_dir, f"{Path(img).stem}_{spec.name}", overlay=True, source=img)
+            plan.check({**model_inputs(model_path), **{img: "an input image" for img in images}})
         model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
         pre, prepared = prepare_images(model, images, preprocess)
         show = sys.stderr.isatty() if progress is None else progress
+        payloads: dict[Path, bytes] = {}
         for p in prepared:
             exp = explain(model, p.tensor, spec.name, target=target, seed=seed, progress=show,
                           labels=pre.labels, inputs=p.inputs, **options)
             label = f" ({exp.label})" if exp.label else ""
-            line = (f"{p.path.name}: {spec.name} target {exp.target}{label} score {exp.score:.4g}, "
-                    f"{exp.n_queries} queries, {exp.seconds:.2f} s")
+            click.echo(f"{p.path.name}: {spec.name} target {exp.target}{label} score "
+                       f"{exp.score:.4g}, {exp.n_queries} queries, {exp.seconds:.2f} s")
             if out_dir is not None:
-                stem = f"{p.path.stem}_{spec.name}"
-                files = exp.save(out_dir, stem, image=p.image, box=p.box, overwrite=overwrite)
-                line += f" -> {', '.join(str(f) for f in files if f.suffix == '.png')}"
-            click.echo(line)
+                payloads.update(exp.files(out_dir, f"{p.path.stem}_{spec.name}", image=p.image,
+                                          box=p.box))
+        if out_dir is not None:
+            files = plan.commit(payloads)
+            click.echo(f"wrote {len(files)} files to {out_dir}", err=True)
 
     doc = inspect.getdoc(spec.fn) or spec.name
     cmd = click.command(spec.name, help=f"{doc}\n\nReference: {spec.reference}",

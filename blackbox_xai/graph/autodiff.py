@@ -20,7 +20,15 @@ import onnx
 from onnx import helper, shape_inference
 
 from ..errors import BlackboxError, UnknownNameError, did_you_mean
-from .vjp_rules import NON_DIFFERENTIABLE, Emitter, GraphInfo, UnsupportedOpError, unsupported, vjp
+from .vjp_rules import (
+    NON_DIFFERENTIABLE,
+    Emitter,
+    Evaluate,
+    GraphInfo,
+    UnsupportedOpError,
+    unsupported,
+    vjp,
+)
 
 __all__ = ["ENGINE_VERSION", "UnsupportedOpError", "backward", "backward_cached"]
 
@@ -38,6 +46,7 @@ def backward(
     output: str | None = None,
     seed_name: str = "seed",
     grad_suffix: str = "_grad",
+    evaluate: Evaluate | None = None,
 ) -> onnx.ModelProto:
     """A copy of ``model`` that also computes ``d sum(seed * scores) / d t`` for each t in ``wrt``.
 
@@ -48,6 +57,8 @@ def backward(
         seed_name: name of the new input, shaped like the scores (float32, float64 for float64
             models); a one-hot seed selects one class.
         grad_suffix: the gradient of ``t`` is the output ``t + grad_suffix``, shaped like ``t``.
+        evaluate: runs the one-node probes some rules need (pooling and resize matrices);
+            default ONNX's reference evaluator; pass the runtime's to match its semantics.
 
     Returns:
         The model with outputs: the original ones (unchanged), then the gradients in ``wrt``
@@ -66,7 +77,7 @@ def backward(
     score = _score_output(m.graph, output)
     taken = _check_names(m.graph, wrt, [seed_name, *(w + grad_suffix for w in wrt)])
     reach, path = _path(list(m.graph.node), wrt, score, info)
-    e = Emitter(info, taken)
+    e = Emitter(info, taken, evaluate=evaluate)
     grads = _reverse(e, path, reach, wrt, score, seed_name)
     _attach(m.graph, e, wrt, grads, score, seed_name, grad_suffix)
     if m.ByteSize() < _PROTOBUF_LIMIT:
@@ -82,6 +93,7 @@ def backward_cached(
     *,
     sha256: str | None = None,
     cache_dir: Path | None = None,
+    evaluate: Evaluate | None = None,
 ) -> onnx.ModelProto:
     """:func:`backward`, memoised in memory (last few) and optionally on disk in ``cache_dir``.
 
@@ -103,7 +115,7 @@ def backward_cached(
     result = _read_cached(path) if path is not None else None
     if result is None:
         src = onnx.load_from_string(data) if isinstance(model, bytes) else model
-        result = backward(src, wrt, output).SerializeToString()
+        result = backward(src, wrt, output, evaluate=evaluate).SerializeToString()
         if path is not None:
             try:
                 _atomic_write(path, result)

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import onnx
 
 from ..model import Model, ScoreKind
+from ..runtime import evaluate
 from .autodiff import backward_cached
 
 CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
@@ -54,7 +55,7 @@ def forward_backward(model: Model, x: npt.NDArray[np.float32], seed: npt.NDArray
     def build() -> onnx.ModelProto:
         cache = os.environ.get(CACHE_ENV)
         return backward_cached(model.scores_graph(kind)[0], list(wrt), output=out_name,
-                               cache_dir=Path(cache) if cache else None)
+                               cache_dir=Path(cache) if cache else None, evaluate=evaluate)
 
     session = model.derived(("backward", kind, tuple(wrt)), build)
     grads = [f"{w}_grad" for w in wrt]

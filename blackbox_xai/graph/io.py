@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
 from onnx import helper
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from ..errors import BlackboxError, ModelLoadError
+from ..outputs import OutputPlan, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +48,52 @@ def inline_bytes(model: onnx.ModelProto) -> int:
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike,
-         external_data: bool | None = None) -> Path:
-    """Write ``model`` atomically to ``path``; returns the path.
+         external_data: bool | None = None, *, plan: OutputPlan | None = None) -> Path:
+    """Write ``model`` to ``path`` all-or-nothing (through :class:`~blackbox_xai.outputs.OutputPlan`);
+    returns the path.
 
     Args:
         model: the model (not modified).
-        path: the ``.onnx`` file to write; its folder must exist.
+        path: the ``.onnx`` file to write; without ``plan`` its folder must exist and an
+            existing file is replaced.
         external_data: store the initializers of 1 KiB or more in ``<name>.data`` next to the
             file. ``None``: only when they exceed 1.8 GB (protobuf stops at 2 GB). Initializers
             that already refer to external data (loaded with ``load_external_data=False``) keep
             their relative location, so save such models into the folder of their ``.data`` file.
+        plan: the command's plan, already checked, holding ``path`` and (optional)
+            :func:`external_data_path`; the files are committed through it.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise BlackboxError(f"cannot write {path}: folder {path.parent} does not exist")
     if external_data is None:
         external_data = inline_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        tmp = tmp_dir / path.name
+    data = external_data_path(path)
+    if plan is None:
+        if not path.parent.is_dir():
+            raise BlackboxError(f"cannot write {path}: folder {path.parent} does not exist")
+        plan = OutputPlan(overwrite=True)
+        plan.add(path)
         if external_data:
-            data = path.name + ".data"
-            # onnx.save moves the tensors out of the proto it is given: save a copy
-            onnx.save(copy_model(model), str(tmp), save_as_external_data=True,
-                      all_tensors_to_one_file=True, location=data, size_threshold=1024)
-            if (tmp_dir / data).exists():
-                os.replace(tmp_dir / data, path.parent / data)
-        else:
-            onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+            plan.add(data, optional=True)
+    # the weights this model still reads from files must survive its saving
+    plan.check({path.parent / ExternalDataInfo(t).location: "external data of the model saved"
+                for t in model.graph.initializer if uses_external_data(t)})
+    if not external_data:
+        plan.commit({path: model.SerializeToString()})
+        return path
+    with staging_folder(path) as tmp:
+        # onnx.save moves the tensors out of the proto it is given: save a copy
+        onnx.save(copy_model(model), str(tmp / path.name), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        written = {path: tmp / path.name}
+        if (tmp / data.name).exists():
+            written[data] = tmp / data.name
+        plan.commit(written)
     return path
+
+
+def external_data_path(path: str | os.PathLike) -> Path:
+    """Where :func:`save` puts the external data of ``path``: ``<name>.data`` beside it."""
+    return Path(path).with_name(Path(path).name + ".data")
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

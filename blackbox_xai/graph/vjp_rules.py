@@ -17,14 +17,21 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from ..errors import BlackboxError
 
 Shape = list[int | str | None]
 Grads = list[str | None]
 Rule = Callable[["Emitter", onnx.NodeProto, Grads, list[bool]], Grads]
+#: Runs a one-node model on its inputs: ``evaluate(model, feeds) -> outputs``.
+Evaluate = Callable[[onnx.ModelProto, dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def reference_evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """ONNX's reference evaluator (pure onnx; the runtime passes its own, see :class:`Emitter`)."""
+    return list(ReferenceEvaluator(model).run(None, feeds))
 
 FLOAT_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE}
 GRADIENT_FREE = (
@@ -139,8 +146,10 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 class Emitter:
     """Appends the backward nodes and constants with unique names; caches shared helpers."""
 
-    def __init__(self, info: GraphInfo, taken: set[str], prefix: str = "bwd") -> None:
+    def __init__(self, info: GraphInfo, taken: set[str], prefix: str = "bwd",
+                 evaluate: Evaluate | None = None) -> None:
         self.info = info
+        self.evaluate = evaluate or reference_evaluate
         self.opset = info.opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
@@ -1050,8 +1059,10 @@ def _probe_matrix(
     rank: int,
 ) -> np.ndarray:
     """The (L_in, L_out) matrix M of a separable linear op along ``axis``: y = M^T x there.
-    Found by running the op in ONNX Runtime on the identity basis (stacked on axis 0), so the
-    adjoint reproduces ORT's own semantics (rounding modes, padding counts) exactly."""
+    Found by running the op on the identity basis (stacked on axis 0) with the emitter's
+    evaluator: the model passes ONNX Runtime's (:func:`blackbox_xai.runtime.evaluate`), so the
+    adjoint reproduces the semantics of the runtime that runs the forward pass (rounding modes,
+    padding counts; they differ from the reference evaluator for opset-11 Resize)."""
     shape = [length if k in (0, axis) else 1 for k in range(rank)]
     probe = np.eye(length, dtype=np.float32).reshape(shape)
     names = [n if n == "" or n in extra else "P" for n in input_names]
@@ -1070,8 +1081,7 @@ def _probe_matrix(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", e.opset)])
     model.ir_version = e.info.ir_version
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (y,) = sess.run(None, {"P": probe})
+    (y,) = e.evaluate(model, {"P": probe})
     return y.reshape(length, -1)
 
 

@@ -1,3 +1,35 @@
 """Built-in methods; importing a module registers its methods (one line per module)."""
 
+from ..errors import UnknownNameError, did_you_mean
+from ..registry import METHODS, MethodSpec
 from . import cam, gradients, lime, meaningful_perturbation, occlusion, rise, shapley  # noqa: F401
+
+__all__ = ["METHODS", "all_methods", "get_method", "methods_table"]
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method ``name``, or an error listing close matches."""
+    if name not in METHODS:
+        raise UnknownNameError(did_you_mean(name, sorted(METHODS), "method"))
+    return METHODS[name]
+
+
+def all_methods() -> dict[str, MethodSpec]:
+    """Every registered method by name, sorted."""
+    return dict(sorted(METHODS.items()))
+
+
+def methods_table() -> str:
+    """The methods as a markdown table, generated from the registry (the README's table is
+    this text; a test fails when it is stale)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = ["| method | family | what it computes | options (defaults) | reference |",
+            "|---|---|---|---|---|"]
+    for spec in all_methods().values():
+        opts = ", ".join(f"`{o.name}={o.default!r}`" for o in spec.options) or "-"
+        rows.append(f"| `{spec.name}` | {spec.family} | {cell(spec.summary)} | {cell(opts)} | "
+                    f"{cell(spec.reference)} |")
+    return "\n".join(rows) + "\n"

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_xai.graph.autodiff import backward
 from blackbox_xai.graph.vjp_rules import RULES, UnsupportedOpError
+from blackbox_xai.runtime import evaluate
 
 D, F, I64 = TensorProto.DOUBLE, TensorProto.FLOAT, TensorProto.INT64
 TOL = {"f64": (1e-6, 1e-6), "f32lin": (1.0, 1e-4), "f32": (1e-2, 2e-3)}  # kind: (eps, rtol)
@@ -110,7 +111,7 @@ def check_case(case: Case) -> None:
     """Backward graph vs central differences (directional, and elementwise when small)."""
     model = build(case)
     wrt = case.wrt or [next(iter(case.inputs))]
-    grad_model = backward(model, wrt)
+    grad_model = backward(model, wrt, evaluate=evaluate)  # the runtime that runs the FD
     fwd, bwd = _session(model), _session(grad_model)
     y = fwd.run(None, case.inputs)[0]
     seed = rng().standard_normal(y.shape).astype(y.dtype)
@@ -774,7 +775,7 @@ def test_fast_masks_are_exact(op: str, consts: dict, lo: float, hi: float) -> No
     ulp inside a nonzero bound, 1e-35 above a zero bound (denormals just above 0 are the one
     documented exception)."""
     model = _mask_model(op, consts)
-    g = backward(model, ["a"])
+    g = backward(model, ["a"], evaluate=evaluate)
     assert {"Tanh", "BatchNormalization"} <= {n.op_type for n in g.graph.node}
     lo32, hi32 = np.float32(lo), np.float32(min(hi, 1e30))
     up = np.float32(1e-35) if lo == 0 else np.nextafter(lo32, np.float32(np.inf))  # see docstring

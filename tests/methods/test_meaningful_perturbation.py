@@ -12,9 +12,10 @@ from helpers import model_path
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
+from blackbox_xai.methods import get_method
 from blackbox_xai.methods import meaningful_perturbation as mp
 from blackbox_xai.model import softmax
-from blackbox_xai.registry import Context, get_method
+from blackbox_xai.registry import Context
 
 # The synthetic model: 3 x 32 x 32 inputs of random +-1 pixels; logit 0 = A * (mean energy of
 # the input over the square R) - B, three other logits 0. Deleting R (blurring or greying out

@@ -10,8 +10,8 @@ from skimage.transform import resize
 from blackbox_xai import explain
 from blackbox_xai.errors import BlackboxError
 from blackbox_xai.methods.rise import rise_masks
-from blackbox_xai.resample import bilinear_matrix
 from blackbox_xai.perturb import DEFAULT_CHUNK
+from blackbox_xai.resample import bilinear_matrix
 
 
 @pytest.mark.parametrize("s,size", [(7, 224), (7, 32), (4, 32), (8, 30), (3, 10), (1, 9)])
