@@ -162,9 +162,6 @@ class Model:
         self.output_name = self._find_output(output)
         self.logits_name, self.activation = final_activation(self.proto, self.output_name)
         self.output_is_probability = self.activation in ("Softmax", "Sigmoid")
-        if self.logits_name != self.output_name:
-            log.info("explaining %s scores of %r (the input of the final %s)", score,
-                     self.logits_name, self.activation)
         forward = self.proto
         if self.logits_name != self.output_name:
             forward, changed = expose(self.proto, [self.logits_name]), True
@@ -178,6 +175,9 @@ class Model:
         self.memo: dict[str, object] = {}  # facts derived from the graph once (default layer...)
         self.num_classes = self._check_scores()
         self.n_queries = 0
+        if self.logits_name != self.output_name:
+            log.info("explaining %s scores of %r (the input of the final %s)", score,
+                     self.logits_name, self.activation)
 
     # ---- loading ----------------------------------------------------------------------------
     def _normalized(self, source: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
@@ -369,7 +369,12 @@ class Model:
     def set_batch_size(self, batch_size: int | Literal["auto"]) -> None:
         if batch_size == "auto":
             self._batch_size = self.input.batch  # a fixed-batch model has no choice
-        elif isinstance(batch_size, int) and batch_size > 0:
+        elif isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+            limit = max(1, _MAX_AUTO_BATCH_BYTES // (int(np.prod(self.example_chw())) * 4))
+            if batch_size > limit and self.input.batch is None:
+                log.warning("batch size %d would hold %.1f GB of inputs per run: using %d",
+                            batch_size, batch_size * _MAX_AUTO_BATCH_BYTES / limit / 2**30, limit)
+                batch_size = limit
             self._batch_size = self.input.batch or batch_size
         else:
             raise ModelInputError(f"batch_size={batch_size!r}: use a positive integer or 'auto'")

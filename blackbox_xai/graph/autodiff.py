@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from ..errors import BlackboxError, UnknownNameError, did_you_mean
+from .inspect import node_inputs
 from .vjp_rules import (
     NON_DIFFERENTIABLE,
     Emitter,
@@ -242,8 +243,8 @@ def _path(
     """Float tensors reachable from ``wrt`` through differentiable ops, and the nodes that lie
     between them and ``score``, in reverse topological order."""
     reach = set(wrt)
-    for n in nodes:
-        if n.op_type not in NON_DIFFERENTIABLE and any(i in reach for i in n.input if i):
+    for n in nodes:  # node_inputs: If/Loop subgraphs read outer tensors without listing them
+        if n.op_type not in NON_DIFFERENTIABLE and any(i in reach for i in node_inputs(n)):
             # QuantizeLinear's integer output carries a straight-through gradient (QDQ models)
             reach.update(o for o in n.output
                          if o and (info.is_float(o) or n.op_type == "QuantizeLinear"))
@@ -251,9 +252,9 @@ def _path(
         raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {wrt}")
     relevant, path = {score}, []
     for n in reversed(nodes):
-        if any(o in relevant for o in n.output) and any(i in reach for i in n.input):
+        if any(o in relevant for o in n.output) and any(i in reach for i in node_inputs(n)):
             path.append(n)
-            relevant.update(i for i in n.input if i in reach)
+            relevant.update(i for i in node_inputs(n) if i in reach)
     missing = [w for w in wrt if w not in relevant]
     if missing:
         raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {missing}")

@@ -6,7 +6,8 @@ from collections.abc import Iterable
 
 import onnx
 
-from .inspect import resolve_tensor, typed_outputs
+from ..errors import UnknownNameError, did_you_mean
+from .inspect import needed_nodes, resolve_tensor, typed_outputs
 from .io import copy_model, finalize, infer_shapes
 
 
@@ -33,3 +34,19 @@ def expose(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProt
     out = copy_model(model)
     out.graph.output.extend(typed_outputs(infer_shapes(model), new))
     return finalize(out)
+
+
+def keep_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of ``model`` with ``name`` as its only output and only the nodes it needs."""
+    outputs = [o.name for o in model.graph.output]
+    if name not in outputs:
+        raise UnknownNameError(did_you_mean(name, outputs, "output"))
+    out = copy_model(model)
+    g = out.graph
+    kept = [g.node[i] for i in needed_nodes(g, [name])]
+    del g.node[:]
+    g.node.extend(kept)
+    only = [o for o in g.output if o.name == name]
+    del g.output[:]
+    g.output.extend(only)
+    return out

@@ -572,3 +572,25 @@ def test_backward_cached_memory_and_disk(tmp_path, monkeypatch: pytest.MonkeyPat
     assert len(calls) == 1 and from_disk.SerializeToString() == first.SerializeToString()
     backward_cached(model, ["x", inner], cache_dir=tmp_path)
     assert len(calls) == 2 and len(list(tmp_path.glob("*.onnx"))) == 2
+
+
+def test_an_if_whose_branch_reads_an_outer_tensor_is_named_as_unsupported():
+    """The If node lists only its condition as input; its branches read ``h`` from the outer
+    scope. Path finding must see that and name the op, not claim the scores do not depend on x."""
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", ["h"], ["then_out"])], "then", [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)])
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["h"], ["else_out"])], "else", [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Mul", ["x", "two"], ["h"]),
+             helper.make_node("If", ["cond"], ["scores"], then_branch=then_graph,
+                              else_branch=else_graph)]
+    graph = helper.make_graph(
+        nodes, "if_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+         numpy_helper.from_array(np.array(True), "cond")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpError, match="cannot differentiate If node"):
+        backward(model, ["x"])

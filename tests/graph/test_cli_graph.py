@@ -94,3 +94,32 @@ def test_backward_writes_a_graph_with_a_seed_input(run, tiny, tmp_path):
     r = run("backward", tiny, "--wrt", "features", "-o", out)
     assert r.exit_code == 0, r.output
     assert "seed" in {i.name for i in onnx.load(str(out)).graph.input}
+
+
+def test_layers_and_backward_take_the_output_of_a_model_with_several(run, tmp_path):
+    three = model_path("idiom_three_outputs")
+    listed = run("layers", three, "--output", "logits")
+    assert listed.exit_code == 0 and "features" in listed.output
+    bad = run("layers", three, "--output", "logit")
+    assert_user_error(bad, "unknown output 'logit'", "logits")
+    unsure = run("-q", "backward", three, "--wrt", "x", "-o", tmp_path / "g.onnx")
+    assert_user_error(unsure, "--output NAME")
+    assert not (tmp_path / "g.onnx").exists()
+    for score in ("logit", "prob"):
+        out = tmp_path / f"{score}.onnx"
+        r = run("-q", "backward", three, "--wrt", "x", "--output", "logits", "--score", score,
+                "-o", out)
+        assert r.exit_code == 0, r.output
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        seed = np.eye(5, dtype=np.float32)[[1, 3]]
+        sess = create_session(str(out), "cpu", 1)[0]
+        name = "bbx_scores" if score == "prob" else "logits"  # prob: a Softmax is appended
+        scores, grad = sess.run([name, "x_grad"], {"x": x, "seed": seed})
+        # the gradient is d(seed . scores)/dx: check one direction by central differences
+        v = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+        eps = 1e-2
+        up, down = (sess.run([name], {"x": x + s * eps * v, "seed": seed})[0] for s in (1, -1))
+        fd = ((up - down) * seed).sum() / (2 * eps)
+        assert abs(fd - (grad * v).sum()) <= 2e-3 * np.abs(grad * v).sum()
+        if score == "prob":
+            np.testing.assert_allclose(scores.sum(axis=1), 1, rtol=1e-5)
