@@ -26,12 +26,22 @@ def _shape(shape: tuple) -> str:
 
 @click.command("layers")
 @click.argument("model_path", metavar="MODEL")
+@click.option("--output", "output_name", default=None,
+              help="Only the layers this output depends on (a model with several outputs).")
 @friendly_errors
-def layers_cmd(model_path: str) -> None:
-    """List the 4-D feature maps a CAM can use; * marks the default layer."""
-    from ..graph import candidate_layers, default_layer, load
+def layers_cmd(model_path: str, output_name: str | None) -> None:
+    """List the 4-D feature maps a CAM can use; * marks the default layer.
 
-    model = load(model_path)
+    Read from the normalised graph (the one the CAM methods use), so old opsets and exports
+    with undeclared shapes show their layers too.
+    """
+    from ..graph import candidate_layers, default_layer, load
+    from ..graph.expose import keep_output
+    from ..graph.normalize import normalize
+
+    model = normalize(load(model_path)).model
+    if output_name is not None:
+        model = keep_output(model, output_name)
     layers = candidate_layers(model)
     default = default_layer(model)
     header = ("tensor", "shape", "layout", "op", "feeds pooling")
