@@ -24,7 +24,7 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {' '.join(self.format_message().split())}", err=True)
 
 
 def friendly_errors(fn: Callable) -> Callable:
