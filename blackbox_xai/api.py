@@ -26,11 +26,19 @@ class CountingQuery:
         self.fn, self.progress, self.n = fn, progress, 0
 
     def __call__(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        scores = np.asarray(self.fn(np.asarray(x, dtype=np.float32)), dtype=np.float32)
+        raw = self.fn(np.asarray(x, dtype=np.float32))
         self.n += len(x)
         if self.progress is not None:
             self.progress.update(len(x))
-        if scores.size == 0 or scores.shape[0] != len(x):
+        if raw is None:
+            raise BlackboxError(f"the model returned None for {len(x)} inputs: expected scores (N, K)")
+        try:
+            scores = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError):
+            kind = getattr(np.asarray(raw), "dtype", type(raw).__name__)
+            raise BlackboxError(f"the model returned scores that are not numbers ({kind}) for "
+                                f"{len(x)} inputs: expected float scores (N, K)") from None
+        if scores.ndim == 0 or scores.size == 0 or scores.shape[0] != len(x):
             raise BlackboxError(f"the model returned scores of shape {scores.shape} for {len(x)} "
                                 "inputs: expected (N, K) with K >= 1")
         bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))
@@ -41,11 +49,16 @@ class CountingQuery:
 
 
 def as_single_input(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
-    x = np.asarray(x, dtype=np.float32)
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BlackboxError(f"x is not a numeric array ({np.asarray(x).dtype}): pass the "
+                            "preprocessed input, (C, H, W) float32") from None
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
-    if x.ndim != 3:
-        raise BlackboxError(f"x has shape {x.shape}: explain() takes one input, (C, H, W) or (1, C, H, W)")
+    if x.ndim != 3 or 0 in x.shape:
+        raise BlackboxError(f"x has shape {x.shape}: explain() takes one input, (C, H, W) or "
+                            "(1, C, H, W), with C, H, W >= 1")
     if not np.isfinite(x).all():
         raise BlackboxError(f"the input has {int((~np.isfinite(x)).sum())} NaN or infinite values "
                             "(check the preprocessing: mean, std, scale)")

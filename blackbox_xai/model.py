@@ -85,6 +85,13 @@ def _detect_layout(shape: Sequence[int | None], name: str, layout: Layout | None
     if layout is not None:
         if layout not in ("NCHW", "NHWC"):
             raise ModelInputError(f"layout={layout!r}: use 'NCHW' or 'NHWC'")
+        channels = shape[1] if layout == "NCHW" else shape[3]
+        other = shape[3] if layout == "NCHW" else shape[1]
+        if channels not in (None, 1, 2, 3, 4) and other in (1, 3, 4):
+            raise ModelInputError(
+                f"--layout {layout}: input {name!r} is {list(shape)}; its "
+                f"{'second' if layout == 'NCHW' else 'last'} axis ({channels}) is not a channel "
+                "count")
         return layout
     c_first, c_last = shape[1] in (1, 3, 4), shape[3] in (1, 3, 4)
     if c_last and not c_first:
@@ -150,6 +157,8 @@ class Model:
                  threads: int | None = None, dynamic_batch: bool = True) -> None:
         if score not in ("logit", "prob", "logprob"):
             raise ModelInputError(f"score={score!r}: use 'logit', 'prob' or 'logprob'")
+        if threads is not None and not (isinstance(threads, int) and threads >= 1):
+            raise ModelInputError(f"threads={threads!r}: use a positive integer (--threads N)")
         self.path = Path(path)
         source = load(self.path)
         self.sha256 = sha256_of(self.path)
@@ -290,6 +299,9 @@ class Model:
         if raw.ndim == 0 or (raw.shape[0] != (self.input.batch or 1)):
             raise ModelInputError(f"output {self.output_name!r} has shape {list(raw.shape)}: it has "
                                   "no batch axis, so it cannot be class scores")
+        if raw.size == 0:
+            raise ModelInputError(f"output {self.output_name!r} has shape {list(raw.shape)}: "
+                                  "no class scores")
         wide = [d for d in raw.shape[1:] if d != 1]
         if len(wide) > 1:
             raise ModelInputError(

@@ -188,6 +188,9 @@ class Preprocessing:
         given = {k: _check(k, v, f"{flag_prefix}{k}", channels)
                  for k, v in overrides.items() if v is not None}
         h, w = input_hw
+        if h and w and "crop" in side and "crop" not in given and side["crop"] != (h, w):
+            raise BlackboxError(f"{sidecar}: preprocess.crop {side['crop'][0]} x {side['crop'][1]} "
+                                f"does not match the model's fixed input {h} x {w}")
         crop_layers = [*layers, ("model", {"crop": (h, w)} if h and w else {}), (explicit, given)]
         crop_src, crop = next((s, d["crop"]) for s, d in reversed(crop_layers) if "crop" in d)
         if h and w and crop != (h, w):
@@ -272,8 +275,18 @@ class Preprocessing:
             arr = 255 * np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
-        arr = (arr / self.scale - mean) / std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32), box
+        pixels = arr
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            arr = (arr / self.scale - mean) / std
+        out = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+        if not np.isfinite(out).all():  # finite fields whose ratios overflow float32
+            big = np.abs((pixels.astype(np.float64) / self.scale - np.asarray(self.mean))
+                         / np.asarray(self.std)).max()
+            raise BlackboxError(
+                f"preprocessing gives values beyond float32 (up to {big:.3g}): "
+                f"(pixel / {self.scale:g} - mean {_fmt(list(np.broadcast_to(self.mean, channels)))}) / "
+                f"std {_fmt(list(np.broadcast_to(self.std, channels)))}; check --scale and --std")
+        return out, box
 
     def _geometry(self, image: Image.Image) -> tuple[Image.Image, Box]:
         ch, cw = self.crop
@@ -347,7 +360,7 @@ def read_sidecar(path: Path, channels: int | None = None, num_classes: int | Non
                  ) -> dict[str, Any]:
     """A sidecar's recipe fields and ``labels``, validated; errors name the file and the field."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM (Notepad) is fine
     except UnicodeDecodeError as e:
         raise BlackboxError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                             f"{e.start})") from None
@@ -448,12 +461,17 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
 
 
 def _read_bytes(p: Path) -> bytes:
+    if p.is_dir():
+        raise ImageError(f"image {p} is a folder, not an image file")
     if not p.is_file():
         raise ImageError(f"image not found: {p}")
     try:
-        return p.read_bytes()
+        data = p.read_bytes()
     except OSError as e:
         raise ImageError(f"cannot read image {p}: {e.strerror or type(e).__name__}") from None
+    if not data:
+        raise ImageError(f"image {p} is an empty file")
+    return data
 
 
 def _decode(data: bytes, p: Path, max_pixels: int | None) -> Image.Image:
@@ -474,6 +492,11 @@ def _decode(data: bytes, p: Path, max_pixels: int | None) -> Image.Image:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             if isinstance(e, ImageError):
                 raise
-            raise ImageError(f"cannot decode image {p}: {type(e).__name__}") from None
+            if isinstance(e, UnidentifiedImageError):
+                why = "not an image format Pillow can read"
+            else:
+                text = str(e).strip()
+                why = text.splitlines()[0] if text else type(e).__name__
+            raise ImageError(f"cannot decode image {p}: {why}") from None
         finally:
             Image.MAX_IMAGE_PIXELS = pil_limit

@@ -65,7 +65,17 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    # "Non-zero status code returned while running Reshape node. Name:'r' Status Message:
+    # /onnxruntime_src/...h:84 <C++ signature> <condition> was false. <the reason>"
+    node = re.match(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)'"
+                    r" Status Message: (.*)$", line)
+    if node:
+        op, name, message = node.groups()
+        message = re.sub(r"^\S*onnxruntime\S*:\d+ .*? was false\. ", "", message)
+        message = re.sub(r"^\S*onnxruntime\S*:\d+ \S+ ", "", message)
+        line = f"{op} node {name!r}: {message}"
+    return line
 
 
 def create_session(model: bytes | str, device: Device, threads: int | None, *,
@@ -113,8 +123,8 @@ def run(session: ort.InferenceSession, outputs: Sequence[str] | None,
     except Exception as e:  # ORT's pybind exceptions share no useful base class
         rows = len(next(iter(feeds.values()))) if feeds else 0
         line = _first_line(e)
-        hint = ("; try a smaller --batch-size" if any(w in line.lower() for w in
-                ("alloc", "memory", "bad_alloc")) else "")
+        memory = any(w in line.lower() for w in ("alloc", "memory", "bad_alloc"))
+        hint = "; try a smaller --batch-size" if memory or rows > 1 else ""
         raise ModelRunError(f"ONNX Runtime failed running {what} on a batch of {rows}: {line}{hint}"
                             ) from e
 

@@ -81,6 +81,31 @@ def tiny_cnn(rng: np.random.Generator, *, batch: int | str = "N", nhwc: bool = F
                   [helper.make_tensor_value_info(out, elem, [batch, CLASSES])], inits, "tiny_cnn")
 
 
+def tiny_nonlinear(rng: np.random.Generator) -> onnx.ModelProto:
+    """Conv(3->6, 3x3) - Relu ('act1') - Conv(6->4, 3x3) - Relu ('act2') - GlobalAveragePool -
+    Flatten - Gemm(4->5): the head after 'act1' is not linear, so dy/dA at 'act1' varies over
+    space and with the input (on tiny_cnn it is the constant W_ck / (h w))."""
+    w1 = (rng.standard_normal((6, 3, 3, 3)) * 0.4).astype(np.float32)
+    b1 = (0.1 * rng.standard_normal(6)).astype(np.float32)
+    w2 = (rng.standard_normal((4, 6, 3, 3)) * 0.3).astype(np.float32)
+    b2 = (0.1 * rng.standard_normal(4)).astype(np.float32)
+    fw = rng.standard_normal((CLASSES, 4)).astype(np.float32)
+    fb = (0.1 * rng.standard_normal(CLASSES)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in
+             [(w1, "conv1.w"), (b1, "conv1.b"), (w2, "conv2.w"), (b2, "conv2.b"), (fw, "fc.w"),
+              (fb, "fc.b")]]
+    nodes = [helper.make_node("Conv", ["x", "conv1.w", "conv1.b"], ["conv1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv1"], ["act1"]),
+             helper.make_node("Conv", ["act1", "conv2.w", "conv2.b"], ["conv2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv2"], ["act2"]),
+             helper.make_node("GlobalAveragePool", ["act2"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])
+    return _model(nodes, [x], [logits], inits, "tiny_nonlinear")
+
+
 def not_image(rng: np.random.Generator) -> onnx.ModelProto:
     """A tabular model: input (N, 10), not an image."""
     w = rng.standard_normal((10, 3)).astype(np.float32)
@@ -296,6 +321,8 @@ IDIOMS = (idiom_ir3_opset7_fp16, idiom_tf2onnx_nhwc, idiom_keras2onnx_prelu, idi
 
 
 def build_all() -> dict[str, onnx.ModelProto]:
+    """Every test model by file stem, each from its own generator seeded with 0."""
+
     def rng() -> np.random.Generator:
         return np.random.default_rng(0)
 
@@ -306,16 +333,18 @@ def build_all() -> dict[str, onnx.ModelProto]:
         "tiny_cnn_nhwc": tiny_cnn(rng(), nhwc=True),
         "tiny_cnn_softmax": tiny_cnn(rng(), softmax=True),
         "tiny_cnn_fp16": tiny_cnn(rng(), dtype=np.float16),
+        "tiny_nonlinear": tiny_nonlinear(rng()),
         "not_image": not_image(rng()),
         **{f.__name__: f(rng()) for f in IDIOMS},
     }
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+def main(out: Path = OUT) -> None:
+    """Write every model of :func:`build_all` to ``out`` as ``NAME.onnx``."""
+    out.mkdir(parents=True, exist_ok=True)
     for name, model in build_all().items():
-        onnx.save(model, OUT / f"{name}.onnx")
-        print(f"wrote {OUT / name}.onnx")
+        onnx.save(model, out / f"{name}.onnx")
+        print(f"wrote {out / name}.onnx")
 
 
 if __name__ == "__main__":

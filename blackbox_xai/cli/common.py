@@ -63,7 +63,8 @@ def model_options(fn: Callable) -> Callable:
         click.option("--output", "output_name", default=None,
                      help="The class-score output (default: the only one, or the only 2-D one)."),
         click.option("--batch-size", default="auto", show_default=True, help="Queries per run, or auto."),
-        click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)."),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="ONNX Runtime CPU threads (default: all cores)."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
                      help="Override the detected input layout."),
     ]):
@@ -175,6 +176,16 @@ def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
 # ---- commands ---------------------------------------------------------------------------------
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN (which passes every comparison)."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
 class OneLineErrors(click.Group):
     """A click group whose usage errors (a missing argument, a bad option value) are one line
     on stderr with exit code 2, like every other error of the CLI."""
@@ -183,6 +194,8 @@ class OneLineErrors(click.Group):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # click puts the whole --help in it
+                e.message = f"missing {'COMMAND' if e.ctx is None else e.ctx.command.name} argument"
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
             click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
             sys.exit(e.exit_code)

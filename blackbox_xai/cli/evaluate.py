@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import BlackboxError
 from ..outputs import OutputPlan, model_inputs
 from .common import (
+    FiniteFloatRange,
     _click_type,
     friendly_errors,
     model_options,
@@ -255,7 +256,7 @@ def _annotated_overlay(prepared, amap, boxes, point):
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--pixels-per-step", type=click.IntRange(1), default=None,
               help="Deletion/insertion step (default: H*W/28, 1792 at 224x224).")
-@click.option("--tolerance", type=click.FloatRange(0), default=15.0, show_default=True,
+@click.option("--tolerance", type=FiniteFloatRange(0), default=15.0, show_default=True,
               help="Pointing-game tolerance in pixels.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write metrics.csv, metrics.json, curve and overlay PNGs here.")
@@ -405,7 +406,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
         plan.commit(payloads)
         where = [str(out)] if out is not None else []
         where += [str(report_path)] if report_path else []
-        click.echo(f"wrote {len(payloads)} files ({', '.join(where)})", err=True)
+        log.info("wrote %d files (%s)", len(payloads), ", ".join(where))
 
 
 # ---- compare ----------------------------------------------------------------------------------
@@ -444,9 +445,9 @@ Example:
 @click.option("--method", default="occlusion", show_default=True, help="Explanation method for both.")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="A method option, e.g. -o window=32 (repeatable).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+@click.option("--threshold", type=FiniteFloatRange(0, 1), default=0.8, show_default=True,
               help="An image drifts when Spearman(map A, map B) is below this.")
-@click.option("--top-k", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
+@click.option("--top-k", type=FiniteFloatRange(0, 1, min_open=True), default=0.1, show_default=True,
               help="Region fraction for the top-k IoU.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
@@ -459,7 +460,8 @@ Example:
 @click.option("--output", "output_name", default=None,
               help="The class-score output (default: the only one, or the only 2-D one).")
 @click.option("--batch-size", default="auto", show_default=True, help="Queries per run, or auto.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="ONNX Runtime CPU threads (default: all cores).")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
               help="Override the detected input layout.")
 @preprocess_options
@@ -477,8 +479,8 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
     plan = _planned([Path(p) for p in (json_path, csv_path) if p], overwrite,
                     _input_files([model_path, b_path], images))
     if model_b_path is None and device_a == device_b:
-        click.echo(f"note: comparing {Path(model_path).name} with itself on {device_a} "
-                   "(a determinism check); use --against or --device-b", err=True)
+        log.warning("comparing %s with itself on %s (a determinism check); use --against or "
+                    "--device-b", Path(model_path).name, device_a)
     model_a = open_model(model_path, device_a, score, output_name, batch_size, threads, layout)
     model_b = open_model(b_path, device_b, score, output_name, batch_size, threads, layout)
     _, prepared = prepare_images(model_a, images, preprocess)

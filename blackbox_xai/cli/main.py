@@ -171,7 +171,7 @@ def make_explain_command(spec) -> click.Command:
                                           box=p.box))
         if out_dir is not None:
             files = plan.commit(payloads)
-            click.echo(f"wrote {len(files)} files to {out_dir}", err=True)
+            logging.getLogger("blackbox_xai").info("wrote %d files to %s", len(files), out_dir)
 
     doc = inspect.getdoc(spec.fn) or spec.name
     cmd = click.command(spec.name, help=f"{doc}\n\nReference: {spec.reference}",

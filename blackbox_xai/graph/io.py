@@ -30,6 +30,8 @@ def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.Model
     is how models over 2 GB are rewritten: save the result in the same folder.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ModelLoadError(f"{p} is a folder, not an ONNX file")
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}")
     try:

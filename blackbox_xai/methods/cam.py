@@ -1,31 +1,46 @@
 """The CAM family on a chosen layer's activation ``A`` (k, h, w) and gradient ``g = dy_c/dA``.
 
-Each method only supplies its channel weights (or its own combination); the shared code gets
-``A`` and ``g`` from one forward+backward pass of the exported backward graph, or ``A`` alone
-from the model with the layer exposed (the gradient-free Score-CAM, Ablation-CAM, Eigen-CAM).
-The layer's layout comes from the graph (:func:`~blackbox_xai.graph.inspect.feature_map`): NHWC
-activations and gradients are transposed to (k, h, w) before any weight is computed, and back
-where a method feeds the graph. Maps are ReLU'd where the paper says so and upsampled bilinearly
-to the input size.
+A CAM method is one *weight function* registered with :func:`register_cam`: it reads the
+layer's tensors from a :class:`CamInput` and returns its channel weights with the activation
+they weight (:class:`Weights`, the map is ``sum_k w_k A_k``) or, where that is the natural unit
+(Layer-CAM, Eigen-CAM), the (h, w) map itself. The shared code, as pytorch-grad-cam's
+``BaseCAM`` but without hooks, does everything else once: it resolves the layer (its layout
+comes from the graph, :func:`~blackbox_xai.graph.inspect.feature_map`; NHWC tensors are
+transposed to (k, h, w) before any weight is computed, and back where a method feeds the
+graph), fetches ``A`` (and ``g``) in one pass from the graph the method's ``source`` names,
+applies the weights, ReLUs where the method's definition has it, upsamples bilinearly to the
+input size, and builds the :class:`~blackbox_xai.registry.Attribution` with the extras
+``layer``, ``layout``, ``cam`` (the map at the layer's resolution) and ``weights``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
-from ..errors import BlackboxError
+from ..errors import BlackboxError, InternalError
 from ..graph.gradients import layer_activation, layer_gradient, scores_graph, scores_output
 from ..graph.inspect import CandidateLayer, Layout, reduce_layout
 from ..perturb import chunk_size_for, chunked, scores_for_masks
-from ..registry import Attribution, Context, register
+from ..registry import Attribution, Context, Range, register
 from ..resample import upsample
 
 Array = npt.NDArray[np.float32]
+QueryFn = Callable[[Array], Array]
+#: where a CAM method's tensors come from: the model with the layer exposed (A), its backward
+#: graph (A and g = dy_target/dA), or the model cut at the layer (A, and the rest as a head)
+Source = Literal["activation", "gradient", "head"]
+LAYER_HELP = ("the 4-D feature map to explain (`bbx layers MODEL` lists them); default: the "
+              "last one feeding global pooling.")
 
 
 def resolve_layer(ctx: Context, layer: str | None) -> CandidateLayer:
@@ -51,143 +66,161 @@ def channels_back(a: Array, layout: Layout) -> Array:
     return a.transpose(0, 2, 3, 1) if layout == "NHWC" else a
 
 
-def _activation_and_gradient(ctx: Context, x: Array, target: int, layer: str | None
-                             ) -> tuple[CandidateLayer, Array, Array]:
-    """The layer, its activation A and dy_target/dA, both (k, h, w)."""
-    lay = resolve_layer(ctx, layer)
-    _, act, grad = layer_gradient(ctx.model, x[None], target, lay.name, ctx.progress)
-    return lay, channels_first(act, lay.layout)[0], channels_first(grad, lay.layout)[0]
+def _cut(model: Any, layer: str) -> tuple[Any, Any, list[str]]:
+    """Sessions of the model cut at ``layer``: features (input -> ``[layer, *crossing]``) and
+    head (those tensors -> scores), and those tensors' names; built once per model and layer."""
+    from ..graph.split import split
+
+    key = f"cut:{scores_output(model)}:{layer}"
+    if key not in model.memo:
+        features, head = split(scores_graph(model)[0], layer)
+        model.memo[key] = (model.derived((key, "features"), lambda: features),
+                           model.derived((key, "head"), lambda: head),
+                           [o.name for o in features.graph.output])
+    return model.memo[key]
 
 
-def _activation(ctx: Context, x: Array, layer: str | None) -> tuple[CandidateLayer, Array]:
-    """The layer and its activation A (k, h, w), from the model with the layer exposed."""
-    lay = resolve_layer(ctx, layer)
-    _, act = layer_activation(ctx.model, x[None], lay.name)
-    return lay, channels_first(act, lay.layout)[0]
+@dataclass
+class CamInput:
+    """What a CAM weight function reads: the input, the target, the resolved layer, and the
+    layer's tensors as (k, h, w), fetched on first use in one pass from the graph ``source``
+    names (so a method may refuse before any pass, as CAM does for a head it cannot read)."""
+
+    query: QueryFn
+    x: Array
+    target: int
+    ctx: Context
+    layer: CandidateLayer
+    source: Source
+
+    @cached_property
+    def _fetched(self) -> tuple[Array, Array | None, dict[str, Array]]:
+        """A (k, h, w), g (k, h, w) or None, and the other tensors the head reads (N = 1)."""
+        model, name = self.ctx.model, self.layer.name
+        if self.source == "gradient":
+            acts, grads = self.gradients(self.x[None])
+            return acts[0], grads[0], {}
+        if self.source == "head":
+            features, _, names = _cut(model, name)
+            values = dict(zip(names, model.run_batched(features, {model.input.name: self.x[None]},
+                                                       names)))
+            return channels_first(values.pop(name), self.layer.layout)[0], None, values
+        _, act = layer_activation(model, self.x[None], name)
+        return channels_first(act, self.layer.layout)[0], None, {}
+
+    def _require(self, source: Source, what: str) -> None:
+        if self.source != source:
+            raise InternalError(f"a CAM method reads {what} but is registered with "
+                                f"source={self.source!r}, not {source!r}")
+
+    @property
+    def act(self) -> Array:
+        """The layer's activation A (k, h, w) for ``x``."""
+        return self._fetched[0]
+
+    @property
+    def grad(self) -> Array:
+        """g = dy_target/dA (k, h, w) at ``x`` (``source="gradient"``)."""
+        self._require("gradient", "the gradient")
+        return typing.cast(Array, self._fetched[1])
+
+    def gradients(self, xs: Array) -> tuple[Array, Array]:
+        """A and g = dy_target/dA at a batch of inputs (N, C, H, W), both (N, k, h, w): one
+        batch of forward+backward passes (``source="gradient"``)."""
+        self._require("gradient", "gradients")
+        _, act, grad = layer_gradient(self.ctx.model, xs, self.target, self.layer.name,
+                                      self.ctx.progress)
+        return channels_first(act, self.layer.layout), channels_first(grad, self.layer.layout)
+
+    def head(self, acts: Array) -> Array:
+        """Scores (n, K) of the model's head run on layer activations (n, k, h, w); any other
+        tensor the head reads (a skip connection over the cut) keeps its value at ``x``
+        (``source="head"``)."""
+        self._require("head", "the head")
+        model, name = self.ctx.model, self.layer.name
+        n = len(acts)
+        feeds = {h: np.repeat(v, n, axis=0) for h, v in self._fetched[2].items()}
+        feeds[name] = channels_back(acts, self.layer.layout)
+        (scores,) = model.run_batched(_cut(model, name)[1], feeds, [scores_output(model)],
+                                      progress=self.ctx.progress)
+        return scores.reshape(n, -1)
 
 
-def _result(x: Array, cam: Array, layer: CandidateLayer, relu: bool = True,
-            **extras) -> Attribution:
+class Weights(NamedTuple):
+    """Channel weights ``w`` (k,) of an activation ``act`` (k, h, w): the map is sum_k w_k A_k."""
+
+    w: npt.NDArray[np.floating]
+    act: Array
+
+
+WeightFn = Callable[..., "Weights | Array"]
+
+
+def _attribution(x: Array, layer: CandidateLayer, result: Weights | Array,
+                 relu: bool) -> Attribution:
+    """Combine, ReLU (``relu``), upsample to the input size; the common extras."""
+    extras: dict[str, Any] = {}
+    if isinstance(result, Weights):
+        cam, extras["weights"] = np.tensordot(result.w, result.act, axes=1), result.w
+    else:
+        cam = result
     cam = np.maximum(cam, 0) if relu else cam
     return Attribution(upsample(cam, x.shape[1:]),
                        {"layer": layer.name, "layout": layer.layout, "cam": cam, **extras})
 
 
-def _weighted_sum(weights: Array, act: Array) -> Array:
-    return np.tensordot(weights, act, axes=1)
+def _with_layer_help(doc: str) -> str:
+    """``doc`` with ``layer`` first in its ``Args:`` section (one added when there is none)."""
+    entry = f"    layer: {LAYER_HELP}"
+    if "\nArgs:\n" in doc:
+        return doc.replace("\nArgs:\n", f"\nArgs:\n{entry}\n", 1)
+    return f"{doc}\n\nArgs:\n{entry}"
 
 
-def gradcampp_weights(act: Array, g1: Array, g2: Array, g3: Array) -> Array:
-    """Grad-CAM++ channel weights: a = g^2 / (2 g^2 + sum_ab A g^3) (0 where g = 0),
-    w_k = sum_ij a_kij ReLU(g_kij); g1, g2, g3 are the first derivative and its powers."""
-    denom = 2 * g2 + (act * g3).sum(axis=(1, 2), keepdims=True)
-    alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=(g2 != 0) & (denom != 0))
-    return (alpha * np.maximum(g1, 0)).sum(axis=(1, 2))
+def register_cam(name: str, *, reference: str, source: Source = "activation", relu: bool = True,
+                 stochastic: bool = False, fast: dict[str, Any] | None = None
+                 ) -> Callable[[WeightFn], Callable[..., Attribution]]:
+    """Register the weight function ``fn(c: CamInput, **options)`` as the CAM method ``name``.
 
-
-@register("gradcam", family="cam", reference="Selvaraju et al. 2017, arXiv:1610.02391",
-          requires_graph=True)
-def gradcam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
-    """Grad-CAM: alpha_k = mean_ij g_kij, M = ReLU(sum_k alpha_k A_k). One forward+backward."""
-    lay, act, g = _activation_and_gradient(ctx, x, target, layer)
-    w = g.mean(axis=(1, 2))
-    return _result(x, _weighted_sum(w, act), lay, weights=w)
-
-
-@register("gradcampp", family="cam", reference="Chattopadhay et al. 2018, arXiv:1710.11063",
-          requires_graph=True)
-def gradcampp(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
-    """Grad-CAM++: w_k = sum_ij a_kij ReLU(g_kij), a = g^2 / (2 g^2 + sum A g^3). One pass.
-
-    The exponential-score closed form of the paper; see :func:`gradcampp_weights`.
+    The registered method is ``(query, x, target, *, ctx, layer=None, **options)``: it resolves
+    the layer (before any pass), calls ``fn`` and turns what it returns into the Attribution
+    (:func:`_attribution`; ``relu`` where the method's definition has it). ``fn``'s keyword-only
+    arguments are the method's options, with their ranges (``Annotated[int, Range(0)]``) and the
+    help of its docstring's ``Args:`` section, where ``layer`` is added. ``source="gradient"``
+    marks the method as running the backward graph (``needs_gradient`` in the registry).
     """
-    lay, act, g = _activation_and_gradient(ctx, x, target, layer)
-    w = gradcampp_weights(act, g, g**2, g**3)
-    return _result(x, _weighted_sum(w, act), lay, weights=w)
+
+    def deco(fn: WeightFn) -> Callable[..., Attribution]:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        options = [p.replace(annotation=hints[p.name])
+                   for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+        def method(query: QueryFn, x: Array, target: int, *, ctx: Context,
+                   layer: str | None = None, **opts: Any) -> Attribution:
+            c = CamInput(query, x, target, ctx, resolve_layer(ctx, layer), source)
+            return _attribution(x, c.layer, fn(c, **opts), relu)
+
+        positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        method.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("query", positional),
+             inspect.Parameter("x", positional, annotation=Array),
+             inspect.Parameter("target", positional, annotation=int),
+             inspect.Parameter("ctx", keyword, annotation=Context),
+             inspect.Parameter("layer", keyword, default=None, annotation=str | None), *options],
+            return_annotation=Attribution)
+        method.__annotations__ = {"layer": str | None, **{p.name: p.annotation for p in options},
+                                  "return": Attribution}
+        method.__name__, method.__qualname__ = fn.__name__, fn.__qualname__
+        method.__doc__ = _with_layer_help(inspect.getdoc(fn) or "")
+        register(name, family="cam", reference=reference, stochastic=stochastic,
+                 requires_graph=True, needs_gradient=source == "gradient", fast=fast)(method)
+        return method
+
+    return deco
 
 
-def _parse_filters(filters: str | list[int] | None, k: int) -> npt.NDArray[np.bool_]:
-    keep = np.ones(k, bool)
-    if filters is None:
-        return keep
-    idx = [int(v) for v in filters.split(",")] if isinstance(filters, str) else list(filters)
-    if not idx or min(idx) < 0 or max(idx) >= k:
-        raise BlackboxError(f"filters={filters!r}: channel indices must be in 0..{k - 1}")
-    keep[:] = False
-    keep[idx] = True
-    return keep
-
-
-def _parse_neurons(neurons: str | tuple | list | None, act_hw: tuple[int, int],
-                   input_hw: tuple[int, int]) -> npt.NDArray[np.bool_]:
-    """Activation cells to keep: a box ``"x0,y0,x1,y1"`` or points ``"x,y;x,y"`` in input pixels."""
-    h, w = act_hw
-    keep = np.ones((h, w), bool)
-    if neurons is None:
-        return keep
-    if isinstance(neurons, str):
-        parts = [[float(v) for v in p.split(",")] for p in neurons.split(";") if p.strip()]
-    else:
-        parts = [list(p) for p in neurons] if np.ndim(neurons) == 2 else [list(neurons)]
-    sy, sx = h / input_hw[0], w / input_hw[1]
-    keep[:] = False
-    for p in parts:
-        if len(p) == 4:
-            x0, y0, x1, y1 = p
-            keep[int(y0 * sy):max(int(np.ceil(y1 * sy)), int(y0 * sy) + 1),
-                 int(x0 * sx):max(int(np.ceil(x1 * sx)), int(x0 * sx) + 1)] = True
-        elif len(p) == 2:
-            keep[min(int(p[1] * sy), h - 1), min(int(p[0] * sx), w - 1)] = True
-        else:
-            raise BlackboxError(f"neurons={neurons!r}: give a box 'x0,y0,x1,y1' or points 'x,y;x,y'")
-    return keep
-
-
-@register("smooth-gradcampp", family="cam", reference="Omeiza et al. 2019, arXiv:1908.01224",
-          stochastic=True, requires_graph=True)
-def smooth_gradcampp(query, x: Array, target: int, *, ctx: Context, layer: str | None = None,
-                     n_samples: int = 4, sigma: float = 0.3, filters: str | None = None,
-                     neurons: str | None = None) -> Attribution:
-    """Smooth Grad-CAM++: Grad-CAM++ with g, g^2, g^3 averaged over noisy copies of the input.
-
-    Noise x + N(0, sigma^2), ``n_samples`` copies; A from the clean input (n_samples=0 is
-    Grad-CAM++).
-
-    ``filters`` ("3,17,42") keeps a subset of feature maps; ``neurons`` keeps a region
-    ("x0,y0,x1,y1") or points ("x,y;x,y") in input pixels, zeroing activations outside, as the
-    paper's API does. One batch of n_samples + 1 forward+backward passes.
-    """
-    lay = resolve_layer(ctx, layer)
-    noisy = x[None] + sigma * ctx.rng.standard_normal((n_samples, *x.shape), dtype=np.float32)
-    _, act, g = layer_gradient(ctx.model, np.concatenate([x[None], noisy]), target, lay.name,
-                               ctx.progress)
-    act, g = channels_first(act, lay.layout), channels_first(g, lay.layout)
-    a, gs = act[0], (g[1:] if n_samples > 0 else g[:1])
-    a = a * _parse_filters(filters, a.shape[0])[:, None, None]
-    a = a * _parse_neurons(neurons, a.shape[1:], x.shape[1:])[None]
-    w = gradcampp_weights(a, gs.mean(axis=0), (gs**2).mean(axis=0), (gs**3).mean(axis=0))
-    return _result(x, _weighted_sum(w, a), lay, weights=w)
-
-
-@register("xgradcam", family="cam", reference="Fu et al. 2020, arXiv:2008.02312",
-          requires_graph=True)
-def xgradcam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
-    """XGrad-CAM: w_k = sum_ij (A_kij / sum_ab A_kab) g_kij, M = ReLU(sum_k w_k A_k)."""
-    lay, act, g = _activation_and_gradient(ctx, x, target, layer)
-    total = act.sum(axis=(1, 2), keepdims=True)
-    norm = np.divide(act, total, out=np.zeros_like(act), where=total != 0)
-    w = (norm * g).sum(axis=(1, 2))
-    return _result(x, _weighted_sum(w, act), lay, weights=w)
-
-
-@register("layercam", family="cam", reference="Jiang et al. 2021, IEEE TIP 30:5875",
-          requires_graph=True)
-def layercam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
-    """Layer-CAM: M = ReLU(sum_k ReLU(g_kij) A_kij); spatial weights, so shallow layers work."""
-    lay, act, g = _activation_and_gradient(ctx, x, target, layer)
-    return _result(x, (np.maximum(g, 0) * act).sum(axis=0), lay)
-
-
+# ---- methods ------------------------------------------------------------------------------------
 def gap_linear_head(proto: onnx.ModelProto, layer: str, layout: Layout = "NCHW"
                     ) -> npt.NDArray[np.float32]:
     """W (K, k) of a head ``layer -> global average pooling -> [Flatten] -> Gemm/MatMul``.
@@ -226,90 +259,207 @@ def gap_linear_head(proto: onnx.ModelProto, layer: str, layout: Layout = "NCHW"
     return w if node.op_type == "Gemm" and attrs.get("transB", 0) else w.T
 
 
-@register("cam", family="cam", reference="Zhou et al. 2016, arXiv:1512.04150", requires_graph=True)
-def cam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
-    """CAM: M = sum_k w_k^c A_k with w the linear layer after global average pooling (no ReLU)."""
-    lay = resolve_layer(ctx, layer)
-    w = gap_linear_head(ctx.model.proto, lay.name, lay.layout)[target]  # refuse before a pass
-    _, act = _activation(ctx, x, layer)
-    return _result(x, _weighted_sum(w, act), lay, relu=False, weights=w)
+@register_cam("cam", reference="Zhou et al. 2016, arXiv:1512.04150", relu=False)
+def cam(c: CamInput) -> Weights:
+    """CAM: M = sum_k w_k^c A_k with w the linear layer after global average pooling (no ReLU).
+
+    The weights are read from the graph (a head that is not GAP + linear is refused before any
+    pass); one forward pass with the layer exposed gives A.
+    """
+    w = gap_linear_head(c.ctx.model.proto, c.layer.name, c.layer.layout)[c.target]
+    return Weights(w, c.act)  # A is fetched here, after a head CAM cannot read was refused
 
 
-@register("scorecam", family="cam", reference="Wang et al. 2020, arXiv:1910.01279",
-          requires_graph=True)
-def scorecam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
+@register_cam("gradcam", reference="Selvaraju et al. 2017, arXiv:1610.02391", source="gradient")
+def gradcam(c: CamInput) -> Weights:
+    """Grad-CAM: alpha_k = mean_ij g_kij, M = ReLU(sum_k alpha_k A_k). One forward+backward."""
+    return Weights(c.grad.mean(axis=(1, 2)), c.act)
+
+
+def gradcampp_weights(act: Array, g1: Array, g2: Array, g3: Array) -> Array:
+    """Grad-CAM++ channel weights: a = g^2 / (2 g^2 + sum_ab A g^3) (0 where g = 0),
+    w_k = sum_ij a_kij ReLU(g_kij); g1, g2, g3 are the first derivative and its powers."""
+    denom = 2 * g2 + (act * g3).sum(axis=(1, 2), keepdims=True)
+    alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=(g2 != 0) & (denom != 0))
+    return (alpha * np.maximum(g1, 0)).sum(axis=(1, 2))
+
+
+@register_cam("gradcampp", reference="Chattopadhay et al. 2018, arXiv:1710.11063",
+              source="gradient")
+def gradcampp(c: CamInput) -> Weights:
+    """Grad-CAM++: w_k = sum_ij a_kij ReLU(g_kij), a = g^2 / (2 g^2 + sum A g^3). One pass.
+
+    The exponential-score closed form of the paper; see :func:`gradcampp_weights`.
+    M = ReLU(sum_k w_k A_k).
+    """
+    g = c.grad
+    return Weights(gradcampp_weights(c.act, g, g**2, g**3), c.act)
+
+
+def _parse_filters(filters: str) -> list[int]:
+    """The channel indices in ``filters`` ("3,17,42"); a one-line error naming ``--filters``."""
+    try:
+        return [int(v) for v in filters.split(",")]
+    except ValueError:
+        raise BlackboxError(f"--filters {filters!r}: give channel indices separated by commas, "
+                            "e.g. 3,17,42") from None
+
+
+def _filter_mask(filters: str, idx: list[int], k: int) -> npt.NDArray[np.bool_]:
+    """The channels (k,) kept by the indices ``idx`` parsed from ``filters``; an index outside
+    the layer's channels is a one-line error naming ``--filters``, the value and the range."""
+    bad = [i for i in idx if not 0 <= i < k]
+    if bad:
+        raise BlackboxError(f"--filters {filters!r}: channel {bad[0]} is out of range: the layer "
+                            f"has {k} channels, 0..{k - 1}")
+    keep = np.zeros(k, bool)
+    keep[idx] = True
+    return keep
+
+
+def _parse_neurons(neurons: str, input_hw: tuple[int, int]) -> list[list[float]]:
+    """The boxes ``x0,y0,x1,y1`` and points ``x,y`` (``;``-separated) in ``neurons``, in input
+    pixels, each inside the input; a one-line error naming ``--neurons``, the value and the
+    valid range otherwise."""
+    height, width = input_hw
+
+    def inside(p: list[float]) -> bool:
+        if len(p) == 2:
+            return 0 <= p[0] < width and 0 <= p[1] < height
+        return len(p) == 4 and 0 <= p[0] <= p[2] <= width and 0 <= p[1] <= p[3] <= height \
+            and p[0] < width and p[1] < height
+
+    try:
+        parts = [[float(v) for v in p.split(",")] for p in neurons.split(";") if p.strip()]
+    except ValueError:
+        parts = []
+    if not parts or not all(map(inside, parts)):
+        raise BlackboxError(
+            f"--neurons {neurons!r}: give a box x0,y0,x1,y1 (0 <= x0 <= x1 <= {width}, "
+            f"0 <= y0 <= y1 <= {height}, x0 < {width}, y0 < {height}) or points x,y;x,y "
+            f"(0 <= x < {width}, 0 <= y < {height}) in input pixels")
+    return parts
+
+
+def _neuron_mask(parts: list[list[float]], act_hw: tuple[int, int], input_hw: tuple[int, int]
+                 ) -> npt.NDArray[np.bool_]:
+    """The activation cells (h, w) under the boxes and points ``parts`` (input pixels)."""
+    h, w = act_hw
+    sy, sx = h / input_hw[0], w / input_hw[1]
+    keep = np.zeros((h, w), bool)
+    for p in parts:
+        if len(p) == 4:
+            x0, y0, x1, y1 = p
+            keep[int(y0 * sy):max(int(np.ceil(y1 * sy)), int(y0 * sy) + 1),
+                 int(x0 * sx):max(int(np.ceil(x1 * sx)), int(x0 * sx) + 1)] = True
+        else:
+            keep[min(int(p[1] * sy), h - 1), min(int(p[0] * sx), w - 1)] = True
+    return keep
+
+
+@register_cam("smooth-gradcampp", reference="Omeiza et al. 2019, arXiv:1908.01224",
+              source="gradient", stochastic=True, fast={"n_samples": 2})
+def smooth_gradcampp(c: CamInput, *, n_samples: Annotated[int, Range(0)] = 4,
+                     sigma: Annotated[float, Range(0)] = 0.3, filters: str | None = None,
+                     neurons: str | None = None) -> Weights:
+    """Smooth Grad-CAM++: Grad-CAM++ with g, g^2, g^3 averaged over noisy copies of the input.
+
+    Noise x + N(0, sigma^2), ``n_samples`` copies; A from the clean input (n_samples=0 is
+    Grad-CAM++): w_k = sum_ij a_kij ReLU(mean g_kij), a = mean g^2 / (2 mean g^2 +
+    sum_ab A_kab mean g^3), M = ReLU(sum_k w_k A_k). ``filters`` and ``neurons`` zero the
+    activations outside a subset, as the paper's API does. One batch of n_samples + 1
+    forward+backward passes.
+
+    Args:
+        n_samples: noisy copies whose gradients are averaged (0: Grad-CAM++).
+        sigma: noise standard deviation, in model-input units.
+        filters: feature maps to keep, as channel indices "3,17,42" (default: all).
+        neurons: activations to keep: a box "x0,y0,x1,y1" or points "x,y;x,y" in input pixels
+            (default: all).
+    """
+    x = c.x
+    # options checked before the passes (the channel count is known after them)
+    idx = None if filters is None else _parse_filters(filters)
+    parts = None if neurons is None else _parse_neurons(neurons, x.shape[1:])
+    noisy = x[None] + sigma * c.ctx.rng.standard_normal((n_samples, *x.shape), dtype=np.float32)
+    acts, grads = c.gradients(np.concatenate([x[None], noisy]))
+    a, gs = acts[0], (grads[1:] if n_samples > 0 else grads[:1])
+    if idx is not None:
+        a = a * _filter_mask(filters, idx, a.shape[0])[:, None, None]
+    if parts is not None:
+        a = a * _neuron_mask(parts, a.shape[1:], x.shape[1:])[None]
+    return Weights(gradcampp_weights(a, gs.mean(axis=0), (gs**2).mean(axis=0),
+                                     (gs**3).mean(axis=0)), a)
+
+
+@register_cam("xgradcam", reference="Fu et al. 2020, arXiv:2008.02312", source="gradient")
+def xgradcam(c: CamInput) -> Weights:
+    """XGrad-CAM: w_k = sum_ij (A_kij / sum_ab A_kab) g_kij, M = ReLU(sum_k w_k A_k)."""
+    act = c.act
+    total = act.sum(axis=(1, 2), keepdims=True)
+    norm = np.divide(act, total, out=np.zeros_like(act), where=total != 0)
+    return Weights((norm * c.grad).sum(axis=(1, 2)), act)
+
+
+@register_cam("layercam", reference="Jiang et al. 2021, IEEE TIP 30:5875", source="gradient")
+def layercam(c: CamInput) -> Array:
+    """Layer-CAM: M = ReLU(sum_k ReLU(g_kij) A_kij); spatial weights, so shallow layers work."""
+    return (np.maximum(c.grad, 0) * c.act).sum(axis=0)
+
+
+@register_cam("scorecam", reference="Wang et al. 2020, arXiv:1910.01279")
+def scorecam(c: CamInput) -> Weights:
     """Score-CAM: M = ReLU(sum_k s_k A_k), s_k = softmax(f(x * H_k))_c. K queries, no gradient.
 
     H_k = min-max normalised upsample(A_k); the K masked inputs are scored in batches.
     """
-    lay, act = _activation(ctx, x, layer)
+    act, x = c.act, c.x
     lo = act.min(axis=(1, 2), keepdims=True)
     span = act.max(axis=(1, 2), keepdims=True) - lo
     norm = np.divide(act - lo, span, out=np.zeros_like(act), where=span > 0)
-    ctx.set_total(len(act))
+    c.ctx.set_total(len(act))
 
     def masks() -> Iterator[Array]:
-        for sl in chunked(len(act), chunk_size_for(query)):
+        for sl in chunked(len(act), chunk_size_for(c.query)):
             yield upsample(norm[sl], x.shape[1:])
 
-    probs = ctx.model.probabilities(scores_for_masks(query, x, np.zeros_like(x), masks()))
-    w = probs[:, target]
-    return _result(x, _weighted_sum(w, act), lay, weights=w)
+    probs = c.ctx.model.probabilities(scores_for_masks(c.query, x, np.zeros_like(x), masks()))
+    return Weights(probs[:, c.target], act)
 
 
-@register("ablationcam", family="cam", reference="Desai & Ramaswamy 2020, WACV",
-          requires_graph=True)
-def ablationcam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
+@register_cam("ablationcam", reference="Desai & Ramaswamy 2020, WACV", source="head")
+def ablationcam(c: CamInput) -> Weights:
     """Ablation-CAM: w_k = (y - y_k) / y, y_k the score with channel k of A zeroed. No gradient.
 
     The head subgraph (layer -> scores) runs on the K ablated activations in batches;
     M = ReLU(sum_k w_k A_k).
     """
-    from ..graph.split import split
-
-    lay = resolve_layer(ctx, layer)
-    name = lay.name
-    out_name = scores_output(ctx.model)
-    key = f"head:{out_name}:{name}"
-    if key not in ctx.model._sessions:
-        features, head = split(scores_graph(ctx.model)[0], name)
-        ctx.model.session_for(key + ":features", features)
-        ctx.model.session_for(key, head)
-    head_session = ctx.model._sessions[key]
-    head_inputs = [i.name for i in head_session.get_inputs()]
-    feats = ctx.model.run_batched(ctx.model._sessions[key + ":features"], {ctx.model.input.name: x[None]},
-                                  head_inputs)
-    values = dict(zip(head_inputs, feats))
-    act = channels_first(values[name], lay.layout)[0]
+    act = c.act
     k = len(act)
-    y = float(ctx.scores[target])
-    ctx.set_total(k)
+    y = float(c.ctx.scores[c.target])
+    c.ctx.set_total(k)
     drops = []
-    for sl in chunked(k, chunk_size_for(query)):
+    for sl in chunked(k, chunk_size_for(c.query)):
         n = sl.stop - sl.start
         ablated = np.repeat(act[None], n, axis=0)
         ablated[np.arange(n), np.arange(sl.start, sl.stop)] = 0
-        feeds = {h: np.repeat(v, n, axis=0) for h, v in values.items() if h != name}
-        feeds[name] = channels_back(ablated, lay.layout)
-        (scores,) = ctx.model.run_batched(head_session, feeds, [out_name], progress=ctx.progress)
-        drops.append(scores.reshape(n, -1)[:, target])
+        drops.append(c.head(ablated)[:, c.target])
     w = (y - np.concatenate(drops)) / (y if abs(y) > 1e-12 else 1e-12)
-    return _result(x, _weighted_sum(w.astype(np.float32), act), lay, weights=w)
+    return Weights(w.astype(np.float32), act)
 
 
-@register("eigencam", family="cam", reference="Muhammad & Yeasin 2020, arXiv:2008.00299",
-          requires_graph=True)
-def eigencam(query, x: Array, target: int, *, ctx: Context, layer: str | None = None) -> Attribution:
+@register_cam("eigencam", reference="Muhammad & Yeasin 2020, arXiv:2008.00299")
+def eigencam(c: CamInput) -> Array:
     """Eigen-CAM: ReLU of A projected on its first principal component; class-agnostic.
 
     A is (hw x k), centred; the SVD's sign is chosen so the map correlates positively with
     sum_k A_k (the SVD alone leaves it arbitrary).
     """
-    lay, act = _activation(ctx, x, layer)
+    act = c.act
     a = act.reshape(len(act), -1).T
     centred = a - a.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     proj = centred @ vt[0]
     if np.dot(proj, a.sum(axis=1) - a.sum(axis=1).mean()) < 0:
         proj = -proj
-    return _result(x, proj.reshape(act.shape[1:]).astype(np.float32), lay)
+    return proj.reshape(act.shape[1:]).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -78,10 +79,17 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     distances = pairwise_distances(data, data[:1], metric="cosine").ravel()
     weights = lime_kernel(distances, kernel_width)
     ridge = Ridge(alpha=alpha, fit_intercept=True)
-    ridge.fit(data, y, sample_weight=weights)
+    # alpha=0 (or few samples) can make the system ill-conditioned: scipy warns on stderr; the
+    # least-squares solution is still finite, and the warning goes into extras instead.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ridge.fit(data, y, sample_weight=weights)
+    fit_warnings = sorted({str(w.message) for w in caught})
     r2 = float(ridge.score(data, y, sample_weight=weights))
     coef = ridge.coef_.astype(np.float64)
     extras = {"attributions": coef.astype(np.float32), "intercept": float(ridge.intercept_),
               "r2": r2, "segments": labels.astype(np.int32),
               "local_prediction": float(ridge.intercept_ + coef.sum())}
+    if fit_warnings:
+        extras["fit_warnings"] = fit_warnings
     return Attribution(coef[labels].astype(np.float32), extras)

@@ -108,7 +108,9 @@ def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.Array
 
     x = as_single_input(x)
     _, h, w = x.shape
-    m = np.asarray(saliency_map, np.float64)
+    from .pointing import finite_map
+
+    m = finite_map(saliency_map)
     if m.shape != (h, w):
         raise BlackboxError(f"saliency_map has shape {m.shape}; the input is {h} x {w}")
     n_pix = h * w
@@ -117,7 +119,7 @@ def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.Array
         raise BlackboxError(f"pixels_per_step={pixels_per_step!r}: use a positive integer")
     n_steps = -(-n_pix // step)
     counts = np.minimum(np.arange(n_steps + 1) * step, n_pix)
-    order = np.argsort(-np.nan_to_num(m, nan=-np.inf).ravel(), kind="stable")
+    order = np.argsort(-m.ravel(), kind="stable")
     rank = np.empty(n_pix, np.int64)
     rank[order] = np.arange(n_pix)
     rank = rank.reshape(h, w)

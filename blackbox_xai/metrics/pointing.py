@@ -38,11 +38,16 @@ class Annotation:
 
 
 def _as_boxes(box: Box | Sequence[Box]) -> list[Box]:
-    arr = np.asarray(box, np.float64)
+    try:
+        arr = np.asarray(box, np.float64)
+    except (TypeError, ValueError):
+        raise BlackboxError(f"box {box!r}: give (x0, y0, x1, y1) or a list of them") from None
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4 or len(arr) == 0:
         raise BlackboxError(f"box {box!r}: give (x0, y0, x1, y1) or a list of them")
+    if not np.isfinite(arr).all():
+        raise BlackboxError(f"box {box!r}: coordinates must be finite")
     if np.any(arr[:, 2] <= arr[:, 0]) or np.any(arr[:, 3] <= arr[:, 1]):
         raise BlackboxError(f"box {box!r}: need x0 < x1 and y0 < y1")
     return [tuple(float(v) for v in b) for b in arr]
@@ -58,11 +63,23 @@ def box_mask(shape: tuple[int, int], box: Box | Sequence[Box]) -> npt.NDArray[np
     return mask
 
 
+def finite_map(saliency_map: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The map as float64 (H, W); a one-line error when it is not 2-D, empty or not finite."""
+    try:
+        m = np.asarray(saliency_map, np.float64)
+    except (TypeError, ValueError):
+        raise BlackboxError("saliency_map is not a numeric array: need (H, W) numbers") from None
+    if m.ndim != 2 or m.size == 0:
+        raise BlackboxError(f"saliency_map has shape {m.shape}: need (H, W)")
+    bad = int((~np.isfinite(m)).sum())
+    if bad:
+        raise BlackboxError(f"saliency_map has {bad} NaN or infinite values: a map must be finite")
+    return m
+
+
 def max_location(saliency_map: npt.ArrayLike) -> tuple[int, int]:
     """(row, col) of the map's maximum (the first one in raster order on ties)."""
-    m = np.nan_to_num(np.asarray(saliency_map, np.float64), nan=-np.inf)
-    if m.ndim != 2:
-        raise BlackboxError(f"saliency_map has shape {m.shape}: need (H, W)")
+    m = finite_map(saliency_map)
     r, c = np.unravel_index(int(np.argmax(m)), m.shape)
     return int(r), int(c)
 
@@ -86,9 +103,7 @@ def energy_pointing(saliency_map: npt.ArrayLike, box: Box | Sequence[Box]) -> fl
 
     NaN when the map has no positive value.
     """
-    m = np.clip(np.nan_to_num(np.asarray(saliency_map, np.float64)), 0, None)
-    if m.ndim != 2:
-        raise BlackboxError(f"saliency_map has shape {m.shape}: need (H, W)")
+    m = np.clip(finite_map(saliency_map), 0, None)
     total = float(m.sum())
     if total <= 0:
         return float("nan")
@@ -168,7 +183,7 @@ def load_boxes(path: str | os.PathLike) -> dict[str, Annotation]:
     if not p.is_file():
         raise BlackboxError(f"box file not found: {p}")
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = p.read_bytes().decode("utf-8-sig")  # a BOM (Notepad) is fine
     except UnicodeDecodeError as e:
         raise BlackboxError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                             f"{e.start})") from None
