@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import BlackboxError, InternalError
+from .errors import BlackboxError, GraphUnavailableError, InternalError
 from .explanation import Explanation
-from .methods import get_method
+from .graph.vjp_rules import UnsupportedOpError
+from .methods import alternatives, get_method
 from .model import Model
 from .progress import progress_bar
 from .registry import Context
@@ -104,7 +105,11 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: in
         ctx = Context(rng=np.random.default_rng(seed), scores=scores0, model=real_model,
                       progress=bar)
         before = real_model.n_queries if real_model is not None else 0
-        attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
+        try:
+            attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
+        except (UnsupportedOpError, GraphUnavailableError) as e:
+            still = alternatives(without_graph=isinstance(e, GraphUnavailableError))
+            raise type(e)(f"{e}; these methods still work: {still}") from None
     seconds = time.perf_counter() - t0
     # A Model counts every pass, including those of rewritten graphs; a plain function only
     # sees what goes through `query`.

@@ -30,6 +30,10 @@ class UnknownNameError(BlackboxError):
     """A method, option or tensor name that does not exist."""
 
 
+class GraphUnavailableError(BlackboxError):
+    """The model's graph cannot be rewritten (an opset the converter cannot upgrade)."""
+
+
 class ModelRunError(BlackboxError):
     """ONNX Runtime failed while running the model (a shape it rejects, memory)."""
 

@@ -22,7 +22,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .errors import BlackboxError, ModelInputError, did_you_mean
+from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_you_mean
+from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.io import load
@@ -33,6 +34,7 @@ from .runtime import (
     ONNX_FLOAT_TYPES,
     Device,
     create_session,
+    evaluate,
     run,
     verify_batch_dynamic,
     verify_same_function,
@@ -40,12 +42,13 @@ from .runtime import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CPU", "CUDA", "Device", "InputSpec", "Model", "ScoreKind", "load_model", "sha256_of",
-           "softmax"]
+__all__ = ["CPU", "CUDA", "Device", "InputSpec", "Model", "ScoreKind", "load_model", "one_hot",
+           "sha256_of", "softmax"]
 
 ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
+CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
 _MAX_AUTO_BATCH_BYTES = 512 * 2**20
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
@@ -107,6 +110,13 @@ def softmax(z: npt.NDArray[np.floating], axis: int = -1) -> npt.NDArray[np.float
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def one_hot(n: int, k: int, target: int, weight: float = 1.0) -> npt.NDArray[np.float32]:
+    """A backward graph's seed (n, k) that selects class ``target``."""
+    seed = np.zeros((n, k), np.float32)
+    seed[:, target] = weight
+    return seed
 
 
 def log_softmax(z: npt.NDArray[np.floating], axis: int = -1) -> npt.NDArray[np.float32]:
@@ -214,10 +224,7 @@ class Model:
         """The normalised graph that rewrites start from, or a one-line error saying why the
         graph methods cannot run on this model."""
         if self.graph_problem:
-            from .graph.vjp_rules import GRADIENT_FREE
-
-            raise BlackboxError(f"{self.graph_problem}; the gradient-free methods still work: "
-                                f"{GRADIENT_FREE}")
+            raise GraphUnavailableError(self.graph_problem)
         return self.proto
 
     @property
@@ -358,6 +365,66 @@ class Model:
     def _scores_are_2d(self) -> bool:
         o = next(o for o in self.proto.graph.output if o.name == self.output_name)
         return len(_shape_of(o) or ()) == 2
+
+    # ---- backward graphs ----------------------------------------------------------------------
+    def gradients(self, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32],
+                  wrt: Sequence[str], *, kind: ScoreKind | None = None, progress=None
+                  ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]],
+                             list[npt.NDArray[np.float32]]]:
+        """Scores (N, K), the forward values and ``d sum_k(seed_k * score_k) / d t`` of the
+        ``wrt`` tensors, in one pass of the backward graph (a one-hot seed gives one class's
+        gradient). The scores are :meth:`scores_graph`'s of ``kind`` (default: the model's).
+
+        The backward graph is built once per (hash of the graph differentiated, wrt) and kept on
+        disk in the folder named by ``$BLACKBOX_XAI_CACHE`` when set. Values and gradients of
+        the model's own input are in NCHW, like ``x``.
+        """
+        kind = kind or self.score
+        out_name = self.scores_output(kind)
+
+        def build() -> onnx.ModelProto:
+            cache = os.environ.get(CACHE_ENV)
+            return backward_cached(self.scores_graph(kind)[0], list(wrt), output=out_name,
+                                   cache_dir=Path(cache) if cache else None, evaluate=evaluate)
+
+        session = self.derived(("backward", kind, tuple(wrt)), build)
+        grads = [f"{w}_grad" for w in wrt]
+        values = [w for w in wrt if w != self.input.name]
+        outs = self.run_batched(session, {self.input.name: x, "seed": seed},
+                                [out_name, *values, *grads], progress=progress)
+        scores, rest = outs[0].reshape(len(x), -1), outs[1:]
+        forward = dict(zip(values, rest[:len(values)]))
+        forward[self.input.name] = x
+        gradients = rest[len(values):]
+        if self.input.layout == "NHWC":
+            gradients = [g.transpose(0, 3, 1, 2) if w == self.input.name else g
+                         for w, g in zip(wrt, gradients)]
+        return scores, [forward[w] for w in wrt], gradients
+
+    def input_gradient(self, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32], *,
+                       kind: ScoreKind | None = None, progress=None
+                       ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Scores (N, K) and ``d sum(seed * scores) / dx`` (N, C, H, W)."""
+        scores, _, (grad,) = self.gradients(x, seed, [self.input.name], kind=kind,
+                                            progress=progress)
+        return scores, grad
+
+    def layer_gradient(self, x: npt.NDArray[np.float32], target: int, layer: str, progress=None
+                       ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32],
+                                  npt.NDArray[np.float32]]:
+        """Scores (N, K), the layer's activation A and dy_target/dA, as the graph lays them out."""
+        seed = one_hot(len(x), self.num_classes, target)
+        scores, (act,), (grad,) = self.gradients(x, seed, [layer], progress=progress)
+        return scores, act, grad
+
+    def layer_activation(self, x: npt.NDArray[np.float32], layer: str
+                         ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Scores (N, K) and the layer's activation, from the model with ``layer`` exposed."""
+        out_name = self.scores_output()
+        session = self.derived(("expose", self.score, layer),
+                               lambda: expose(self.scores_graph()[0], [layer]))
+        scores, act = self.run_batched(session, {self.input.name: x}, [out_name, layer])
+        return scores.reshape(len(x), -1), act
 
     def derived(self, key: Hashable, build) -> ort.InferenceSession:
         """A session for a graph rewritten from this model, built once by ``build()`` and

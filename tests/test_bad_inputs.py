@@ -597,6 +597,8 @@ MODEL_CASES = [
     model_case("model-if-outer-scope-saliency", "if_outer", "bad", "If", "saliency"),
     model_case("model-if-outer-scope-occlusion", "if_outer", "ok", None),
     model_case("model-no-gradient-rule", "sin", "bad", "Sin", "saliency"),
+    model_case("model-no-gradient-rule-names-alternatives", "sin", "bad", "scorecam",
+               "integrated-gradients"),
     model_case("model-no-gradient-rule-rise", "sin", "ok", None, "rise"),
     model_case("model-dynamic-hw", "dynamic_hw", "ok", None),
     model_case("model-if-outer-scope-scorecam", "if_outer", "ok", None, "scorecam"),

@@ -87,11 +87,10 @@ def test_a_cycle_is_detected():
 
 
 def test_graph_rewrites_never_import_onnx_runtime():
-    """graph/ is pure ModelProto -> ModelProto (gradients.py runs backward graphs: the
-    model's side); sessions live in model.py and runtime.py only."""
+    """graph/ is pure ModelProto -> ModelProto; sessions live in model.py and runtime.py only."""
     edges = _imports()
     for name, targets in edges.items():
-        if name.startswith("blackbox_xai.graph") and name != "blackbox_xai.graph.gradients":
+        if name.startswith("blackbox_xai.graph"):
             assert not {"blackbox_xai.runtime", "blackbox_xai.model"} & targets, name
     for path in PACKAGE.rglob("*.py"):
         if path.name in ("runtime.py", "model.py", "explanation.py"):  # explanation: version
@@ -104,3 +103,12 @@ def test_graph_rewrites_never_import_onnx_runtime():
 def test_the_readme_method_table_is_generated_from_the_registry():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert methods_table() in readme, "README is stale: paste `bbx methods --markdown`"
+
+
+def test_the_methods_named_as_alternatives_come_from_the_registry():
+    from blackbox_xai.methods import alternatives
+
+    no_graph = alternatives(without_graph=True).split(", ")
+    assert no_graph == ["lime", "meaningful-perturbation --grad fd", "occlusion", "rise", "shapley"]
+    no_gradient = alternatives(without_graph=False).split(", ")
+    assert {"cam", "scorecam", "ablationcam", "eigencam", *no_graph} == set(no_gradient)

@@ -179,7 +179,7 @@ def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
 class FiniteFloatRange(click.FloatRange):
     """``click.FloatRange`` that also refuses NaN (which passes every comparison)."""
 
-    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+    def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if number != number:
             self.fail(f"{value!r} is not a number", param, ctx)

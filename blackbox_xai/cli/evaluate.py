@@ -31,19 +31,6 @@ from .common import (
 
 log = logging.getLogger("blackbox_xai")
 
-#: ``--fast``: cheap settings per method (only the options a method actually has are used)
-FAST_OPTIONS: dict[str, dict[str, Any]] = {
-    "occlusion": {"window": 32, "stride": 16},
-    "shapley": {"n_permutations": 4},
-    "lime": {"num_samples": 200},
-    "rise": {"n_masks": 500},
-    "meaningful-perturbation": {"iterations": 60},
-    "integrated-gradients": {"steps": 16},
-    "smoothgrad": {"n_samples": 8},
-    "smooth-gradcampp": {"n_samples": 2},
-}
-
-
 # ---- method options ---------------------------------------------------------------------------
 def _coerce(spec, key: str, value: str) -> Any:
     opt = next(o for o in spec.options if o.name == key)
@@ -60,7 +47,8 @@ def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = Fa
     """``[METHOD.]KEY=VALUE`` strings -> {method: {option: typed value}} (validated).
 
     A bare ``KEY=VALUE`` applies to every listed method that has the option (hyphens in KEY
-    are fine: ``n-masks`` = ``n_masks``). ``fast`` starts from :data:`FAST_OPTIONS`.
+    are fine: ``n-masks`` = ``n_masks``). ``fast`` starts from each method's registered
+    ``fast`` budget.
     """
     from ..methods import get_method
 
@@ -68,8 +56,7 @@ def method_options(methods: Sequence[str], pairs: Sequence[str], fast: bool = Fa
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     if fast:
         for m, spec in specs.items():
-            names = {o.name for o in spec.options}
-            out[m].update({k: v for k, v in FAST_OPTIONS.get(m, {}).items() if k in names})
+            out[m].update(spec.fast)
     for pair in pairs:
         if "=" not in pair:
             raise BlackboxError(f"--option {pair!r}: use [METHOD.]KEY=VALUE, e.g. occlusion.window=32")

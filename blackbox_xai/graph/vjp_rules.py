@@ -34,10 +34,6 @@ def reference_evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> 
     return list(ReferenceEvaluator(model).run(None, feeds))
 
 FLOAT_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE}
-GRADIENT_FREE = (
-    "occlusion, shapley, lime, rise, scorecam, ablationcam, eigencam, "
-    "meaningful-perturbation --grad fd"
-)
 # Ops whose outputs carry no gradient (piecewise constant or shape plumbing): paths through
 # them are cut, exactly as if their outputs were constants.
 NON_DIFFERENTIABLE = frozenset(
@@ -53,11 +49,10 @@ class UnsupportedOpError(BlackboxError):
 
 
 def unsupported(node: onnx.NodeProto, why: str) -> UnsupportedOpError:
-    """The error for ``node``: what is missing, and the methods that need no gradient."""
+    """The error for ``node``: the op, the node and what is missing (``explain`` adds the
+    methods that still work, from the registry)."""
     return UnsupportedOpError(
-        f"cannot differentiate {node.op_type} node {node.name or node.output[0]!r}: {why}; "
-        f"the gradient-free methods still work: {GRADIENT_FREE}"
-    )
+        f"cannot differentiate {node.op_type} node {node.name or node.output[0]!r}: {why}")
 
 
 def attrs(node: onnx.NodeProto) -> dict[str, Any]:

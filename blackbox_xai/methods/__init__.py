@@ -4,7 +4,7 @@ from ..errors import UnknownNameError, did_you_mean
 from ..registry import METHODS, MethodSpec
 from . import cam, gradients, lime, meaningful_perturbation, occlusion, rise, shapley  # noqa: F401
 
-__all__ = ["METHODS", "all_methods", "get_method", "methods_table"]
+__all__ = ["METHODS", "all_methods", "alternatives", "get_method", "methods_table"]
 
 
 def get_method(name: str) -> MethodSpec:
@@ -17,6 +17,18 @@ def get_method(name: str) -> MethodSpec:
 def all_methods() -> dict[str, MethodSpec]:
     """Every registered method by name, sorted."""
     return dict(sorted(METHODS.items()))
+
+
+def alternatives(*, without_graph: bool) -> str:
+    """The methods that still run when gradients are impossible (an op with no rule) or, with
+    ``without_graph``, when the graph cannot be rewritten at all; from the registry."""
+    names = []
+    for spec in all_methods().values():
+        if spec.requires_graph if without_graph else spec.needs_gradient:
+            continue
+        has_fd = any(o.name == "grad" for o in spec.options)  # a finite-difference mode
+        names.append(f"{spec.name} --grad fd" if has_fd else spec.name)
+    return ", ".join(names)
 
 
 def methods_table() -> str:

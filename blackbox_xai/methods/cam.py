@@ -28,7 +28,6 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BlackboxError, InternalError
-from ..graph.gradients import layer_activation, layer_gradient, scores_graph, scores_output
 from ..graph.inspect import CandidateLayer, Layout, reduce_layout
 from ..perturb import chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, Range, register
@@ -71,9 +70,9 @@ def _cut(model: Any, layer: str) -> tuple[Any, Any, list[str]]:
     head (those tensors -> scores), and those tensors' names; built once per model and layer."""
     from ..graph.split import split
 
-    key = f"cut:{scores_output(model)}:{layer}"
+    key = f"cut:{model.scores_output()}:{layer}"
     if key not in model.memo:
-        features, head = split(scores_graph(model)[0], layer)
+        features, head = split(model.scores_graph()[0], layer)
         model.memo[key] = (model.derived((key, "features"), lambda: features),
                            model.derived((key, "head"), lambda: head),
                            [o.name for o in features.graph.output])
@@ -105,7 +104,7 @@ class CamInput:
             values = dict(zip(names, model.run_batched(features, {model.input.name: self.x[None]},
                                                        names)))
             return channels_first(values.pop(name), self.layer.layout)[0], None, values
-        _, act = layer_activation(model, self.x[None], name)
+        _, act = model.layer_activation(self.x[None], name)
         return channels_first(act, self.layer.layout)[0], None, {}
 
     def _require(self, source: Source, what: str) -> None:
@@ -128,7 +127,7 @@ class CamInput:
         """A and g = dy_target/dA at a batch of inputs (N, C, H, W), both (N, k, h, w): one
         batch of forward+backward passes (``source="gradient"``)."""
         self._require("gradient", "gradients")
-        _, act, grad = layer_gradient(self.ctx.model, xs, self.target, self.layer.name,
+        _, act, grad = self.ctx.model.layer_gradient(xs, self.target, self.layer.name,
                                       self.ctx.progress)
         return channels_first(act, self.layer.layout), channels_first(grad, self.layer.layout)
 
@@ -141,7 +140,7 @@ class CamInput:
         n = len(acts)
         feeds = {h: np.repeat(v, n, axis=0) for h, v in self._fetched[2].items()}
         feeds[name] = channels_back(acts, self.layer.layout)
-        (scores,) = model.run_batched(_cut(model, name)[1], feeds, [scores_output(model)],
+        (scores,) = model.run_batched(_cut(model, name)[1], feeds, [model.scores_output()],
                                       progress=self.ctx.progress)
         return scores.reshape(n, -1)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 import numpy.typing as npt
 
-from ..graph.gradients import input_gradient, one_hot
+from ..model import one_hot
 from ..perturb import Baseline, make_baseline
 from ..registry import Attribution, Context, Range, register
 
@@ -16,7 +16,7 @@ def _grad(ctx: Context, xs: npt.NDArray[np.float32], target: int
           ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Scores (N, K) and d f_target / dx (N, C, H, W) for a batch of inputs."""
     ctx.set_total(len(xs))
-    return input_gradient(ctx.model, xs, one_hot(len(xs), ctx.model.num_classes, target),
+    return ctx.model.input_gradient(xs, one_hot(len(xs), ctx.model.num_classes, target),
                           progress=ctx.progress)
 
 

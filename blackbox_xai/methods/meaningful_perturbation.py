@@ -269,13 +269,11 @@ class MaskGame:
         ``d f_c / dx`` comes from one pass of the model's backward graph with the softmax in the
         graph (a one-hot seed on the class probabilities).
         """
-        from ..graph.gradients import input_gradient
-
         phi, dphi = apply_perturbation(self.levels, self.up(m[None]), dy, dx, with_grad=True)
         seed = np.zeros((1, self.k), np.float32)
         seed[0, self.target] = 1.0
-        scores, g = input_gradient(self.ctx.model, phi, seed, progress=self.ctx.progress,
-                                   softmax=self.k > 1)
+        scores, g = self.ctx.model.input_gradient(phi, seed, progress=self.ctx.progress,
+                                                  kind="prob" if self.k > 1 else "logit")
         f = np.asarray(scores, np.float64).reshape(1, -1)[:, self.target]
         df_dm = self.up.adjoint((np.asarray(g[0], np.float64) * dphi[0]).sum(axis=0))
         return float(f[0]), df_dm

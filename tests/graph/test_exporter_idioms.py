@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.graph import load
-from blackbox_xai.graph.gradients import input_gradient, one_hot
+from blackbox_xai.model import one_hot
 from blackbox_xai.graph.inspect import feature_map
 
 IMAGE = EXAMPLES / "cat.jpg"
@@ -127,7 +127,7 @@ def test_input_gradient_matches_finite_differences(idiom, model):
     ReLU kinks a step crosses: bounded relative to sum |g v| (to |<g, v>| along g itself)."""
     x = x_for()
     t = int(np.argmax(model(x[None])))
-    scores, g = input_gradient(model, x[None], one_hot(1, model.num_classes, t))
+    scores, g = model.input_gradient(x[None], one_hot(1, model.num_classes, t))
     np.testing.assert_allclose(scores, model(x[None]), rtol=1e-3, atol=1e-3)
     g = g[0].astype(np.float64)
     v = np.random.default_rng(1).standard_normal((6, *x.shape))

@@ -14,7 +14,7 @@ import numpy as np
 from common import print_table, shipped_model_and_cat
 
 from blackbox_xai import explain
-from blackbox_xai.graph.gradients import input_gradient, layer_gradient, one_hot
+from blackbox_xai.model import one_hot
 from blackbox_xai.graph.inspect import default_layer
 
 
@@ -42,8 +42,8 @@ def main() -> None:
         model.set_batch_size(n)
         fwd = best_of(lambda xs=xs: model(xs), args.repeats)
         seed = one_hot(n, model.num_classes, 282)
-        bwd_in = best_of(lambda xs=xs, seed=seed: input_gradient(model, xs, seed), args.repeats)
-        bwd_layer = best_of(lambda xs=xs: layer_gradient(model, xs, 282, layer), args.repeats)
+        bwd_in = best_of(lambda xs=xs, seed=seed: model.input_gradient(xs, seed), args.repeats)
+        bwd_layer = best_of(lambda xs=xs: model.layer_gradient(xs, 282, layer), args.repeats)
         rows.append({"what": f"batch {n}", "forward ms": f"{fwd * 1e3:.1f}",
                      "fwd+bwd(input) ms": f"{bwd_in * 1e3:.1f}", "ratio input": f"{bwd_in / fwd:.2f}",
                      "fwd+bwd(layer) ms": f"{bwd_layer * 1e3:.1f}",
