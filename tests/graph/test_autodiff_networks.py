@@ -458,15 +458,26 @@ def _with_op_on_path(op: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("op", ["Einsum", "TopK"])
-def test_unsupported_op_on_path_names_op_node_and_alternatives(op: str) -> None:
+def test_unsupported_op_on_path_names_op_node_and_alternatives(op: str, tmp_path) -> None:
     model = _with_op_on_path(op)
     node = next(nd for nd in model.graph.node if nd.op_type == op)
     with pytest.raises(UnsupportedOpError) as err:
         backward(model, ["x"])
     msg = str(err.value)
     assert op in msg and node.name in msg
-    assert all(m in msg for m in ("occlusion", "scorecam", "ablationcam", "eigencam", "--grad fd"))
     assert isinstance(err.value, ValueError)
+    # explain() adds the methods that still work, from the registry
+    from blackbox_xai import explain, load_model
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    loaded = load_model(path)
+    x = np.zeros((loaded.input.channels, *loaded.example_chw()[1:]), np.float32)
+    with pytest.raises(UnsupportedOpError) as err:
+        explain(loaded, x, "saliency")
+    msg = str(err.value)
+    assert op in msg and node.name in msg
+    assert all(m in msg for m in ("occlusion", "scorecam", "ablationcam", "eigencam", "--grad fd"))
 
 
 def test_unsupported_op_behind_the_wrt_tensor_is_not_needed() -> None:
