@@ -836,7 +836,7 @@ def test_unsupported_variants_name_the_node(case: Case, message: str) -> None:
     model = build(case)
     with pytest.raises(UnsupportedOpError, match=message) as err:
         backward(model, case.wrt or ["a"])
-    assert case.nodes[0].name in str(err.value) and "--grad fd" in str(err.value)
+    assert case.nodes[0].name in str(err.value)  # explain() adds the alternatives
 
 
 def test_check_case_detects_a_wrong_rule(monkeypatch: pytest.MonkeyPatch) -> None:
