@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from .cache import cache_dir, recall, remember
 from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_you_mean
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
@@ -48,7 +49,6 @@ __all__ = ["CPU", "CUDA", "Device", "InputSpec", "Model", "ScoreKind", "load_mod
 ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
-CACHE_ENV = "BLACKBOX_XAI_CACHE"  # a folder: backward graphs are kept there between runs
 _MAX_AUTO_BATCH_BYTES = 512 * 2**20
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
@@ -375,17 +375,16 @@ class Model:
         ``wrt`` tensors, in one pass of the backward graph (a one-hot seed gives one class's
         gradient). The scores are :meth:`scores_graph`'s of ``kind`` (default: the model's).
 
-        The backward graph is built once per (hash of the graph differentiated, wrt) and kept on
-        disk in the folder named by ``$BLACKBOX_XAI_CACHE`` when set. Values and gradients of
+        The backward graph is built once per (hash of the graph differentiated, wrt) and kept in
+        the user cache folder (:mod:`blackbox_xai.cache`). Values and gradients of
         the model's own input are in NCHW, like ``x``.
         """
         kind = kind or self.score
         out_name = self.scores_output(kind)
 
         def build() -> onnx.ModelProto:
-            cache = os.environ.get(CACHE_ENV)
             return backward_cached(self.scores_graph(kind)[0], list(wrt), output=out_name,
-                                   cache_dir=Path(cache) if cache else None, evaluate=evaluate)
+                                   cache_dir=cache_dir(), evaluate=evaluate)
 
         session = self.derived(("backward", kind, tuple(wrt)), build)
         grads = [f"{w}_grad" for w in wrt]
@@ -441,8 +440,18 @@ class Model:
     # ---- batching ---------------------------------------------------------------------------
     @property
     def batch_size(self) -> int:
+        """Queries per run: the one given, else the best measured for this model on this
+        machine, probed once and remembered in the user cache (no probing tax per process)."""
         if self._batch_size is None:
-            self._batch_size = self.probe_batch_size()
+            key = ":".join(map(str, (self.sha256, self.provider.split()[0], os.cpu_count(),
+                                     self.threads, ort.__version__, self.example_chw())))
+            remembered = recall("batch_sizes", key)
+            if isinstance(remembered, int) and remembered > 0:
+                log.info("batch size %d (measured before on this machine)", remembered)
+                self._batch_size = remembered
+            else:
+                self._batch_size = self.probe_batch_size()
+                remember("batch_sizes", key, self._batch_size)
         return self._batch_size
 
     def set_batch_size(self, batch_size: int | Literal["auto"]) -> None:
@@ -469,12 +478,13 @@ class Model:
             feeds = {self.input.name: self._to_model_input(x)}
             try:
                 self.session.run([self.logits_name], feeds)  # warm-up
-                runs, t0 = 0, time.perf_counter()
-                while runs < 2 or time.perf_counter() - t0 < 0.05:
+                times = []
+                for _ in range(3):  # the median of three runs: robust to a busy machine
+                    t0 = time.perf_counter()
                     self.session.run([self.logits_name], feeds)
-                    runs += 1
-                rate = b * runs / (time.perf_counter() - t0)
-            except Exception:  # out of memory
+                    times.append(time.perf_counter() - t0)
+                rate = b / max(float(np.median(times)), 1e-9)
+            except Exception:  # noqa: BLE001 - ORT's allocation failures share no base class
                 break
             if rate > best_rate * 1.05:
                 best, best_rate, worse = b, rate, 0

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from helpers import model_path
 from onnx import numpy_helper
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Backward graphs and batch sizes are cached in a folder of this test session, never in
+    the user's cache (tests that study the cache set their own)."""
+    os.environ["BLACKBOX_XAI_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    os.environ.pop("BLACKBOX_XAI_CACHE", None)
 
 
 @pytest.fixture(scope="session")

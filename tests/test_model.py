@@ -10,7 +10,7 @@ from helpers import model_path
 
 from blackbox_xai import load_model
 from blackbox_xai.errors import DeviceError, ModelInputError, ModelLoadError
-from blackbox_xai.model import softmax
+from blackbox_xai.model import Model, softmax
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,20 @@ def test_an_explicit_batch_size_is_clamped_to_the_memory_budget(batch, caplog):
     limit = 512 * 2**20 // (3 * 32 * 32 * 4)
     assert m.batch_size == limit and "using" in caplog.text
     np.testing.assert_allclose(m(batch), load_model(model_path("tiny_cnn"))(batch), rtol=1e-6)
+
+
+def test_the_batch_size_is_probed_once_per_machine_and_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
+    probes = []
+
+    def counted(self, max_batch=None):
+        probes.append(1)
+        return 8
+
+    monkeypatch.setattr(Model, "probe_batch_size", counted)
+    assert load_model(model_path("tiny_cnn")).batch_size == 8
+    assert load_model(model_path("tiny_cnn")).batch_size == 8  # a new process would read it
+    assert len(probes) == 1
+    assert (tmp_path / "batch_sizes.json").is_file()
+    monkeypatch.setenv("BLACKBOX_XAI_CACHE", "off")  # no cache: every model probes
+    assert load_model(model_path("tiny_cnn")).batch_size == 8 and len(probes) == 2
