@@ -112,3 +112,27 @@ def test_the_methods_named_as_alternatives_come_from_the_registry():
     assert no_graph == ["lime", "meaningful-perturbation --grad fd", "occlusion", "rise", "shapley"]
     no_gradient = alternatives(without_graph=False).split(", ")
     assert {"cam", "scorecam", "ablationcam", "eigencam", *no_graph} == set(no_gradient)
+
+
+def test_the_readme_example_of_adding_a_method_works():
+    """The 'Adding a method' code registers a method that is exact on a linear model."""
+    import numpy as np
+
+    from blackbox_xai import explain
+    from blackbox_xai.registry import METHODS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python\nfrom typing import Annotated") + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    code = code.replace("from ..", "from blackbox_xai.")
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        w = np.random.default_rng(0).standard_normal((3 * 8 * 8, 2)).astype(np.float32)
+        x = np.random.default_rng(1).standard_normal((3, 8, 8)).astype(np.float32)
+        e = explain(lambda b: b.reshape(len(b), -1) @ w, x, "half-occlusion", target=0)
+        contrib = (x[..., None] * w.reshape(3, 8, 8, 2))[..., 0]  # each pixel's share of f_0
+        np.testing.assert_allclose(e.map[0, :4], contrib[:, :, :4].sum(), rtol=1e-5)
+        np.testing.assert_allclose(e.map[0, 4:], contrib[:, :, 4:].sum(), rtol=1e-5)
+        assert e.n_queries == 3
+    finally:
+        METHODS.pop("half-occlusion", None)
