@@ -90,23 +90,6 @@ class Comparison:
                 "model_b": self.model_b, "summary": self.summary(),
                 "images": [asdict(r) for r in self.rows]}
 
-    def format(self) -> str:
-        head = (f"{'image':20s} {'top1 A':>6s} {'top1 B':>6s} {'flip':>4s} {'dlogit':>8s} "
-                f"{'dprob':>8s} {'spearman':>8s} {'iou':>6s} {'ssim':>6s}  status")
-        lines = [head]
-        for r in self.rows:
-            status = "FLIP" if r.flipped else "DRIFT" if r.drifted else "ok"
-            if r.flipped and r.drifted:
-                status = "FLIP+DRIFT"
-            lines.append(f"{r.image[:20]:20s} {r.top1_a:6d} {r.top1_b:6d} {'yes' if r.flipped else 'no':>4s} "
-                         f"{r.max_logit_delta:8.4f} {r.max_prob_delta:8.4f} {r.spearman:8.3f} "
-                         f"{r.top_k_iou:6.3f} {r.ssim:6.3f}  {status}")
-        s = self.summary()
-        lines.append(f"top-1 agreement {s['top1_agreement']:.0%} ({s['flips']} flips), "
-                     f"{s['drifted']} drifted (spearman < {self.threshold}), "
-                     f"max |dlogit| {s['max_logit_delta']:.4g}, min spearman {s['min_spearman']:.3f}")
-        return "\n".join(lines)
-
 
 def compare_models(model_a: Model, model_b: Model, inputs: Sequence[npt.ArrayLike], method: str,
                    *, names: Sequence[str] | None = None, seed: int | None = 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 
 import numpy as np
 import onnx
@@ -12,8 +13,12 @@ from click.testing import CliRunner
 from helpers import EXAMPLES, SHIPPED, model_path
 from onnx import numpy_helper
 
+from blackbox_xai import load_model
 from blackbox_xai.cli import cli
+from blackbox_xai.cli.common import print_table
 from blackbox_xai.cli.evaluate import method_options
+from blackbox_xai.metrics import evaluate, load_boxes
+from blackbox_xai.preprocess import Preprocessing
 
 PHOTOS = [EXAMPLES / "cat.jpg", EXAMPLES / "coffee.jpg"]
 NORM = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
@@ -87,6 +92,46 @@ def test_evaluate_writes_table_files_and_report(run, tmp_path, boxes):
     assert html.count("<img ") == 2 * (1 + 2 * 2) and "shapley" in html
 
 
+def test_evaluate_prints_and_writes_what_the_library_returns(run, tmp_path, boxes):
+    out = tmp_path / "eval"
+    r = run("evaluate", model_path("tiny_cnn"), *PHOTOS, "--methods", "occlusion,shapley",
+            "-o", "occlusion.window=8", "-o", "occlusion.stride=8", "-o", "shapley.grid=4",
+            "-o", "shapley.n_permutations=2", "--boxes", boxes, "--out", out, *NORM)
+    assert r.exit_code == 0, r.output
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    pre = Preprocessing.for_model(model.path, (32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
+    result = evaluate(model, [pre.prepare(p).tensor for p in PHOTOS], ["occlusion", "shapley"],
+                      names=[p.name for p in PHOTOS], boxes=load_boxes(boxes),
+                      options={"occlusion": {"window": 8, "stride": 8},
+                               "shapley": {"grid": 4, "n_permutations": 2}})
+    doc = json.loads((out / "metrics.json").read_text())
+
+    def numbers(d: dict) -> dict:  # JSON has null for NaN; seconds differ between runs
+        return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in d.items()
+                if k not in ("seconds", "curves")}
+
+    for written, row in zip(doc["rows"], result.rows, strict=True):
+        assert numbers(written) == pytest.approx(numbers(row.as_dict()), abs=1e-6)
+        for curve in ("deletion_curve", "insertion_curve", "fractions"):
+            assert written["curves"][curve] == pytest.approx(getattr(row.curves, curve), rel=1e-6)
+    for written, summary in zip(doc["summary"], result.summary(), strict=True):
+        assert numbers(written) == pytest.approx(numbers(asdict(summary)), abs=1e-6)
+    printed = [ln.split() for ln in r.stdout.splitlines() if ln.startswith(("cat.jpg", "coffee.jpg"))]
+    assert [ln[:-1] for ln in printed] == [
+        [row.image, row.method, str(row.target), f"{row.prob:.3f}", f"{row.deletion_auc:.3f}",
+         f"{row.insertion_auc:.3f}", "yes" if row.pointing_hit else "no",
+         "-" if np.isnan(row.energy_pointing) else f"{row.energy_pointing:.3f}",
+         "-" if row.completeness_gap is None else f"{row.completeness_gap:.3f}", str(row.n_queries)]
+        for row in result.rows]
+
+
+def test_print_table_aligns_columns(capsys):
+    print_table([("a", 1, "x"), ("bbb", 22)], ("h1", "h2", "h3"), "<>")
+    assert capsys.readouterr().out.splitlines() == ["h1   h2  h3", "a     1  x", "bbb  22"]
+    print_table([])
+    assert capsys.readouterr().out == ""
+
+
 def test_evaluate_bad_inputs_exit_2_and_write_nothing(run, tmp_path, boxes):
     out = tmp_path / "eval"
     tiny = model_path("tiny_cnn")
@@ -127,6 +172,13 @@ def test_compare_a_model_with_itself(run, tmp_path):
     assert [i["spearman"] for i in doc["images"]] == [1.0, 1.0]
     assert doc["options"] == {"window": 8, "stride": 4, "baseline": "zero"}
     assert len(list(csv.DictReader((tmp_path / "c.csv").open()))) == 2
+    table = r.stdout.splitlines()[3:]
+    assert table[0].split() == ["image", "top1", "A", "top1", "B", "flip", "dlogit", "dprob",
+                                "spearman", "iou", "ssim", "status"]
+    assert table[1].split() == ["cat.jpg", "0", "0", "no", "0.0000", "0.0000", "1.000", "1.000",
+                                "1.000", "ok"]
+    assert table[3] == ("top-1 agreement 100% (0 flips), 0 drifted (spearman < 0.8), "
+                        "max |dlogit| 0, min spearman 1.000")
     r = run("compare", tiny, *PHOTOS, "-o", "window=8")  # no --against, same device
     assert r.exit_code == 0 and "determinism check" in r.output
 

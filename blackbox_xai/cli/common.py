@@ -1,5 +1,5 @@
 """What every command shares: errors as one line, the model and preprocessing options, opening
-the model and preparing the images."""
+the model and preparing the images, and the table printer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -171,6 +171,22 @@ def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
         num_classes=model.num_classes, preset=flags["preset"], flag_prefix="--", **numbers,
         scale=flags["scale"], pad=flags["pad"], channel_order=order, mode=mode)
     return pre, [pre.prepare(p, model.input.channels, flags["max_pixels"]) for p in images]
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None,
+                align: str = "") -> None:
+    """Echo ``rows`` (and ``header`` above them) as columns two spaces apart.
+
+    Each column is as wide as its widest cell; ``align`` holds one ``<`` (left, the default) or
+    ``>`` (right) per column. Cells are shown with ``str``; lines carry no trailing spaces.
+    """
+    table = [[str(c) for c in row] for row in ([header] if header else []) + list(rows)]
+    widths = [max(len(r[i]) for r in table if i < len(r))
+              for i in range(max(map(len, table), default=0))]
+    for row in table:
+        cells = (f"{c:{align[i:i + 1] or '<'}{widths[i]}}" for i, c in enumerate(row))
+        click.echo("  ".join(cells).rstrip())
 
 
 # ---- commands ---------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -27,7 +28,17 @@ from .common import (
     open_model,
     prepare_images,
     preprocess_options,
+    print_table,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..compare import ImageComparison
+    from ..metrics import Annotation, EvaluationResult
+    from ..metrics.pointing import Box
+    from ..preprocess import Prepared
+    from ..report import Section
 
 log = logging.getLogger("blackbox_xai")
 
@@ -108,16 +119,7 @@ def _csv_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
 def _json_bytes(obj: Any) -> bytes:
     from ..explanation import _jsonable
 
-    def clean(v: Any) -> Any:  # NaN is not JSON
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    return (json.dumps(clean(_jsonable(obj)), indent=2) + "\n").encode()
+    return (json.dumps(_jsonable(obj), indent=2) + "\n").encode()
 
 
 def _input_files(model_paths: Sequence[str], images: Sequence[str],
@@ -141,60 +143,32 @@ def _planned(paths: Sequence[Path], overwrite: bool, inputs: dict[Path, str]) ->
     return plan
 
 
-def _fmt(v: Any, width: int) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return f"{'-':>{width}s}"
-    if isinstance(v, bool):
-        return f"{'yes' if v else 'no':>{width}s}"
-    if isinstance(v, float):
-        return f"{v:>{width}.3f}"
-    return f"{v!s:>{width}s}"
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, int]]) -> str:
-    """Fixed-width text table; ``columns``: (key, header, width); the first column is left-aligned."""
-    lines = [" ".join(f"{h:<{w}s}" if i == 0 else f"{h:>{w}s}"
-                      for i, (_, h, w) in enumerate(columns))]
-    for r in rows:
-        cells = []
-        for i, (k, _, w) in enumerate(columns):
-            v = r.get(k)
-            cells.append(f"{str(v)[:w]:<{w}s}" if i == 0 else _fmt(v, w))
-        lines.append(" ".join(cells))
-    return "\n".join(lines)
-
-
 # ---- evaluate ---------------------------------------------------------------------------------
-EVAL_COLUMNS = [("image", "image", 16), ("method", "method", 22), ("target", "target", 6),
-                ("prob", "prob", 6), ("deletion_auc", "deletion", 8), ("insertion_auc", "insertion", 9),
-                ("pointing_hit", "hit", 4), ("energy_pointing", "energy", 6),
-                ("completeness_gap", "compl.gap", 9), ("queries", "queries", 7),
-                ("seconds", "seconds", 7)]
-SUMMARY_COLUMNS = [("method", "method", 22), ("images", "images", 6), ("deletion_auc", "deletion", 8),
-                   ("insertion_auc", "insertion", 9), ("pointing_accuracy", "pointing", 8),
-                   ("energy_pointing", "energy", 6), ("queries", "queries", 7),
-                   ("seconds", "seconds", 7)]
+#: (key, header) of the printed tables: the rows, and the per-method means
+EVAL_COLUMNS = [("image", "image"), ("method", "method"), ("target", "target"), ("prob", "prob"),
+                ("deletion_auc", "deletion"), ("insertion_auc", "insertion"),
+                ("pointing_hit", "hit"), ("energy_pointing", "energy"),
+                ("completeness_gap", "compl.gap"), ("queries", "queries"), ("seconds", "seconds")]
+SUMMARY_COLUMNS = [("method", "method"), ("images", "images"), ("deletion_auc", "deletion"),
+                   ("insertion_auc", "insertion"), ("pointing_accuracy", "pointing"),
+                   ("energy_pointing", "energy"), ("queries", "queries"), ("seconds", "seconds")]
 
 
-def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """Per-method means over images (pointing accuracy = share of hits among annotated images)."""
+def _cell(v: Any) -> str:
+    """A metric as the tables show it: 3 decimals, yes/no, ``-`` for none."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
 
-    def mean(vals: list) -> float | None:
-        vals = [float(v) for v in vals if v is not None and not np.isnan(float(v))]
-        return float(np.mean(vals)) if vals else None
 
-    out = []
-    for m in methods:
-        rs = [r for r in rows if r["method"] == m]
-        out.append({"method": m, "images": len(rs),
-                    "deletion_auc": mean([r["deletion_auc"] for r in rs]),
-                    "insertion_auc": mean([r["insertion_auc"] for r in rs]),
-                    "pointing_accuracy": mean([r["pointing_hit"] for r in rs]),
-                    "energy_pointing": mean([r["energy_pointing"] for r in rs]),
-                    "completeness_gap": mean([r["completeness_gap"] for r in rs]),
-                    "queries": round(mean([r["queries"] for r in rs]) or 0),
-                    "seconds": mean([r["seconds"] for r in rs])})
-    return out
+def _print_metrics(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    """Dict rows under ``columns``' headers: the first column left-aligned, numbers right."""
+    print_table([[_cell(r[k]) for k, _ in columns] for r in rows], [h for _, h in columns],
+                "<" + ">" * (len(columns) - 1))
 
 
 def _stems(paths: Sequence[Path]) -> list[str]:
@@ -206,7 +180,8 @@ def _stems(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def _annotated_overlay(prepared, amap, boxes, point):
+def _annotated_overlay(prepared: Prepared, amap: np.ndarray, boxes: Sequence[Box],
+                       point: tuple[int, int]) -> Image.Image:
     """viz.overlay_image plus the annotation boxes (green) and the map's maximum (cyan cross)."""
     from PIL import ImageDraw
 
@@ -226,6 +201,38 @@ def _annotated_overlay(prepared, amap, boxes, point):
     d.line([(cx - s, cy), (cx + s, cy)], fill=(0, 230, 255), width=lw)
     d.line([(cx, cy - s), (cx, cy + s)], fill=(0, 230, 255), width=lw)
     return img
+
+
+def _figures(result: EvaluationResult, prepared: Sequence[Prepared], stems: Sequence[str],
+             annotations: Sequence[Annotation | None], labels: Sequence[str] | None
+             ) -> tuple[dict[str, Image.Image], list[Section]]:
+    """The curve and overlay PNGs by file name, and the report's section of each image."""
+    from ..metrics.pointing import max_location
+    from ..report import Figure, Section, plot_curves, thumbnail
+
+    figures: dict[str, Image.Image] = {}
+    sections = []
+    n = len(result.methods)
+    for k, (p, stem, ann) in enumerate(zip(prepared, stems, annotations)):
+        rows = result.rows[k * n:(k + 1) * n]
+        top1 = rows[0].top1
+        top1_name = f" {labels[top1]}" if top1 < len(labels or ()) else ""
+        figs = [Figure(thumbnail(p.image),
+                       f"{p.path.name}: top-1 {top1}{top1_name} ({rows[0].top1_prob:.1%})")]
+        for r in rows:
+            amap = r.explanation.map
+            overlay = _annotated_overlay(p, amap, ann.boxes if ann else (), max_location(amap))
+            curves = plot_curves(r.curves, f"{p.path.name} - {r.method}")
+            figures[f"{stem}_{r.method}_curves.png"] = curves
+            figures[f"{stem}_{r.method}_overlay.png"] = overlay
+            hit = "" if r.pointing_hit is None else f", pointing {'hit' if r.pointing_hit else 'miss'}"
+            figs.append(Figure(thumbnail(overlay), f"{r.method}: deletion {r.deletion_auc:.3f}, "
+                               f"insertion {r.insertion_auc:.3f}{hit}, {r.n_queries} queries, "
+                               f"{r.seconds:.2f} s"))
+            figs.append(Figure(curves, f"{r.method}: deletion (red) and insertion (blue) curves"))
+        label = f" {rows[0].label}" if rows[0].label else ""
+        sections.append(Section(f"{p.path.name} (explaining class {rows[0].target}{label})", figs))
+    return figures, sections
 
 
 @click.command("evaluate")
@@ -271,30 +278,13 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
           --methods occlusion,rise --boxes examples/boxes.json --fast \\
           --out eval/ --report eval/report.html
     """
-    from ..api import explain
-    from ..metrics import (
-        annotation_for,
-        completeness_gap,
-        deletion_insertion,
-        energy_pointing,
-        load_boxes,
-        pointing_hit,
-    )
-    from ..metrics.pointing import max_location
-    from ..report import Figure, Section, plot_curves, render_report, thumbnail
+    from ..metrics import evaluate, load_boxes, match_annotations
+    from ..report import png_bytes, render_report
 
     methods = _parse_methods(methods_text)
     opts = method_options(methods, option_pairs, fast)
-    boxes = load_boxes(boxes_path) if boxes_path else {}
-    annotations = {img: annotation_for(boxes, img) for img in images}
-    if target_mode == "label":
-        missing = [img for img, a in annotations.items() if a is None or a.label is None]
-        if missing:
-            raise BlackboxError(f"--target label: no label for {Path(missing[0]).name} in "
-                                f"{boxes_path or '(no --boxes file)'}")
-    for img, a in annotations.items():
-        if boxes_path and a is None:
-            log.warning("%s: no box in %s; no pointing game for it", Path(img).name, boxes_path)
+    boxes = load_boxes(boxes_path) if boxes_path else None
+    annotations = match_annotations(boxes, images, target_mode)  # bad labels cost no model
     stems = _stems([Path(i) for i in images])
     out = Path(out_dir) if out_dir else None
     planned = []
@@ -308,66 +298,25 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
 
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
     pre, prepared = prepare_images(model, images, preprocess)
-    show = sys.stderr.isatty() if progress is None else progress
-    rows: list[dict[str, Any]] = []
-    curves: dict[tuple[str, str], Any] = {}
-    figures: dict[str, Any] = {}  # file name -> pillow image
-    sections = []
-    for img, stem, p in zip(images, stems, prepared):
-        ann = annotations[img]
-        logits = model(p.tensor[None])[0]
-        probs = model.probabilities(logits)
-        top1 = int(np.argmax(logits))
-        target = ann.label if target_mode == "label" else top1
-        labels = pre.labels or ()
-        name = labels[target] if 0 <= target < len(labels) else ""
-        top1_name = f" {labels[top1]}" if top1 < len(labels) else ""
-        sec_figs = [Figure(thumbnail(p.image),
-                           f"{p.path.name}: top-1 {top1}{top1_name} ({probs[top1]:.1%})")]
-        for m in methods:
-            exp = explain(model, p.tensor, m, target=target, seed=seed, progress=show,
-                          labels=pre.labels, **opts[m])
-            res = deletion_insertion(model, p.tensor, exp.map, exp.target,
-                                     pixels_per_step=pixels_per_step)
-            hit = energy = None
-            if ann is not None:
-                hit = pointing_hit(exp.map, ann.boxes, tolerance)
-                energy = energy_pointing(exp.map, ann.boxes)
-            rows.append({"image": p.path.name, "method": m, "target": exp.target, "label": name,
-                         "prob": float(res.deletion_curve[0]), "deletion_auc": res.deletion_auc,
-                         "insertion_auc": res.insertion_auc, "pointing_hit": hit,
-                         "energy_pointing": energy, "completeness_gap": completeness_gap(exp),
-                         "queries": exp.n_queries, "eval_queries": res.n_queries,
-                         "seconds": exp.seconds})
-            curves[(stem, m)] = res
-            title = f"{p.path.name} - {m}"
-            overlay = _annotated_overlay(p, exp.map, ann.boxes if ann else (), max_location(exp.map))
-            figures[f"{stem}_{m}_curves.png"] = plot_curves(res, title)
-            figures[f"{stem}_{m}_overlay.png"] = overlay
-            hit_txt = "" if hit is None else f", pointing {'hit' if hit else 'miss'}"
-            sec_figs.append(Figure(thumbnail(overlay), f"{m}: deletion {res.deletion_auc:.3f}, "
-                                   f"insertion {res.insertion_auc:.3f}{hit_txt}, "
-                                   f"{exp.n_queries} queries, {exp.seconds:.2f} s"))
-            sec_figs.append(Figure(figures[f"{stem}_{m}_curves.png"], f"{m}: deletion (red) and "
-                                   "insertion (blue) curves"))
-        sections.append(Section(f"{p.path.name} (explaining class {target}"
-                                f"{' ' + name if name else ''})", sec_figs))
-
-    summary = summarize(rows, methods)
-    click.echo(format_table(rows, EVAL_COLUMNS))
+    result = evaluate(model, [p.tensor for p in prepared], methods,
+                      names=[p.path.name for p in prepared], boxes=annotations,
+                      target=target_mode, seed=seed, options=opts,
+                      pixels_per_step=pixels_per_step, tolerance=tolerance, labels=pre.labels,
+                      progress=sys.stderr.isatty() if progress is None else progress)
+    rows = [r.as_dict() for r in result.rows]
+    summary = [asdict(s) for s in result.summary()]
+    _print_metrics(rows, EVAL_COLUMNS)
     click.echo("")
-    click.echo(format_table(summary, SUMMARY_COLUMNS))
+    _print_metrics(summary, SUMMARY_COLUMNS)
+    if out is None and not report_path:
+        return
 
+    figures, sections = _figures(result, prepared, stems, annotations, pre.labels)
     payloads: dict[Path, bytes] = {}
     if out is not None:
-        from ..report import png_bytes
-
         payloads[out / "metrics.csv"] = _csv_bytes(rows)
-        doc = {"model": model.describe(), "methods": {m: opts[m] for m in methods}, "seed": seed,
-               "target": target_mode, "boxes": boxes_path, "tolerance": tolerance,
-               "summary": summary,
-               "rows": [dict(r, curves=curves[(s, r["method"])].as_dict())
-                        for r, s in zip(rows, [s for s in stems for _ in methods])]}
+        doc = {"model": model.describe(), "methods": {m: opts[m] for m in methods},
+               "boxes": boxes_path, **result.as_dict()}
         payloads[out / "metrics.json"] = _json_bytes(doc)
         for fname, fig in figures.items():
             payloads[out / fname] = png_bytes(fig)
@@ -389,11 +338,10 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
         page = render_report("blackbox-xai evaluation", sections, meta=meta,
                              tables=[("Per-method means", summary, None), ("Metrics", rows, cols)])
         payloads[Path(report_path)] = page.encode()
-    if payloads:
-        plan.commit(payloads)
-        where = [str(out)] if out is not None else []
-        where += [str(report_path)] if report_path else []
-        log.info("wrote %d files (%s)", len(payloads), ", ".join(where))
+    plan.commit(payloads)
+    where = [str(out)] if out is not None else []
+    where += [str(report_path)] if report_path else []
+    log.info("wrote %d files (%s)", len(payloads), ", ".join(where))
 
 
 # ---- compare ----------------------------------------------------------------------------------
@@ -419,6 +367,11 @@ Example:
       --against models/efficientnet_lite0_int8.onnx --method occlusion \\
       -o window=32 -o stride=32 --threshold 0.8 --json cmp.json
 """
+
+
+def _status(row: ImageComparison) -> str:
+    """ok, FLIP (top-1 changed), DRIFT (explanation moved) or FLIP+DRIFT."""
+    return "+".join(w for w, bad in (("FLIP", row.flipped), ("DRIFT", row.drifted)) if bad) or "ok"
 
 
 @click.command("compare", help=COMPARE_HELP, short_help="Compare two deployments (artifacts or providers).")
@@ -456,8 +409,6 @@ Example:
 def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, option_pairs,
                 threshold, top_k, seed, json_path, csv_path, overwrite, score, output_name,
                 batch_size, threads, layout, preprocess) -> None:
-    from dataclasses import asdict
-
     from ..compare import compare_models
 
     device_b = device_b or device_a
@@ -477,7 +428,15 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
     click.echo(f"A: {Path(model_path).name} on {model_a.provider}")
     click.echo(f"B: {Path(b_path).name} on {model_b.provider}")
     click.echo(f"method {method} {opts or '(defaults)'}, seed {seed}")
-    click.echo(result.format())
+    print_table([(r.image, r.top1_a, r.top1_b, "yes" if r.flipped else "no",
+                  f"{r.max_logit_delta:.4f}", f"{r.max_prob_delta:.4f}", f"{r.spearman:.3f}",
+                  f"{r.top_k_iou:.3f}", f"{r.ssim:.3f}", _status(r)) for r in result.rows],
+                ("image", "top1 A", "top1 B", "flip", "dlogit", "dprob", "spearman", "iou", "ssim",
+                 "status"), "<>>>>>>>><")
+    s = result.summary()
+    click.echo(f"top-1 agreement {s['top1_agreement']:.0%} ({s['flips']} flips), "
+               f"{s['drifted']} drifted (spearman < {threshold}), "
+               f"max |dlogit| {s['max_logit_delta']:.4g}, min spearman {s['min_spearman']:.3f}")
     payloads = {}
     if json_path:
         payloads[Path(json_path)] = _json_bytes(result.as_dict())
@@ -527,6 +486,8 @@ def sanity_cmd(model_path, image, method, option_pairs, modes, steps, target, se
     result = randomization_check(model, prepared.tensor, method, target=target, seed=seed,
                                  modes=modes, steps=steps, **opts)
     click.echo(f"{prepared.path.name}: {method}, target {result.target}")
-    click.echo(result.format())
+    print_table([(r.mode, r.layer, r.n_randomized, f"{r.spearman:.3f}", f"{r.ssim:.3f}",
+                  f"{r.top_k_iou:.3f}", f"{r.score_change:.3g}") for r in result.rows],
+                ("mode", "layer", "n", "spearman", "ssim", "iou", "score_chg"), "<<>>>>>")
     if json_path is not None:
         plan.commit({Path(json_path): _json_bytes(result.table())})

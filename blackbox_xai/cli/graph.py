@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..outputs import OutputPlan, model_inputs
-from .common import friendly_errors
+from .common import friendly_errors, print_table
 
 
 def _plan_model_output(model_path: str, out: str, overwrite: bool) -> OutputPlan:
@@ -44,17 +44,9 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
         model = keep_output(model, output_name)
     layers = candidate_layers(model)
     default = default_layer(model)
-    header = ("tensor", "shape", "layout", "op", "feeds pooling")
-    rows = [(c.name, _shape(c.shape), c.layout, c.op, "yes" if c.feeds_pooling else "no")
-            for c in layers]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-
-    def line(mark: str, row: tuple[str, ...]) -> str:
-        return f"{mark} " + "  ".join(f"{v:{w}s}" for v, w in zip(row, widths)) + f"  {row[-1]}"
-
-    click.echo(line(" ", header))
-    for row in rows:
-        click.echo(line("*" if row[0] == default else " ", row))
+    print_table([(f"{'*' if c.name == default else ' '} {c.name}", _shape(c.shape), c.layout,
+                  c.op, "yes" if c.feeds_pooling else "no") for c in layers],
+                header=("  tensor", "shape", "layout", "op", "feeds pooling"))
 
 
 @click.command("expose")

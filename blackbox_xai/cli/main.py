@@ -23,6 +23,7 @@ from .common import (
     open_model,
     prepare_images,
     preprocess_options,
+    print_table,
 )
 
 
@@ -46,11 +47,12 @@ def methods_cmd(markdown: bool) -> None:
     if markdown:
         click.echo(methods_table(), nl=False)
         return
+    rows = []
     for spec in all_methods().values():
         opts = ", ".join(f"{o.name}={o.default!r}" for o in spec.options) or "-"
-        click.echo(f"{spec.name:24s} {spec.family:10s} {spec.summary}")
-        click.echo(f"{'':24s} options: {opts}")
-        click.echo(f"{'':24s} reference: {spec.reference}")
+        rows += [(spec.name, spec.family, spec.summary), ("", "", f"options: {opts}"),
+                 ("", "", f"reference: {spec.reference}")]
+    print_table(rows)
 
 
 @cli.command("inspect")
@@ -65,16 +67,18 @@ def inspect_cmd(model_path: str, device: str) -> None:
 
     proto = load(model_path)
     sess, provider = create_session(model_path, device, None)
-    click.echo(f"model     {model_path}  ({Path(model_path).stat().st_size / 2**20:.1f} MiB, "
-               f"sha256 {sha256_of(model_path)[:16]})")
-    click.echo(f"provider  {provider}")
-    click.echo(f"ir        {proto.ir_version}  producer {proto.producer_name} {proto.producer_version}")
-    click.echo("opsets    " + ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in proto.opset_import))
-    for kind, items in (("input", sess.get_inputs()), ("output", sess.get_outputs())):
-        for i in items:
-            click.echo(f"{kind:9s} {i.name}  {i.type}  {i.shape}")
     hist = Counter(n.op_type for n in proto.graph.node)
-    click.echo(f"nodes     {sum(hist.values())}: " + ", ".join(f"{k} {v}" for k, v in hist.most_common()))
+    print_table([
+        ("model", (f"{model_path}  ({Path(model_path).stat().st_size / 2**20:.1f} MiB, "
+                   f"sha256 {sha256_of(model_path)[:16]})")),
+        ("provider", provider),
+        ("ir", f"{proto.ir_version}  producer {proto.producer_name} {proto.producer_version}"),
+        ("opsets", ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in proto.opset_import)),
+        *((kind, f"{i.name}  {i.type}  {i.shape}")
+          for kind, items in (("input", sess.get_inputs()), ("output", sess.get_outputs()))
+          for i in items),
+        ("nodes", f"{sum(hist.values())}: " + ", ".join(f"{k} {v}" for k, v in hist.most_common())),
+    ])
     dims = [d if isinstance(d, int) and d > 0 else None for d in sess.get_inputs()[0].shape]
     if len(dims) == 4 and (dims[1] in (1, 3) or dims[3] in (1, 3)):  # an image input
         c, h, w = dims[1:] if dims[1] in (1, 3) else (dims[3], dims[1], dims[2])
@@ -99,9 +103,9 @@ def predict_cmd(model_path, images, top, device, score, output_name, batch_size,
     probs = model.probabilities(logits)
     for p, lg, pr in zip(prepared, logits, probs):
         click.echo(f"{p.path.name}:")
-        for c in np.argsort(-pr)[:top]:
-            name = pre.labels[c] if pre.labels else ""
-            click.echo(f"  {c:5d}  {pr[c]:.4f}  {lg[c]:9.4f}  {name}")
+        # class, probability, logit, name; the empty first column indents the rows
+        print_table([("", c, f"{pr[c]:.4f}", f"{lg[c]:.4f}", pre.labels[c] if pre.labels else "")
+                     for c in np.argsort(-pr)[:top]], align="<>>><")
 
 
 class ExplainGroup(click.Group):

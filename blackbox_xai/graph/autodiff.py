@@ -21,6 +21,7 @@ from onnx import helper, shape_inference
 
 from ..errors import BlackboxError, UnknownNameError, did_you_mean
 from .inspect import node_inputs
+from .io import copy_model
 from .vjp_rules import (
     NON_DIFFERENTIABLE,
     Emitter,
@@ -73,7 +74,7 @@ def backward(
     wrt = list(dict.fromkeys(wrt))
     if not wrt:
         raise ValueError("wrt is empty: name at least one tensor to differentiate with respect to")
-    m = _copy(model)
+    m = copy_model(model)
     info = GraphInfo(_inferred(m))
     score = _score_output(m.graph, output)
     taken = _check_names(m.graph, wrt, [seed_name, *(w + grad_suffix for w in wrt)])
@@ -153,13 +154,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A deep copy: same ir_version, opsets, metadata."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,5 +1,6 @@
 """Faithfulness metrics for attribution maps and similarity between maps.
 
+* :func:`evaluate`: explain images with several methods and score every map -> :class:`EvaluationResult`
 * :func:`deletion_insertion` (RISE protocol) -> :class:`CurveResult`
 * :func:`pointing_hit`, :func:`energy_pointing`, :func:`load_boxes`
 * :func:`randomization_check` (Adebayo 2018) -> :class:`RandomizationResult`
@@ -9,6 +10,7 @@
 
 from .completeness import completeness_gap
 from .deletion import CurveResult, auc, deletion_insertion, rise_blur
+from .evaluate import EvaluationResult, EvaluationRow, MethodSummary, evaluate, match_annotations
 from .pointing import (
     Annotation,
     annotation_for,
@@ -27,8 +29,9 @@ from .randomization import (
 from .similarity import similarity, spearman, ssim, top_k_iou
 
 __all__ = [
-    "Annotation", "CurveResult", "RandomizationResult", "RandomizationRow", "annotation_for", "auc",
-    "box_mask", "completeness_gap", "deletion_insertion", "energy_pointing", "load_boxes",
-    "parametrized_layers", "pointing_hit", "randomization_check", "randomize", "rise_blur",
-    "similarity", "spearman", "ssim", "top_k_iou",
+    "Annotation", "CurveResult", "EvaluationResult", "EvaluationRow", "MethodSummary",
+    "RandomizationResult", "RandomizationRow", "annotation_for", "auc", "box_mask",
+    "completeness_gap", "deletion_insertion", "energy_pointing", "evaluate", "load_boxes",
+    "match_annotations", "parametrized_layers", "pointing_hit", "randomization_check",
+    "randomize", "rise_blur", "similarity", "spearman", "ssim", "top_k_iou",
 ]

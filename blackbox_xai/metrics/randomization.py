@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BlackboxError, UnknownNameError, did_you_mean
+from ..graph.io import copy_model
 from ..model import Model, load_model
 from .similarity import spearman, ssim, top_k_iou
 
@@ -81,14 +82,6 @@ class RandomizationResult:
     def table(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.rows]
 
-    def format(self) -> str:
-        lines = [(f"{'mode':12s} {'layer':32s} {'n':>3s} {'spearman':>9s} {'ssim':>7s} "
-                 f"{'iou':>6s} {'score_chg':>9s}")]
-        for r in self.rows:
-            lines.append(f"{r.mode:12s} {r.layer[:32]:32s} {r.n_randomized:3d} {r.spearman:9.3f} "
-                         f"{r.ssim:7.3f} {r.top_k_iou:6.3f} {r.score_change:9.3g}")
-        return "\n".join(lines)
-
 
 def parametrized_layers(proto: onnx.ModelProto) -> list[Layer]:
     """The layers with weights, in graph (topological) order: input side first."""
@@ -122,8 +115,7 @@ def randomize(proto: onnx.ModelProto, layers: Sequence[Layer], seed: int = 0) ->
     A layer's new weights depend only on ``seed`` and the weight's name, so the cascade's steps
     share them. Versions and opsets are kept.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
+    out = copy_model(proto)
     names = {w for layer in layers for w in layer.weights}
     for init in out.graph.initializer:
         if init.name not in names:

@@ -68,7 +68,9 @@ def test_a_model_against_itself_is_identical(tiny, photos):
         assert row.spearman == 1.0 and row.top_k_iou == 1.0 and row.ssim == pytest.approx(1.0)
         assert row.max_logit_delta == 0.0 and row.max_prob_delta == 0.0
     assert r.options == {"window": 8, "stride": 4, "baseline": "zero"}
-    assert "top-1 agreement 100%" in r.format()
+    assert r.summary() == {"images": 3, "top1_agreement": 1.0, "flips": 0, "drifted": 0, "ok": True,
+                           "min_spearman": 1.0, "mean_spearman": 1.0, "max_logit_delta": 0.0,
+                           "max_prob_delta": 0.0}
 
 
 def test_one_perturbed_layer_drifts_without_flipping(tiny, photos, tmp_path):

@@ -76,7 +76,7 @@ def test_steps_layers_and_errors(tiny, x32):
     assert set(r.maps) == {("cascading", "Gemm(logits)"), ("cascading", "Conv(conv)")}
     r = randomization_check(tiny, x32, edge_map, modes=("independent",), layers=["Conv(conv)"])
     assert [row.layer for row in r.rows] == ["Conv(conv)"]
-    assert "spearman" in r.format()
+    assert [row["layer"] for row in r.table()] == ["Conv(conv)"]
     with pytest.raises(UnknownNameError, match="did you mean"):
         randomization_check(tiny, x32, edge_map, layers=["Conv(con)"])
     with pytest.raises(BlackboxError, match="mode"):
