@@ -22,7 +22,7 @@ from .io import infer_shapes
 
 Dim = int | str | None  # a size, a symbolic name, or unknown
 TensorKind = Literal["input", "initializer", "intermediate", "output"]
-Layout = Literal["NCHW", "NHWC"]
+Layout = Literal["NCHW", "NHWC", "tokens"]
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool"}
@@ -197,34 +197,59 @@ AXIS_PRESERVING = ACTIVATIONS | {
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Cast", "Abs", "Neg",
     "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign",
     "ThresholdedRelu", "Pad", "Resize", "Upsample", "Concat", "Split", "Slice", "Expand", "Tile",
-    "QuantizeLinear", "DequantizeLinear"}
+    "QuantizeLinear", "DequantizeLinear", "LayerNormalization"}
 SPATIAL_AXES: dict[Layout, tuple[int, int]] = {"NCHW": (2, 3), "NHWC": (1, 2)}
 _IDENTITY = (0, 1, 2, 3)
+EXTRA_TOKENS = (0, 1, 2)  # none, a class token (ViT), class and distillation tokens (DeiT)
+MERGES = 3  # token grids also at 1/2, 1/4, 1/8 of the patch grid (Swin's patch merging)
+# ops a LayerNorm written out by the exporter is made of (below opset 17)
+NORM_OPS = {"Sub", "Pow", "Mul", "Add", "Div", "Sqrt", "Reciprocal", "ReduceMean", "Cast"}
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a token tensor (N, extra + h*w, C) lays out the image: ``extra`` leading tokens
+    (class, distillation) that are no image place, then the h x w patch grid in row-major
+    order (the patch-embedding Conv's output, flattened)."""
+
+    extra: int
+    h: int
+    w: int
+
+    @property
+    def tokens(self) -> int:
+        return self.extra + self.h * self.w
 
 
 @dataclass(frozen=True)
 class CandidateLayer:
-    """A 4-D float feature map a CAM can weight: its layout, and whether it feeds the pooling."""
+    """A float feature map a CAM can weight: its layout, and whether it feeds the pooling.
+
+    4-D maps are "NCHW" (N, C, H, W) or "NHWC" (N, H, W, C, also Swin's token maps); "tokens"
+    is a transformer's (N, extra + h*w, C), whose ``grid`` says how the tokens tile the image.
+    """
 
     name: str
     shape: tuple[Dim, ...]
-    layout: Layout  # "NCHW": (N, C, H, W); "NHWC": (N, H, W, C)
+    layout: Layout
     op: str
     node: str | None
     feeds_pooling: bool
+    grid: TokenGrid | None = None
 
 
 class NotAFeatureMapError(BlackboxError):
     """A tensor asked for as a CAM layer is not a spatial feature map of known layout."""
 
 
-def _reduce_axes(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[int] | None:
-    """The axes (mod 4) a Reduce* node reduces, when an attribute or constant input gives them."""
+def _reduce_axes(graph: onnx.GraphProto, node: onnx.NodeProto, rank: int = 4) -> set[int] | None:
+    """The axes (mod ``rank``) a Reduce* node reduces, when an attribute or constant input
+    gives them."""
     axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = constant_value(graph, node.input[1])  # opset 18: axes is an input
         axes = None if value is None else value.reshape(-1).tolist()
-    return None if axes is None else {int(a) % 4 for a in axes}
+    return None if axes is None else {int(a) % rank for a in axes}
 
 
 def reduce_layout(graph: onnx.GraphProto, node: onnx.NodeProto) -> Layout | None:
@@ -234,15 +259,18 @@ def reduce_layout(graph: onnx.GraphProto, node: onnx.NodeProto) -> Layout | None
     return next((lay for lay, pair in SPATIAL_AXES.items() if axes == set(pair)), None)
 
 
-def _feeds_pooling(graph: onnx.GraphProto, name: str, readers: dict[str, list[int]]) -> bool:
-    """Whether ``name`` reaches a global/spatial pooling directly or through activations."""
+def _feeds_pooling(graph: onnx.GraphProto, name: str, readers: dict[str, list[int]],
+                   tokens: bool = False) -> bool:
+    """Whether ``name`` reaches a global/spatial pooling directly or through activations (for
+    a token tensor, a mean over the token axis 1, through activations or LayerNorm)."""
     for i in readers.get(name, []):
         n = graph.node[i]
         if n.input[0] != name:
             continue
-        if n.op_type in GLOBAL_POOLS or reduce_layout(graph, n) is not None:
-            return True
-        if n.op_type in ACTIVATIONS and _feeds_pooling(graph, n.output[0], readers):
+        pools = (n.op_type in SPATIAL_REDUCES and _reduce_axes(graph, n, 3) == {1} if tokens
+                 else n.op_type in GLOBAL_POOLS or reduce_layout(graph, n) is not None)
+        through = ACTIVATIONS | {"LayerNormalization"} if tokens else ACTIVATIONS
+        if pools or n.op_type in through and _feeds_pooling(graph, n.output[0], readers, tokens):
             return True
     return False
 
@@ -371,86 +399,277 @@ def _spatial(shape: tuple[Dim, ...], layout: Layout) -> tuple[Dim, Dim]:
     return shape[h], shape[w]
 
 
-def _candidates(model: onnx.ModelProto, info: dict[str, TensorInfo],
-                layouts: dict[str, Layout]) -> list[CandidateLayer]:
+# ops whose output keeps a (N, T, C) token tensor's token axis as it is (element-wise ops,
+# broadcasting against weights, LayerNorm, activations)
+TOKEN_PRESERVING = (AXIS_PRESERVING | {"LayerNormalization"}) - {
+    "Pad", "Resize", "Upsample", "Concat", "Split", "Slice", "Expand", "Tile"}
+
+
+def token_grids(model: onnx.ModelProto, info: dict[str, TensorInfo]) -> dict[str, TokenGrid]:
+    """The (N, T, C) token tensors of a vision transformer and how their tokens tile the image.
+
+    The sequence starts at a patch embedding: a Conv's (N, C, h, w) output (static h, w)
+    flattened to (N, C, h*w) by Reshape/Flatten and transposed to (N, h*w, C), or transposed to
+    (N, h, w, C) and reshaped to (N, h*w, C). Tokens concatenated in front of it on axis 1 (a
+    class token, DeiT's distillation token) count as ``extra``: T - h*w where shape inference
+    knows the token count T (exporters expand the class token to a run-time shape, so the
+    Concat's own sizes are often unknown), else their static sizes. The labelling then follows the
+    token axis through the ops that keep it (:data:`TOKEN_PRESERVING`: residual Adds,
+    LayerNorm, activations, MLP MatMuls with a 2-D weight); it stops at Reshapes and Transposes,
+    so attention internals (heads split off, windows, tokens-first layouts) are never tokens.
+    """
+    g = model.graph
+    made = producers(g)
+    live = input_dependent(g)
+    weights = {t.name: tuple(t.dims) for t in g.initializer}
+
+    def shape(name: str) -> tuple[Dim, ...] | None:
+        t = info.get(name)
+        return weights.get(name) if t is None else t.shape
+
+    def perm(n: onnx.NodeProto) -> tuple[int, ...] | None:
+        return next((tuple(a.ints) for a in n.attribute if a.name == "perm"), None)
+
+    def patch_grid(name: str) -> tuple[int, int] | None:
+        """(h, w) when ``name`` is a patch Conv's output (N, C, h, w) with static h, w."""
+        i = made.get(name)
+        s = shape(name)
+        if i is None or g.node[i].op_type != "Conv" or s is None or len(s) != 4:
+            return None
+        h, w = s[2:]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) and h * w > 1 else None
+
+    grids: dict[str, TokenGrid] = {}  # extra = -1: not known yet
+    flat: dict[str, tuple[int, int]] = {}  # (N, C, h*w) or (N, h, w, C) on the way to tokens
+    for n in g.node:
+        if not n.input or not n.output or n.output[0] not in live:
+            continue
+        out, first, s = n.output[0], n.input[0], shape(n.output[0])
+        if s is None or len(s) not in (3, 4):
+            continue
+        if n.op_type in ("Reshape", "Flatten") and len(s) == 3:
+            if patch_grid(first):
+                flat[out] = patch_grid(first)
+            elif first in flat and len(shape(first) or ()) == 4:  # (N, h, w, C) -> (N, hw, C)
+                h, w = flat[first]
+                grids[out] = TokenGrid(0, h, w)
+        elif n.op_type == "Transpose" and len(s) == 3 and first in flat and perm(n) == (0, 2, 1):
+            h, w = flat[first]
+            grids[out] = TokenGrid(0, h, w)
+        elif n.op_type == "Transpose" and len(s) == 4 and perm(n) == (0, 2, 3, 1) \
+                and patch_grid(first):
+            flat[out] = patch_grid(first)
+        elif len(s) != 3:
+            continue
+        elif n.op_type == "Concat" and any(i in grids for i in n.input):
+            axis = next(a.i for a in n.attribute if a.name == "axis") % 3
+            pos = next(k for k, i in enumerate(n.input) if i in grids)
+            before = [shape(i) for i in n.input[:pos]]
+            if axis == 1 and len(n.input) == pos + 1:
+                grid = grids[n.input[pos]]
+                sizes = [b[1] if b is not None else None for b in before]
+                known = [d for d in sizes if isinstance(d, int)]
+                extra = grid.extra + sum(known) if len(known) == len(sizes) \
+                    and grid.extra >= 0 else -1
+                grids[out] = TokenGrid(extra, grid.h, grid.w)
+        elif n.op_type in TOKEN_PRESERVING | {"MatMul"} and first in grids:
+            if n.op_type == "MatMul" and len(shape(n.input[1]) or ()) != 2:
+                continue
+            grids[out] = grids[first]
+        elif n.op_type in TOKEN_PRESERVING and any(i in grids for i in n.input[1:]):
+            grids[out] = next(grids[i] for i in n.input[1:] if i in grids)  # weight + tokens
+    result: dict[str, TokenGrid] = {}
+    for name, grid in grids.items():
+        _, t, c = shape(name) or (None, None, None)
+        extra = t - grid.h * grid.w if isinstance(t, int) else grid.extra
+        if isinstance(c, int) and extra in EXTRA_TOKENS:
+            result[name] = TokenGrid(extra, grid.h, grid.w)
+    return result
+
+
+def _batch_first(shape: tuple[Dim, ...], batch: Dim) -> bool:
+    """Whether axis 0 can be the batch axis: not a static size other than the input's batch
+    (the legacy torch export's 197 x N x 3 x 64 attention tensor has 197 there)."""
+    d = shape[0]
+    if not isinstance(d, int):
+        return True
+    return d == batch if isinstance(batch, int) else d == 1
+
+
+def _attention_like(shape: tuple[Dim, ...] | None, counts: set[int]) -> bool:
+    """A tensor whose last two axes are both a token count (attention weights, N x heads x
+    T x T) or that holds a token count on an axis other than 1 (heads or windows split off,
+    tokens-first layouts)."""
+    if shape is None or not counts or len(shape) < 3:
+        return False
+    return (shape[-1] == shape[-2] and shape[-1] in counts) or any(
+        d in counts for k, d in enumerate(shape) if k != 1)
+
+
+def _candidates(model: onnx.ModelProto, info: dict[str, TensorInfo], layouts: dict[str, Layout],
+                grids: dict[str, TokenGrid]) -> list[CandidateLayer]:
     g = model.graph
     on_path = {o for i in needed_nodes(g, [o.name for o in g.output]) for o in g.node[i].output}
     readers = consumers(g)
-    return [CandidateLayer(t.name, t.shape, layouts[t.name], t.op, t.node,
-                           _feeds_pooling(g, t.name, readers))
-            for t in info.values()
-            if t.op is not None and t.elem_type in FLOAT_TYPES and t.name in layouts
-            and _spatial(t.shape, layouts[t.name]) != (1, 1) and t.name in on_path]
+    batch = next((t.shape[0] for t in info.values() if t.kind == "input" and t.shape), None)
+    counts = {grid.tokens for grid in grids.values()}
+    out = []
+    for t in info.values():
+        if t.op is None or t.elem_type not in FLOAT_TYPES or t.name not in on_path:
+            continue
+        if t.name in grids:
+            out.append(CandidateLayer(t.name, t.shape, "tokens", t.op, t.node,
+                                      _feeds_pooling(g, t.name, readers, tokens=True),
+                                      grids[t.name]))
+        elif (t.name in layouts and _spatial(t.shape, layouts[t.name]) != (1, 1)
+              and isinstance(t.shape[1 if layouts[t.name] == "NCHW" else 3], int)
+              and _batch_first(t.shape, batch) and not _attention_like(t.shape, counts)):
+            out.append(CandidateLayer(t.name, t.shape, layouts[t.name], t.op, t.node,
+                                      _feeds_pooling(g, t.name, readers)))
+    return out
 
 
 def candidate_layers(model: onnx.ModelProto) -> list[CandidateLayer]:
-    """The spatial feature maps a CAM can use, in topological order.
+    """The feature maps a CAM can use, in topological order.
 
-    A candidate is a 4-D float tensor produced by a node from the input (not a constant) on a
-    path to the graph outputs, whose layout :func:`tensor_layouts` establishes (NCHW or NHWC),
-    with a spatial extent larger than 1x1. ``feeds_pooling`` marks tensors that feed
-    GlobalAveragePool/GlobalMaxPool or a spatial ReduceMean/ReduceMax, directly or through
-    activations.
+    A candidate is a float tensor produced by a node from the input (not a constant) on a path
+    to the graph outputs, either
+
+    * 4-D, whose layout :func:`tensor_layouts` establishes (NCHW or NHWC), with a spatial extent
+      larger than 1x1, a static channel count, a batch axis first, and not shaped like
+      attention weights; or
+    * a transformer's token tensor (N, extra + h*w, C) (:func:`token_grids`).
+
+    ``feeds_pooling`` marks tensors that feed GlobalAveragePool/GlobalMaxPool or a spatial
+    ReduceMean/ReduceMax (a mean over the tokens), directly or through activations.
     """
     info = tensor_info(model)
-    return _candidates(model, info, tensor_layouts(model, info))
+    return _candidates(model, info, tensor_layouts(model, info), token_grids(model, info))
 
 
-def _default(layers: list[CandidateLayer]) -> CandidateLayer:
+def norm_outputs(model: onnx.ModelProto, tokens: Collection[str]) -> list[str]:
+    """The LayerNorm outputs among ``tokens``, in graph order: LayerNormalization's output, or
+    the end of a LayerNorm written out by the exporter (opset < 17): the last token tensor
+    reached from a ReduceMean over the channel axis of a token tensor through :data:`NORM_OPS`
+    whose other operands are constants (mean, centring, Pow 2, variance, eps, Sqrt, Div, scale,
+    shift)."""
+    g = model.graph
+    readers = consumers(g)
+    live = input_dependent(g)
+    order = {o: i for i, n in enumerate(g.node) for o in n.output}
+    ends: set[str] = set()
+    for n in g.node:
+        if not n.input or n.input[0] not in tokens:
+            continue
+        if n.op_type == "LayerNormalization":
+            ends.add(n.output[0])
+        elif n.op_type == "ReduceMean" and _reduce_axes(g, n, 3) == {2}:
+            x, reached, stack = n.input[0], {n.output[0]}, [n.output[0]]
+            while stack:
+                for i in readers.get(stack.pop(), []):
+                    m = g.node[i]
+                    if m.op_type in NORM_OPS and all(
+                            v in reached or v == x or v not in live for v in m.input if v):
+                        new = [o for o in m.output if o and o not in reached]
+                        reached.update(new)
+                        stack += new
+            inside = [t for t in reached if t in tokens]
+            if inside:
+                ends.add(max(inside, key=order.__getitem__))
+    return sorted(ends, key=order.__getitem__)
+
+
+def _default(model: onnx.ModelProto, info: dict[str, TensorInfo], layers: list[CandidateLayer]
+             ) -> CandidateLayer:
+    """The default CAM layer among ``layers`` (see :func:`default_layer`)."""
     if not layers:
-        raise BlackboxError("the model has no 4-D feature map (N, C, H, W or N, H, W, C) on the "
-                            "path to its outputs: CAM methods need a convolutional layer")
+        raise BlackboxError("the model has no 4-D feature map (N, C, H, W or N, H, W, C) nor "
+                            "token grid (N, tokens, C) on the path to its outputs: CAM methods "
+                            "need a convolutional or vision-transformer layer")
+    tokens = [c for c in layers if c.layout == "tokens"]
+    if tokens:
+        g = model.graph
+        live = input_dependent(g)
+        attention = [n.output[0] for n in g.node if n.op_type == "Softmax"
+                     and n.output[0] in live and len(info[n.output[0]].shape or ()) >= 3]
+        norms = norm_outputs(model, {c.name for c in tokens})
+        if attention:
+            before = {o for i in needed_nodes(g, attention[-1:]) for o in g.node[i].output}
+            norms = [t for t in norms if t in before]
+        named = {c.name: c for c in tokens}
+        if norms:
+            return named[norms[-1]]
+        layers = tokens
     pooled = [c for c in layers if c.feeds_pooling]
     return (pooled or layers)[-1]
 
 
 def default_layer(model: onnx.ModelProto) -> str:
-    """The CAM layer: the last candidate feeding the global pooling, else the last candidate."""
-    return _default(candidate_layers(model)).name
+    """The CAM layer.
+
+    For a vision transformer (token layers): the output of the LayerNorm that feeds the last
+    attention block (its first LayerNorm: pytorch-grad-cam's ``blocks[-1].norm1``), since the
+    class token read after the last block no longer mixes the patch tokens; without attention,
+    the last LayerNorm output, then the last token layer. Otherwise the last candidate feeding
+    the global pooling, else the last candidate.
+    """
+    return feature_map(model).name
 
 
 def _dims(shape: tuple[Dim, ...]) -> str:
     return "x".join("?" if d is None else str(d) for d in shape)
 
 
-def _why_not(t: TensorInfo, layouts: dict[str, Layout]) -> str:
+def _why_not(t: TensorInfo, layouts: dict[str, Layout], counts: set[int]) -> str:
     """Why tensor ``t`` is not a candidate layer, in a few words."""
     shape = "?" if t.shape is None else _dims(t.shape)
     if t.op is None:
         return "is a graph input, not a feature map"
     if t.shape is None:
         return "has an unknown rank"
+    if _attention_like(t.shape, counts):
+        return (f"({shape}) is laid out like an attention tensor (token axes other than "
+                "(N, tokens, C)), not a feature map")
     if len(t.shape) != 4:
-        return f"is {len(t.shape)}-D ({shape}), not a 4-D feature map"
+        return f"is {len(t.shape)}-D ({shape}), not a 4-D feature map nor a token grid"
     if t.elem_type not in FLOAT_TYPES:
         return f"({shape}) is not a float tensor"
     if t.name not in layouts:
         return f"({shape}) is 4-D but the graph does not establish its layout (NCHW or NHWC)"
     if _spatial(t.shape, layouts[t.name]) == (1, 1):
         return f"({shape}, {layouts[t.name]}) has no spatial extent"
-    return f"({shape}) is a constant or does not lead to the outputs"
+    return f"({shape}) is a constant, has no batch axis first or does not lead to the outputs"
+
+
+def describe_layout(layer: CandidateLayer) -> str:
+    """The layout in words: NCHW, NHWC, or tokens with the grid (``tokens 1+4x4``)."""
+    if layer.grid is None:
+        return layer.layout
+    return f"tokens {layer.grid.extra}+{layer.grid.h}x{layer.grid.w}"
 
 
 def feature_map(model: onnx.ModelProto, name: str | None = None) -> CandidateLayer:
     """The candidate layer ``name`` (default: :func:`default_layer`'s), or a one-line error.
 
     Raises :class:`UnknownNameError` (with close matches) for a name the graph lacks, and
-    :class:`NotAFeatureMapError` listing a few candidates for a tensor that is not a spatial
-    feature map of known layout: a CAM is never computed on misread axes.
+    :class:`NotAFeatureMapError` listing a few candidates for a tensor that is not a feature map
+    of known layout (attention tensors included): a CAM is never computed on misread axes.
     """
     info = tensor_info(model)
     layouts = tensor_layouts(model, info)
-    layers = _candidates(model, info, layouts)
+    grids = token_grids(model, info)
+    layers = _candidates(model, info, layouts, grids)
     if name is None:
-        return _default(layers)
+        return _default(model, info, layers)
     resolve_tensor(model, name)
     found = next((c for c in layers if c.name == name), None)
     if found is not None:
         return found
     shown = []
     if layers:
-        best = _default(layers)
+        best = _default(model, info, layers)
         shown = [best] + [c for c in reversed(layers) if c != best][:3]
-    listed = ", ".join(f"{c.name} ({c.layout} {_dims(c.shape)})" for c in shown)
-    raise NotAFeatureMapError(f"layer {name!r} {_why_not(info[name], layouts)}; CAM layers: "
-                              f"{listed or 'none (the model has no spatial feature map)'}")
+    listed = ", ".join(f"{c.name} ({describe_layout(c)} {_dims(c.shape)})" for c in shown)
+    counts = {grid.tokens for grid in grids.values()}
+    raise NotAFeatureMapError(f"layer {name!r} {_why_not(info[name], layouts, counts)}; CAM "
+                              f"layers: {listed or 'none (the model has no feature map)'}")

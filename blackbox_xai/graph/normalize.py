@@ -10,7 +10,11 @@ ops changed meaning since (Slice, Upsample, Squeeze, ReduceMean), and shapes nob
    (the caller must check the result computes the same function: :func:`blackbox_xai.runtime.
    verify_same_function`; when the converter fails, the original opset is kept and
    :attr:`Normalized.problem` says why graph methods cannot run);
-3. every tensor's rank and as much of its shape as can be known: ONNX shape inference with data
+3. integer shape plumbing computed from constants alone folded into ``Constant`` nodes
+   (:func:`fold_shape_constants`: PyTorch's legacy exporter computes e.g. ``unflatten``'s
+   axis with a ``Mod`` that data propagation cannot follow, leaving attention tensors of
+   unknown rank);
+4. every tensor's rank and as much of its shape as can be known: ONNX shape inference with data
    propagation, then a rank pass of our own for what it leaves unknown (Gemm, Flatten, MatMul,
    Reshape with a shape of known length, element-wise ops, declared outputs).
 
@@ -22,8 +26,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
+from onnx.reference import ReferenceEvaluator
 
 from .io import copy_model, infer_shapes
 
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum axes as inputs, Softmax on one axis
 MIN_IR = 7  # the IR version that opset 13 came with
+FOLD_MAX_ELEMENTS = 1024  # folded constants are shape plumbing: small integer tensors
 
 # Ops whose output has the rank of their (first) input.
 _SAME_RANK = frozenset((
@@ -94,6 +101,9 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     for o in out.graph.output:  # exporters write rank 0 for "unknown": let inference say
         if _rank_of(o) == 0:
             o.type.tensor_type.ClearField("shape")
+    folded = fold_shape_constants(out)
+    if folded:
+        changes.append(f"{folded} constant shape computations folded")
     out = infer_shapes(out)
     added = complete_ranks(out)
     if added:
@@ -108,6 +118,75 @@ def _drop_initializer_inputs(g: onnx.GraphProto) -> None:
     if len(kept) != len(g.input):
         del g.input[:]
         g.input.extend(kept)
+
+
+def fold_shape_constants(model: onnx.ModelProto) -> int:
+    """Replace each node whose inputs are all constants and whose outputs are small integer or
+    boolean tensors by ``Constant`` nodes with those values (in place; returns how many).
+
+    Only main-graph, default-domain, deterministic nodes without subgraphs are folded, in
+    topological order, so chains (Constant -> Mod -> Reshape -> Slice ends) fold completely.
+    Float computations are left alone: they are weights, not shapes, and their rank is known.
+    """
+    g = model.graph
+    inputs = {i.name for i in g.input}  # an initializer that is also an input can be fed
+    values: dict[str, np.ndarray] = {
+        t.name: numpy_helper.to_array(t) for t in g.initializer
+        if t.data_location != onnx.TensorProto.EXTERNAL and t.data_type in _INT_TYPES
+        and t.name not in inputs}
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    nodes: list[onnx.NodeProto] = []
+    folded = 0
+    for n in g.node:
+        outs = None if n.op_type == "Constant" else _fold(n, values, opset)
+        if outs is None:
+            nodes.append(n)
+            v = next((a.t for a in n.attribute if a.name == "value"), None)
+            if n.op_type == "Constant" and v is not None and v.data_type in _INT_TYPES:
+                values[n.output[0]] = numpy_helper.to_array(v)
+            continue
+        for k, (name, o) in enumerate(outs.items()):  # one Constant per output
+            nodes.append(helper.make_node("Constant", [], [name],
+                                          name=f"{n.name}_{k}" if n.name and k else n.name,
+                                          value=numpy_helper.from_array(o, name)))
+            values[name] = o
+        folded += 1
+    if folded:
+        del g.node[:]
+        g.node.extend(nodes)
+    return folded
+
+
+def _fold(n: onnx.NodeProto, values: dict[str, np.ndarray], opset: list[onnx.OperatorSetIdProto]
+          ) -> dict[str, np.ndarray] | None:
+    """The outputs of ``n`` computed from the constant ``values``, or None when it is not
+    foldable (see :func:`fold_shape_constants`)."""
+    ins = [x for x in n.input if x]
+    if (n.domain not in ("", "ai.onnx") or n.op_type in _NOT_FOLDED or not ins
+            or not all(x in values for x in ins)
+            or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for a in n.attribute)):
+        return None
+    names = [o for o in n.output if o]
+    one = helper.make_graph(
+        [n], "fold",
+        [helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(values[x].dtype),
+                                       values[x].shape) for x in dict.fromkeys(ins)],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in names])
+    try:
+        outs = ReferenceEvaluator(helper.make_model(one, opset_imports=opset)).run(
+            None, {x: values[x] for x in ins})
+    except Exception:  # an op the reference evaluator lacks: leave it to the runtime
+        return None
+    outs = [np.asarray(o) for o in outs]
+    if not all(o.dtype.kind in "iub" and o.size <= FOLD_MAX_ELEMENTS for o in outs):
+        return None
+    return dict(zip(names, outs))
+
+
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
+_NOT_FOLDED = frozenset(("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                         "Multinomial", "Bernoulli", "If", "Loop", "Scan"))
 
 
 def _rank_of(v: onnx.ValueInfoProto | onnx.TypeProto | None) -> int | None:

@@ -7,7 +7,9 @@ they weight (:class:`Weights`, the map is ``sum_k w_k A_k``) or, where that is t
 ``BaseCAM`` but without hooks, does everything else once: it resolves the layer (its layout
 comes from the graph, :func:`~blackbox_xai.graph.inspect.feature_map`; NHWC tensors are
 transposed to (k, h, w) before any weight is computed, and back where a method feeds the
-graph), fetches ``A`` (and ``g``) in one pass from the graph the method's ``source`` names,
+graph; a vision transformer's token tensor (N, extra + h*w, C) is read as (C, h, w) with the
+class/distillation tokens dropped, as pytorch-grad-cam's ViT ``reshape_transform`` does, for
+activations and gradients alike), fetches ``A`` (and ``g``) in one pass from the graph the method's ``source`` names,
 applies the weights, ReLUs where the method's definition has it, upsamples bilinearly to the
 input size, and builds the :class:`~blackbox_xai.registry.Attribution` with the extras
 ``layer``, ``layout``, ``cam`` (the map at the layer's resolution) and ``weights``.
@@ -38,8 +40,9 @@ QueryFn = Callable[[Array], Array]
 #: where a CAM method's tensors come from: the model with the layer exposed (A), its backward
 #: graph (A and g = dy_target/dA), or the model cut at the layer (A, and the rest as a head)
 Source = Literal["activation", "gradient", "head"]
-LAYER_HELP = ("the 4-D feature map to explain (`bbx layers MODEL` lists them); default: the "
-              "last one feeding global pooling.")
+LAYER_HELP = ("the feature map or token layer to explain (`bbx layers MODEL` lists them); "
+              "default: the last one feeding global pooling (vision transformers: the "
+              "LayerNorm before the last attention).")
 
 
 def resolve_layer(ctx: Context, layer: str | None) -> CandidateLayer:
@@ -55,14 +58,28 @@ def resolve_layer(ctx: Context, layer: str | None) -> CandidateLayer:
     return ctx.model.memo[key]
 
 
-def channels_first(a: Array, layout: Layout) -> Array:
-    """A batch of activations or gradients (N, ...) in ``layout`` as (N, k, h, w)."""
-    return a.transpose(0, 3, 1, 2) if layout == "NHWC" else a
+def channels_first(a: Array, layer: CandidateLayer) -> Array:
+    """A batch of activations or gradients (N, ...) laid out as ``layer`` as (N, k, h, w).
+
+    Tokens (N, e + h*w, C): the e extra tokens are dropped and the grid is unflattened
+    row-major, A[n, c, i, j] = T[n, e + i w + j, c].
+    """
+    if layer.grid is not None:
+        g = layer.grid
+        return a[:, g.extra:].reshape(len(a), g.h, g.w, -1).transpose(0, 3, 1, 2)
+    return a.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else a
 
 
-def channels_back(a: Array, layout: Layout) -> Array:
-    """The inverse of :func:`channels_first`: (N, k, h, w) back to the layer's ``layout``."""
-    return a.transpose(0, 2, 3, 1) if layout == "NHWC" else a
+def channels_back(a: Array, layer: CandidateLayer, extra: Array | None = None) -> Array:
+    """The inverse of :func:`channels_first`: (N, k, h, w) back to the layer's layout; for
+    tokens, ``extra`` (N or 1, e, C) are the extra tokens put back in front (required)."""
+    if layer.grid is not None:
+        if extra is None:
+            raise InternalError("channels_back: a token layer needs its extra tokens")
+        tokens = a.transpose(0, 2, 3, 1).reshape(len(a), -1, a.shape[1])
+        front = np.broadcast_to(extra, (len(a), *extra.shape[1:])).astype(a.dtype)
+        return np.concatenate([front, tokens], axis=1)
+    return a.transpose(0, 2, 3, 1) if layer.layout == "NHWC" else a
 
 
 def _cut(model: Any, layer: str) -> tuple[Any, Any, list[str]]:
@@ -94,7 +111,8 @@ class CamInput:
 
     @cached_property
     def _fetched(self) -> tuple[Array, Array | None, dict[str, Array]]:
-        """A (k, h, w), g (k, h, w) or None, and the other tensors the head reads (N = 1)."""
+        """A (k, h, w), g (k, h, w) or None, and the other tensors the head reads (N = 1),
+        with the layer's own raw value under its name."""
         model, name = self.ctx.model, self.layer.name
         if self.source == "gradient":
             acts, grads = self.gradients(self.x[None])
@@ -103,9 +121,9 @@ class CamInput:
             features, _, names = _cut(model, name)
             values = dict(zip(names, model.run_batched(features, {model.input.name: self.x[None]},
                                                        names)))
-            return channels_first(values.pop(name), self.layer.layout)[0], None, values
+            return channels_first(values[name], self.layer)[0], None, values
         _, act = model.layer_activation(self.x[None], name)
-        return channels_first(act, self.layer.layout)[0], None, {}
+        return channels_first(act, self.layer)[0], None, {}
 
     def _require(self, source: Source, what: str) -> None:
         if self.source != source:
@@ -129,17 +147,19 @@ class CamInput:
         self._require("gradient", "gradients")
         _, act, grad = self.ctx.model.layer_gradient(xs, self.target, self.layer.name,
                                       self.ctx.progress)
-        return channels_first(act, self.layer.layout), channels_first(grad, self.layer.layout)
+        return channels_first(act, self.layer), channels_first(grad, self.layer)
 
     def head(self, acts: Array) -> Array:
         """Scores (n, K) of the model's head run on layer activations (n, k, h, w); any other
-        tensor the head reads (a skip connection over the cut) keeps its value at ``x``
-        (``source="head"``)."""
+        tensor the head reads (a skip connection over the cut) and a token layer's extra
+        tokens keep their values at ``x`` (``source="head"``)."""
         self._require("head", "the head")
         model, name = self.ctx.model, self.layer.name
         n = len(acts)
-        feeds = {h: np.repeat(v, n, axis=0) for h, v in self._fetched[2].items()}
-        feeds[name] = channels_back(acts, self.layer.layout)
+        own = self._fetched[2][name]
+        extra = own[:, :self.layer.grid.extra] if self.layer.grid is not None else None
+        feeds = {h: np.repeat(v, n, axis=0) for h, v in self._fetched[2].items() if h != name}
+        feeds[name] = channels_back(acts, self.layer, extra)
         (scores,) = model.run_batched(_cut(model, name)[1], feeds, [model.scores_output()],
                                       progress=self.ctx.progress)
         return scores.reshape(n, -1)

@@ -102,8 +102,12 @@ def build(case: Case) -> onnx.ModelProto:
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A one-thread CPU session without ORT's fusions (LayerNorm, Gelu...: they apply to the
+    forward model but not to the backward graph, which reads the intermediate tensors, so the
+    two would compute the forward output with different roundings)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -732,6 +736,141 @@ def resize_cases() -> dict[str, Case]:
     }
 
 
+def transformer_cases() -> dict[str, Case]:
+    """The op patterns of ViT/DeiT/Swin exports (torch legacy exporter opsets 14-17, dynamo 18),
+    each as a small multi-op model; the whole exports are checked in test_transformers.py."""
+    i64 = lambda *v: np.array(v, np.int64)
+    n, t, c, heads = 2, 5, 4, 2
+    dh = c // heads
+    ln = [  # the legacy exporter's LayerNorm below opset 17
+        node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+        node("Sub", ["x", "mu"], ["xc"]),
+        node("Pow", ["xc", "two"], ["sq"]),
+        node("ReduceMean", ["sq"], ["var"], axes=[-1]),
+        node("Add", ["var", "eps"], ["ve"]),
+        node("Sqrt", ["ve"], ["sd"]),
+        node("Div", ["xc", "sd"], ["xh"]),
+        node("Mul", ["xh", "gamma"], ["xg"]),
+        node("Add", ["xg", "beta"]),
+    ]
+    attention = [  # softmax(q k^T * scale) v on (N, heads, T, d), both operands reached
+        node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        node("MatMul", ["q", "kt"], ["s"]),
+        node("Mul", ["s", "scale"], ["ss"]),
+        node("Add", ["ss", "bias"], ["sb"]),
+        node("Softmax", ["sb"], ["p"], axis=-1),
+        node("MatMul", ["p", "v"]),
+    ]
+    dynamic_reshape = [  # (N, T, C) -> (N, T, heads, d) with N read at run time, -> (N, h, T, d)
+        node("Shape", ["x"], ["shp"]),
+        node("Gather", ["shp", "zero"], ["nb"], axis=0),
+        node("Unsqueeze", ["nb", "ax0"], ["nb1"]),
+        node("Concat", ["nb1", "rest"], ["target"], axis=0),
+        node("Reshape", ["x", "target"], ["r"]),
+        node("Transpose", ["r"], perm=[0, 2, 1, 3]),
+    ]
+    class_token = [  # cat(expand(cls, (N, 1, C)), patches) then read token 0 (the head's input)
+        node("Shape", ["x"], ["shp"]),
+        node("Gather", ["shp", "zero1"], ["nb"], axis=0),
+        node("Concat", ["nb", "one_c"], ["ecs"], axis=0),
+        node("Expand", ["cls", "ecs"], ["clsn"]),
+        node("Concat", ["clsn", "x"], ["tok"], axis=1),
+        node("Mul", ["tok", "tok"], ["sq"]),
+        node("Gather", ["sq", "zero"], axis=1),
+    ]
+    mha_unflatten = [  # nn.MultiheadAttention's in-projection split, legacy export
+        node("Reshape", ["x", "tnc3"], ["r"]),  # (T, N, 3 C) -> (T, N, 3, C)
+        node("Unsqueeze", ["r", "ax0"], ["u"]),
+        node("Transpose", ["u"], ["tr"], perm=[3, 1, 2, 0, 4]),
+        node("Squeeze", ["tr", "axm2"], ["sq"]),  # (3, T, N, C)
+        node("Gather", ["sq", "zero"], ["q"], axis=0),
+        node("Gather", ["sq", "one"], ["k"], axis=0),
+        node("Gather", ["sq", "two_i"], ["v"], axis=0),
+        node("Mul", ["q", "k"], ["qk"]),
+        node("Add", ["qk", "v"]),
+    ]
+    timm_unbind = [  # timm: qkv (3, N, h, T, d) split on axis 0 and squeezed
+        node("Split", ["x"], ["s0", "s1", "s2"], axis=0, num_outputs=3),
+        node("Squeeze", ["s0", "ax0"], ["q"]),
+        node("Squeeze", ["s1", "ax0"], ["k"]),
+        node("Squeeze", ["s2", "ax0"], ["v"]),
+        node("Mul", ["q", "k"], ["qk"]),
+        node("Sub", ["qk", "v"]),
+    ]
+    roll = [  # torch.roll(x, (-1, -2), (1, 2)) on (N, H, W, C): Slice + Concat per axis
+        node("Slice", ["x", "s1", "e1", "a1"], ["h0"]),
+        node("Slice", ["x", "s0", "s1", "a1"], ["h1"]),
+        node("Concat", ["h0", "h1"], ["rh"], axis=1),
+        node("Slice", ["rh", "s2", "e1", "a2"], ["w0"]),
+        node("Slice", ["rh", "s0", "s2", "a2"], ["w1"]),
+        node("Concat", ["w0", "w1"], ["rw"], axis=2),
+        node("Mul", ["rw", "m"]),
+    ]
+    rel_pos_bias = [  # Swin: table[index] -> (T, T, heads) -> (heads, T, T) added to the logits
+        node("Gather", ["table", "idx"], ["b"], axis=0),
+        node("Reshape", ["b", "ttn"], ["b3"]),
+        node("Transpose", ["b3"], ["bt"], perm=[2, 0, 1]),
+        node("Unsqueeze", ["bt", "ax0"], ["bu"]),
+        node("Add", ["s", "bu"]),
+    ]
+    window_pad = [  # Swin pads (N, H, W, C) to a multiple of the window, then crops back
+        node("Pad", ["x", "pads"], ["xp"]),
+        node("Mul", ["xp", "xp"], ["sq"]),
+        node("Slice", ["sq", "s0", "hw", "a12"]),
+    ]
+    gelu_erf = [  # the legacy exporter's exact GELU: x * 0.5 * (1 + erf(x / sqrt 2))
+        node("Div", ["x", "sqrt2"], ["xs"]),
+        node("Erf", ["xs"], ["er"]),
+        node("Add", ["er", "one_f"], ["e1"]),
+        node("Mul", ["x", "e1"], ["xe"]),
+        node("Mul", ["xe", "half"]),
+    ]
+    idx = np.random.default_rng(5).integers(0, 7, (t * t,))
+    return {
+        "vit_layernorm_decomposed_opset14": Case(
+            ln, {"x": rand(n, t, c)},
+            {"two": np.array(2.0), "eps": np.array(1e-5), "gamma": rand(c), "beta": rand(c)},
+            opset=14),
+        "vit_attention_4d_matmul_softmax": Case(
+            attention,
+            {"q": rand(n, heads, t, dh), "k": rand(n, heads, t, dh) * 1.3,
+             "v": rand(n, heads, t, dh) - 0.2},
+            {"scale": np.array(dh ** -0.5), "bias": rand(1, heads, t, t)},
+            wrt=["q", "k", "v"]),
+        "vit_reshape_runtime_shape": Case(
+            dynamic_reshape, {"x": rand(n, t, c)},
+            {"zero": np.array(0, np.int64), "ax0": i64(0), "rest": i64(t, heads, dh)},
+            symbolic={"x": [0]}),
+        "vit_class_token_expand_concat_gather": Case(
+            class_token, {"x": rand(n, t - 1, c), "cls": rand(1, 1, c)},
+            {"zero1": i64(0), "one_c": i64(1, c), "zero": np.array(0, np.int64)},
+            wrt=["x", "cls"], symbolic={"x": [0]}),
+        "vit_mha_in_projection_unflatten": Case(
+            mha_unflatten, {"x": rand(t, n, 3 * c)},
+            {"tnc3": i64(t, n, 3, c), "ax0": i64(0), "axm2": i64(-2),
+             "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+             "two_i": np.array(2, np.int64)}),
+        "deit_qkv_split_squeeze_opset18": Case(
+            timm_unbind, {"x": rand(3, n, heads, t, dh)}, {"ax0": i64(0)}, opset=18),
+        "swin_roll_slice_concat": Case(
+            roll, {"x": rand(n, 4, 5, c)},
+            {"s0": i64(0), "s1": i64(1), "s2": i64(2), "e1": i64(np.iinfo(np.int64).max),
+             "a1": i64(1), "a2": i64(2), "m": rand(4, 5, c)}),
+        "swin_relative_position_bias_gather": Case(
+            rel_pos_bias, {"table": rand(7, heads), "s": rand(n, heads, t, t)},
+            {"idx": idx.astype(np.int64), "ttn": i64(t, t, heads), "ax0": i64(0)},
+            wrt=["table", "s"]),
+        "swin_window_pad_crop": Case(
+            window_pad, {"x": rand(n, 3, 3, c)},
+            {"pads": i64(0, 0, 0, 0, 0, 1, 1, 0), "s0": i64(0, 0), "hw": i64(3, 3),
+             "a12": i64(1, 2)}),
+        "vit_gelu_erf_f32": Case(
+            gelu_erf, {"x": f32(rand(n, t, c) * 2)},
+            {"sqrt2": np.float32(np.sqrt(2)), "one_f": np.float32(1), "half": np.float32(0.5)},
+            kind="f32"),
+    }
+
+
 ALL = {
     **symbolic_cases(),
     **conv_cases(),
@@ -742,6 +881,7 @@ ALL = {
     **reduce_cases(),
     **shape_cases(),
     **resize_cases(),
+    **transformer_cases(),
 }
 
 
