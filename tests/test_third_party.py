@@ -1,0 +1,65 @@
+"""Real third-party exports (tests/third_party/, see LICENSES.md there): predictions with the
+files' own preprocessing, input gradients against finite differences, integrated-gradients
+completeness, and one-line refusals of the files that are not image classifiers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import EXAMPLES, ROOT
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.errors import ModelInputError
+from blackbox_xai.model import one_hot
+from blackbox_xai.preprocess import Preprocessing
+
+FILES = ROOT / "tests" / "third_party"
+
+#: file, --output, expected top-1 on the cat photo (None: out of domain, any class),
+#: fp16 (finite differences of an fp16 forward are too coarse for a gradient check)
+CLASSIFIERS = [
+    ("wml_squeezenet11_fp16_caffe2.onnx", None, {281, 282, 285}, True),  # Caffe2, IR 3, opset 7
+    ("wml_mnist_cntk.onnx", None, None, False),  # CNTK 2.5.1, IR 3, opset 7, 1 channel
+    ("wml_cifar10_pytorch17.onnx", None, {3}, False),  # PyTorch 1.7, opset 10: "cat"
+    ("ppocr_mobile_v2_cls.onnx", None, None, False),  # old paddle2onnx, opset 11
+    ("mtcnn_onet_keras2onnx.onnx", "softmax_2", None, False),  # keras2onnx, NHWC, 3 outputs
+]
+
+
+def prepared(model):
+    pre = Preprocessing.for_model(model.path, model.input.chw[1:])
+    return pre.prepare(EXAMPLES / "cat.jpg", model.input.channels).tensor
+
+
+@pytest.mark.parametrize("name, output, top1, fp16", CLASSIFIERS, ids=[c[0] for c in CLASSIFIERS])
+def test_third_party_classifier_gradients(name, output, top1, fp16):
+    model = load_model(FILES / name, output=output, device="cpu")
+    assert model.graph_problem is None  # old opsets and IR 3 were normalised for the graph
+    x = prepared(model)
+    scores = model(x[None])[0]
+    target = int(scores.argmax())
+    if top1 is not None:
+        assert target in top1
+    ig = explain(model, x, "integrated-gradients", steps=16, target=target)
+    gap = abs(ig.extras["completeness_gap"]) / abs(ig.extras["score_difference"])
+    assert np.isfinite(ig.map).all() and gap < 0.06
+    if fp16:
+        return
+    _, g = model.input_gradient(x[None], one_hot(1, model.num_classes, target))
+    v = g[0] / np.linalg.norm(g[0])  # the steepest direction: far above float32 rounding
+    eps = 1e-3 * float(np.linalg.norm(x))
+    up, down = (model((x + s * eps * v)[None])[0, target] for s in (1, -1))
+    fd = (up - down) / (2 * eps)
+    assert fd == pytest.approx(float((g[0] * v).sum()), rel=0.03)
+    cam = explain(model, x, "gradcam", target=target).map
+    assert np.isfinite(cam).all() and cam.max() > cam.min()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("ppocrv4_det.onnx", "not class scores"),  # paddle2onnx text detector: (N, 1, H, W)
+    ("mtcnn_pnet_keras2onnx.onnx", "--output NAME"),  # fully convolutional, two spatial outputs
+    ("silero_vad_16k_op15.onnx", "an image model has one"),  # audio, three inputs
+])
+def test_third_party_files_that_are_not_classifiers_are_refused(name, message):
+    with pytest.raises(ModelInputError, match=message):
+        load_model(FILES / name, device="cpu")
