@@ -61,9 +61,21 @@ def remember(table: str, key: str, value: object) -> None:
         except (OSError, ValueError):
             entries = {}
         entries[key] = value
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_cache_file(path, json.dumps(entries, indent=1, sort_keys=True).encode())
     except OSError as e:
         log.warning("cannot write the cache %s (%s)", path, e.strerror or e)
+
+
+def write_cache_file(path: Path, data: bytes) -> None:
+    """Replace a cache file atomically (a temporary file beside it, then a rename), so that a
+    concurrent reader sees the old or the new entry, never half of one. User-facing outputs go
+    through :class:`blackbox_xai.outputs.OutputPlan` instead."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -11,14 +11,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 from onnx import helper, shape_inference
 
+from ..cache import write_cache_file
 from ..errors import BlackboxError, UnknownNameError, did_you_mean
 from .inspect import node_inputs
 from .io import copy_model
@@ -120,7 +119,7 @@ def backward_cached(
         result = backward(src, wrt, output, evaluate=evaluate).SerializeToString()
         if path is not None:
             try:
-                _atomic_write(path, result)
+                write_cache_file(path, result)
             except OSError as e:
                 log.warning("backward-graph cache %s is not writable (%s): not cached",
                             path.parent, e.strerror or e)
@@ -136,24 +135,12 @@ def _read_cached(path: Path) -> bytes | None:
         data = path.read_bytes()
         if not onnx.load_from_string(data).graph.node:
             return None  # an empty file parses as an empty model
-    except Exception:  # OSError, protobuf's DecodeError (no public base class)
+    except Exception:  # noqa: BLE001 - OSError, protobuf DecodeError (no public base)
         if path.exists():
             log.info("backward-graph cache entry %s is unreadable: rebuilding it", path.name)
         return None
     log.debug("backward graph read from %s", path)
     return data
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
