@@ -29,13 +29,18 @@ from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.io import load
 from .graph.normalize import declare_output_shapes, default_opset, normalize
+from .graph.perturbation import Kind, perturbation_graph
 from .runtime import (
     CPU,
     CUDA,
     ONNX_FLOAT_TYPES,
     Device,
+    batch_limit,
     create_session,
+    cuda_free_memory,
     evaluate,
+    input_budget,
+    ort_value,
     run,
     verify_batch_dynamic,
     verify_same_function,
@@ -49,7 +54,6 @@ __all__ = ["CPU", "CUDA", "Device", "InputSpec", "Model", "ScoreKind", "load_mod
 ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
-_MAX_AUTO_BATCH_BYTES = 512 * 2**20
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
 _ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -159,12 +163,19 @@ class Model:
         dynamic_batch: make a fixed batch axis dynamic (verified in ONNX Runtime, batch 1 vs 2)
             so queries run in full batches; when the graph does not allow it, inputs are fed
             one fixed-size chunk at a time.
+        io_binding: run through ONNX Runtime's IO binding, inputs and outputs as OrtValues in
+            the device's memory (same outputs as plain runs); None: on CUDA only.
+        perturb_in_graph: let occlusion, RISE, LIME and Shapley send mask parameters and apply
+            them inside a rewritten graph (:meth:`perturbed_scores`; same inputs to the model
+            as the host path); None: on CUDA only, where the graph allows it. Needs a dynamic
+            batch axis and a graph that can be rewritten.
     """
 
     def __init__(self, path: str | os.PathLike, *, device: Device = "auto",
                  score: ScoreKind = "logit", output: str | None = None,
                  batch_size: int | Literal["auto"] = "auto", layout: Layout | None = None,
-                 threads: int | None = None, dynamic_batch: bool = True) -> None:
+                 threads: int | None = None, dynamic_batch: bool = True,
+                 io_binding: bool | None = None, perturb_in_graph: bool | None = None) -> None:
         if score not in ("logit", "prob", "logprob"):
             raise ModelInputError(f"score={score!r}: use 'logit', 'prob' or 'logprob'")
         if threads is not None and not (isinstance(threads, int) and threads >= 1):
@@ -187,6 +198,15 @@ class Model:
         self.session, self.provider = create_session(
             forward.SerializeToString() if changed else str(self.path), device, threads)
         log.info("model %s: provider %s", self.path.name, self.provider)
+        on_cuda = self.provider.startswith(CUDA)
+        self.io_binding = on_cuda if io_binding is None else bool(io_binding)
+        why_not = self.graph_problem or (self.input.batch is not None and
+                                         f"its batch axis is fixed at {self.input.batch}")
+        if perturb_in_graph and why_not:
+            raise ModelInputError(f"perturb_in_graph=True: the model cannot take perturbations "
+                                  f"inside its graph ({why_not})")
+        self.perturb_in_graph = (on_cuda and not why_not) if perturb_in_graph is None \
+            else bool(perturb_in_graph)
         self.n_queries = 0
         self._batch_size: int | None = None
         self.set_batch_size(batch_size)
@@ -433,6 +453,24 @@ class Model:
                                                     self.threads, generated="rewritten graph")
         return self._sessions[key]
 
+    def perturbed_scores(self, kind: Kind, feeds: Mapping[str, npt.NDArray],
+                         constants: Mapping[str, npt.NDArray], progress=None
+                         ) -> npt.NDArray[np.float32]:
+        """Scores (n, K) of inputs perturbed inside the graph: ``feeds`` holds per-row mask
+        parameters of ``kind``, ``constants`` the image, the baseline and the kind's shared
+        tensors (sent once per run; see :func:`~blackbox_xai.graph.perturbation.
+        perturbation_graph`). Same scores as ``self(blend(...))`` on the same masks."""
+        def build() -> onnx.ModelProto:
+            proto = self.graph()
+            if self.logits_name != self.output_name:
+                proto = expose(proto, [self.logits_name])
+            return perturbation_graph(proto, self.input.name, kind, layout=self.input.layout)
+
+        session = self.derived(("perturb", kind), build)
+        (logits,) = self.run_batched(session, feeds, [self.logits_name], progress=progress,
+                                     constants=constants)
+        return self._scores(logits.reshape(len(logits), -1))
+
     def session_for(self, key: str, proto: onnx.ModelProto) -> ort.InferenceSession:
         """A cached session for a rewritten graph of this model, on the same device."""
         return self.derived(key, lambda: proto)
@@ -458,22 +496,27 @@ class Model:
         if batch_size == "auto":
             self._batch_size = self.input.batch  # a fixed-batch model has no choice
         elif isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
-            limit = max(1, _MAX_AUTO_BATCH_BYTES // (int(np.prod(self.example_chw())) * 4))
+            item = int(np.prod(self.example_chw())) * 4
+            limit = max(1, input_budget(self.provider, self._free_device_memory()) // item)
             if batch_size > limit and self.input.batch is None:
                 log.warning("batch size %d would hold %.1f GB of inputs per run: using %d",
-                            batch_size, batch_size * _MAX_AUTO_BATCH_BYTES / limit / 2**30, limit)
+                            batch_size, batch_size * item / 2**30, limit)
                 batch_size = limit
             self._batch_size = self.input.batch or batch_size
         else:
             raise ModelInputError(f"batch_size={batch_size!r}: use a positive integer or 'auto'")
 
+    def _free_device_memory(self) -> int | None:
+        return cuda_free_memory() if self.provider.startswith(CUDA) else None
+
     def probe_batch_size(self, max_batch: int | None = None) -> int:
-        """The batch size with the best measured throughput that fits in memory."""
+        """The batch size with the best measured throughput that fits in memory (on CUDA, the
+        input budget comes from the device's free memory: :func:`~blackbox_xai.runtime.batch_limit`)."""
         chw = self.example_chw()
-        per_item = int(np.prod(chw)) * 4
-        limit = max_batch or (256 if self.provider.startswith(CUDA) else 64)
+        limit = max_batch or batch_limit(self.provider, int(np.prod(chw)) * 4,
+                                          self._free_device_memory())
         best, best_rate, b, worse = 1, 0.0, 1, 0
-        while b <= limit and b * per_item <= _MAX_AUTO_BATCH_BYTES:
+        while b <= limit:
             x = np.random.default_rng(0).standard_normal((b, *chw), dtype=np.float32)
             feeds = {self.input.name: self._to_model_input(x)}
             try:
@@ -502,15 +545,23 @@ class Model:
         return np.ascontiguousarray(x, dtype=self.input.dtype)
 
     def run_batched(self, session: ort.InferenceSession, feeds: Mapping[str, npt.NDArray],
-                    output_names: Sequence[str], progress=None) -> list[npt.NDArray[np.float32]]:
+                    output_names: Sequence[str], progress=None,
+                    constants: Mapping[str, npt.NDArray] | None = None
+                    ) -> list[npt.NDArray[np.float32]]:
         """Run ``session`` on per-sample ``feeds`` (each (N, ...)) in chunks; count N queries.
 
         The one batching point. A feed named like the model's image input is taken in NCHW
         float32 and converted to the model's layout and dtype; other feeds (a backward graph's
-        seed, a head's activation) are cast to the session's declared dtype. Outputs are
-        concatenated along axis 0 as float32. Fixed-batch sessions get their last chunk padded.
+        seed, a head's activation) are cast to the session's declared float dtype (integer and
+        bool feeds are kept). ``constants`` go whole to every run (with IO binding, copied to
+        the device once). Outputs are concatenated along axis 0 as float32. Fixed-batch
+        sessions get their last chunk padded.
         """
-        types = {i.name: ONNX_FLOAT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        types = {i.name: ONNX_FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
+        fixed_feeds = {k: np.ascontiguousarray(v, dtype=types.get(k))
+                       for k, v in (constants or {}).items()}
+        if self.io_binding:
+            fixed_feeds = {k: ort_value(v, session) for k, v in fixed_feeds.items()}
         fixed = _dim(session.get_inputs()[0].shape[0]) if session.get_inputs()[0].shape else None
         if self.input.name in feeds:
             self._check_shape(feeds[self.input.name])
@@ -523,9 +574,9 @@ class Model:
             if fixed is not None and m < fixed:
                 part = {k: _pad(v, fixed) for k, v in part.items()}
             part = {k: self._to_model_input(v) if k == self.input.name
-                    else np.ascontiguousarray(v, dtype=types.get(k, np.float32))
+                    else np.ascontiguousarray(v, dtype=types.get(k))
                     for k, v in part.items()}
-            outs = run(session, output_names, part)
+            outs = run(session, output_names, {**part, **fixed_feeds}, io_binding=self.io_binding)
             for acc, o in zip(chunks, outs):
                 acc.append(np.asarray(o[:m], dtype=np.float32))
             self.n_queries += m
@@ -543,7 +594,10 @@ class Model:
         """Scores (N, K) of the inputs (N, C, H, W), of the model's ``score`` kind."""
         (logits,) = self.run_batched(self.session, {self.input.name: x}, [self.logits_name],
                                      progress=progress)
-        logits = logits.reshape(len(logits), -1)
+        return self._scores(logits.reshape(len(logits), -1))
+
+    def _scores(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Scores of the model's ``score`` kind from logits (N, K)."""
         if self.score == "logit":
             return logits
         if self.activation == "Sigmoid":

@@ -23,12 +23,17 @@ from onnx import helper
 from .errors import BlackboxError, DeviceError, InternalError, ModelLoadError, ModelRunError
 
 Device = Literal["auto", "cpu", "cuda"]
+Feed = npt.NDArray | ort.OrtValue
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                     "tensor(double)": np.float64}
 UNKNOWN_DIM = 32  # size used for probe runs along symbolic non-batch axes
+DEVICE_ENV = "BLACKBOX_XAI_DEVICE"  # what device="auto" means: "cpu", "cuda" or "auto" (default)
+CPU_INPUT_BUDGET = 512 * 2**20  # bytes of inputs one run may take on the CPU
+CUDA_INPUT_SHARE = 32  # on CUDA: 1/32 of the free device memory for inputs, the rest activations
+MAX_PROBE_BATCH = {CPU: 64, CUDA: 4096}
 
 # ONNX Runtime's C++ logger writes to stderr on its own (CUDA fallback, failed runs); every
 # failure reaches the user as one line through the exceptions below instead.
@@ -78,6 +83,17 @@ def _first_line(e: BaseException) -> str:
     return line
 
 
+def resolve_device(device: Device) -> Device:
+    """``device``, with ``"auto"`` replaced by ``$BLACKBOX_XAI_DEVICE`` when it is set (how a
+    whole test suite is moved to CUDA: ``BLACKBOX_XAI_DEVICE=cuda pytest``)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"device={device!r}: use 'auto', 'cpu' or 'cuda'")
+    forced = os.environ.get(DEVICE_ENV, "auto")
+    if forced not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"{DEVICE_ENV}={forced!r}: use 'auto', 'cpu' or 'cuda'")
+    return forced if device == "auto" else device
+
+
 def create_session(model: bytes | str, device: Device, threads: int | None, *,
                    generated: str | None = None) -> tuple[ort.InferenceSession, str]:
     """Create a session on the requested device; returns it and a note on the provider that runs.
@@ -85,8 +101,7 @@ def create_session(model: bytes | str, device: Device, threads: int | None, *,
     ``generated`` names a graph this package wrote (a backward graph...): if ONNX Runtime
     cannot load it, that is our bug (:class:`InternalError`), not a fault of the user's model.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeviceError(f"device={device!r}: use 'auto', 'cpu' or 'cuda'")
+    device = resolve_device(device)
     note = ""
     providers = [CPU]
     if device != "cpu":
@@ -114,19 +129,108 @@ def create_session(model: bytes | str, device: Device, threads: int | None, *,
     return sess, active + note
 
 
+def session_device(session: ort.InferenceSession) -> Literal["cpu", "cuda"]:
+    """Where ``session`` keeps its tensors: ``"cuda"`` when the CUDA provider runs it."""
+    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+
+
+def ort_value(array: npt.NDArray, session: ort.InferenceSession) -> ort.OrtValue:
+    """``array`` as an OrtValue in the memory of ``session``'s device (copied there once; on
+    the CPU it wraps the array without a copy), to bind to many runs."""
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), session_device(session), 0)
+
+
+def _run_bound(session: ort.InferenceSession, outputs: Sequence[str] | None,
+               feeds: Mapping[str, Feed]) -> list[npt.NDArray]:
+    """One run through IO binding: inputs as OrtValues on the session's device, outputs
+    allocated there and copied back once."""
+    device = session_device(session)
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if not isinstance(value, ort.OrtValue):
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
+        binding.bind_ortvalue_input(name, value)
+    for name in outputs if outputs is not None else [o.name for o in session.get_outputs()]:
+        binding.bind_output(name, device)
+    binding.synchronize_inputs()
+    session.run_with_iobinding(binding)
+    binding.synchronize_outputs()
+    return binding.copy_outputs_to_cpu()
+
+
+def _rows(value: Feed) -> int:
+    shape = value.shape() if isinstance(value, ort.OrtValue) else np.shape(value)
+    return int(shape[0]) if len(shape) else 1
+
+
 def run(session: ort.InferenceSession, outputs: Sequence[str] | None,
-        feeds: Mapping[str, npt.NDArray], what: str = "the model") -> list[npt.NDArray]:
+        feeds: Mapping[str, Feed], what: str = "the model", *, io_binding: bool = False
+        ) -> list[npt.NDArray]:
     """``session.run``, with ONNX Runtime's failures (a Reshape that fails at run time, an
-    allocation that cannot be satisfied) turned into one-line :class:`ModelRunError`."""
+    allocation that cannot be satisfied) turned into one-line :class:`ModelRunError`.
+
+    ``io_binding`` (implied by an OrtValue feed) binds the inputs and outputs in the memory of
+    the session's device (:func:`_run_bound`); same outputs as the plain run.
+    """
     try:
+        if io_binding or any(isinstance(v, ort.OrtValue) for v in feeds.values()):
+            return _run_bound(session, outputs, feeds)
         return session.run(None if outputs is None else list(outputs), dict(feeds))
     except Exception as e:  # ORT's pybind exceptions share no useful base class
-        rows = len(next(iter(feeds.values()))) if feeds else 0
+        rows = _rows(next(iter(feeds.values()))) if feeds else 0
         line = _first_line(e)
         memory = any(w in line.lower() for w in ("alloc", "memory", "bad_alloc"))
         hint = "; try a smaller --batch-size" if memory or rows > 1 else ""
         raise ModelRunError(f"ONNX Runtime failed running {what} on a batch of {rows}: {line}{hint}"
                             ) from e
+
+
+# ---- memory budgets for batch sizes ------------------------------------------------------------
+def cuda_free_memory() -> int | None:
+    """Free bytes on the GPU that CUDA device 0 is (NVML, from the driver; honours a numeric or
+    ``GPU-`` UUID first entry of ``CUDA_VISIBLE_DEVICES``), or None when it cannot be read."""
+    name = ctypes.util.find_library("nvidia-ml") or "libnvidia-ml.so.1"
+    try:
+        nvml = ctypes.CDLL(name)
+    except OSError:
+        return None
+
+    class Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
+                    ("used", ctypes.c_ulonglong)]
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    handle, memory = ctypes.c_void_p(), Memory()
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        if visible.startswith("GPU-"):
+            found = nvml.nvmlDeviceGetHandleByUUID(visible.encode(), ctypes.byref(handle))
+        elif visible.isdigit():
+            found = nvml.nvmlDeviceGetHandleByIndex_v2(int(visible), ctypes.byref(handle))
+        else:
+            return None
+        if found != 0 or nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0:
+            return None
+        return int(memory.free)
+    finally:
+        nvml.nvmlShutdown()
+
+
+def input_budget(provider: str, free_device_bytes: int | None = None) -> int:
+    """Bytes of model inputs one run may take: 512 MiB on the CPU; on CUDA 1/32 of the free
+    device memory (the rest is left to activations and ONNX Runtime's arena), never below the
+    CPU's 512 MiB; 512 MiB when the free memory is unknown."""
+    if not provider.startswith(CUDA) or not free_device_bytes:
+        return CPU_INPUT_BUDGET
+    return max(CPU_INPUT_BUDGET, free_device_bytes // CUDA_INPUT_SHARE)
+
+
+def batch_limit(provider: str, item_bytes: int, free_device_bytes: int | None = None) -> int:
+    """The largest batch the probe tries: the provider's cap (64 on the CPU, 4096 on CUDA) and
+    the :func:`input_budget` divided by one input's ``item_bytes``, at least 1."""
+    cap = MAX_PROBE_BATCH[CUDA if provider.startswith(CUDA) else CPU]
+    return max(1, min(cap, input_budget(provider, free_device_bytes) // max(item_bytes, 1)))
 
 
 def evaluate(model: onnx.ModelProto, feeds: Mapping[str, npt.NDArray]) -> list[npt.NDArray]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import numpy.typing as npt
 
-from ..perturb import chunk_size_for, chunked, make_baseline, masks_from_keep, scores_for_masks
+from ..perturb import SegmentMasks, chunk_size_for, chunked, make_baseline, scores_for_masks
 from ..registry import Attribution, Context, Range, register
 from ..segmentation import Segments, segment
 
@@ -68,9 +68,9 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     chunk = chunk_size_for(query)
     ctx.set_total(len(z) - 1)
 
-    def mask_chunks() -> Iterator[npt.NDArray[np.float32]]:
+    def mask_chunks() -> Iterator[SegmentMasks]:
         for sl in chunked(len(z) - 1, chunk):
-            yield masks_from_keep(z[1 + sl.start:1 + sl.stop], labels)
+            yield SegmentMasks(z[1 + sl.start:1 + sl.stop], labels)
 
     y = np.empty(len(z))
     y[0] = ctx.scores[target]

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import BlackboxError
-from ..perturb import Baseline, chunk_size_for, chunked, make_baseline, scores_for_masks
+from ..perturb import Baseline, BoxMasks, chunk_size_for, chunked, make_baseline, scores_for_masks
 from ..registry import Attribution, Context, Range, register
 
 
@@ -50,12 +50,13 @@ def occlusion(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     ctx.set_total(len(boxes))
     chunk = chunk_size_for(query)
 
-    def mask_chunks() -> Iterator[npt.NDArray[np.float32]]:
+    corners = np.array(boxes, np.int64).reshape(-1, 2)
+    hidden = np.concatenate([corners[:, :1], corners[:, :1] + window,
+                             corners[:, 1:], corners[:, 1:] + window], axis=1)  # y0 y1 x0 x1
+
+    def mask_chunks() -> Iterator[BoxMasks]:
         for sl in chunked(len(boxes), chunk):
-            masks = np.ones((sl.stop - sl.start, h, w), np.float32)
-            for i, (y, x_) in enumerate(boxes[sl]):
-                masks[i, y:y + window, x_:x_ + window] = 0.0
-            yield masks
+            yield BoxMasks(hidden[sl], h, w)
 
     drops = score0 - scores_for_masks(query, x, base, mask_chunks(), target)
     total = np.zeros((h, w), np.float64)

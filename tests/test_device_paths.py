@@ -1,0 +1,210 @@
+"""The paths built for CUDA, checked on the CPU provider: IO binding, perturbations made inside
+the graph (same maps as the host path, bit for bit), the device selection and the batch
+budget taken from the device's free memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import model_path
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.errors import BlackboxError, DeviceError, ModelInputError, ModelRunError
+from blackbox_xai.methods.rise import rise_masks
+from blackbox_xai.methods.shapley import draw_permutations, prefix_keep, ranks
+from blackbox_xai.model import Model, one_hot
+from blackbox_xai.perturb import GridMasks, SegmentMasks, make_baseline, scores_for_masks
+from blackbox_xai.runtime import (
+    CPU,
+    CPU_INPUT_BUDGET,
+    CUDA,
+    DEVICE_ENV,
+    batch_limit,
+    input_budget,
+    ort_value,
+    resolve_device,
+    run,
+)
+from blackbox_xai.segmentation import segment
+
+VARIANTS = ["tiny_cnn", "tiny_cnn_nhwc", "tiny_cnn_fp16"]
+GiB = 2**30
+
+
+@pytest.fixture
+def x() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((3, 32, 32)).astype(np.float32)
+
+
+def pair(name: str, **kwargs) -> tuple[Model, Model]:
+    """The same model on the host path and with perturbations inside the graph."""
+    host = load_model(model_path(name), device="cpu", batch_size=16, **kwargs)
+    graph = load_model(model_path(name), device="cpu", batch_size=16, perturb_in_graph=True,
+                       io_binding=True, **kwargs)
+    return host, graph
+
+
+# ---- IO binding ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,score", [("tiny_cnn", "logit"), ("tiny_cnn_nhwc", "logit"),
+                                        ("tiny_cnn_fp16", "logit"), ("tiny_cnn_softmax", "prob"),
+                                        ("tiny_nonlinear", "logprob")])
+def test_io_binding_gives_bit_identical_scores(name, score):
+    batch = np.random.default_rng(1).standard_normal((37, 3, 32, 32)).astype(np.float32)
+    plain = load_model(model_path(name), device="cpu", score=score, batch_size=8)
+    bound = load_model(model_path(name), device="cpu", score=score, batch_size=8, io_binding=True)
+    assert (plain.io_binding, bound.io_binding) == (False, True)
+    np.testing.assert_array_equal(bound(batch), plain(batch))
+    assert bound.n_queries == plain.n_queries == 37
+
+
+def test_io_binding_gives_bit_identical_gradients(x):
+    plain = load_model(model_path("tiny_cnn"), device="cpu")
+    bound = load_model(model_path("tiny_cnn"), device="cpu", io_binding=True)
+    batch = np.stack([x, -x, 2 * x])
+    seed = one_hot(3, plain.num_classes, 2)
+    for want, got in zip(plain.input_gradient(batch, seed), bound.input_gradient(batch, seed)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bound_runs_take_ort_values_and_fail_in_one_line():
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    batch = np.ones((2, 3, 32, 32), np.float32)
+    value = ort_value(batch, model.session)
+    assert value.device_name().lower() == "cpu"
+    (got,) = run(model.session, [model.logits_name], {"x": value})
+    np.testing.assert_array_equal(got, model.session.run([model.logits_name], {"x": batch})[0])
+    with pytest.raises(ModelRunError, match="^ONNX Runtime failed running the model on a batch "
+                                            "of 2: ") as e:
+        run(model.session, None, {"x": np.ones((2, 3, 31, 32), np.float32)}, io_binding=True)
+    assert "\n" not in str(e.value)
+
+
+# ---- perturbations made inside the graph ---------------------------------------------------------
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("method,options,kind", [
+    ("occlusion", {"window": 8, "stride": 5}, "boxes"),
+    ("occlusion", {"window": 6, "stride": 6, "baseline": "blur"}, "boxes"),
+    ("lime", {"num_samples": 60, "segments": "grid"}, "segments"),
+    ("lime", {"num_samples": 40, "segments": "grid", "fill": "blur"}, "segments"),
+])
+def test_in_graph_maps_equal_the_host_path(name, method, options, kind, x):
+    host, graph = pair(name)
+    a = explain(host, x, method, seed=3, **options)
+    b = explain(graph, x, method, seed=3, **options)
+    assert ("perturb", kind) in graph._sessions and not host._sessions
+    np.testing.assert_array_equal(b.map, a.map)
+    assert b.n_queries == a.n_queries
+    if method == "lime":
+        assert b.extras["r2"] == a.extras["r2"]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_rise_masks_in_the_graph_give_the_host_scores(name, x):
+    host, graph = pair(name)
+    rng = np.random.default_rng(0)
+    grids = (rng.random((40, 7, 7)) < 0.5).astype(np.float64)
+    dy, dx = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
+    masks = rise_masks(grids, dy, dx, 32, 32)
+    zero = np.zeros_like(x)
+    want = scores_for_masks(host, x, zero, [masks[:25], masks[25:]], None)
+    got = scores_for_masks(graph, x, zero, [GridMasks(grids[:25], dy[:25], dx[:25], masks[:25]),
+                                            GridMasks(grids[25:], dy[25:], dx[25:], masks[25:])])
+    assert ("perturb", "grids") in graph._sessions
+    np.testing.assert_array_equal(got, want)
+    assert graph.n_queries == 40
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shapley_prefixes_in_the_graph_give_the_host_scores(name, x):
+    host, graph = pair(name)
+    labels = segment(x, "grid", grid=4)
+    rank = ranks(draw_permutations(np.random.default_rng(0), 6, 16, True))
+    keep = prefix_keep(rank, slice(0, 6 * 15))
+    base = make_baseline(x, 0.5)
+    want = scores_for_masks(host, x, base, [SegmentMasks(keep, labels).masks()], 4)
+    got = scores_for_masks(graph, x, base, [SegmentMasks(keep, labels)], 4)
+    assert ("perturb", "segments") in graph._sessions
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.xfail(strict=True, reason="pending the one-line hooks in methods/rise.py and "
+                                       "methods/shapley.py (GridMasks / SegmentMasks chunks)")
+@pytest.mark.parametrize("method,options", [("rise", {"n_masks": 50}),
+                                            ("shapley", {"n_permutations": 2, "grid": 3})])
+def test_rise_and_shapley_maps_in_the_graph(method, options, x):
+    host, graph = pair("tiny_cnn")
+    a, b = explain(host, x, method, seed=2, **options), explain(graph, x, method, seed=2, **options)
+    np.testing.assert_array_equal(b.map, a.map)
+    assert any(key[0] == "perturb" for key in graph._sessions)
+
+
+def test_plain_functions_and_cpu_models_keep_the_host_path(x, linear_query):
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    assert (model.perturb_in_graph, model.io_binding) == (False, False)
+    explain(model, x, "occlusion", window=16, stride=16)
+    assert not model._sessions
+    exp = explain(linear_query, x, "lime", num_samples=20, segments="grid")
+    assert exp.n_queries == 20
+
+
+def test_in_graph_refused_where_the_graph_cannot_take_it():
+    with pytest.raises(ModelInputError, match="batch axis is fixed at 1"):
+        load_model(model_path("tiny_cnn_batch1"), device="cpu", dynamic_batch=False,
+                   perturb_in_graph=True)
+    auto = load_model(model_path("tiny_cnn_batch1"), device="cpu", dynamic_batch=False)
+    assert auto.perturb_in_graph is False
+
+
+def test_in_graph_scores_are_checked_for_nan(x):
+    _, graph = pair("tiny_cnn")
+    bad = x.copy()
+    bad[0, 0, 0] = np.inf
+    keep = np.ones((3, 4), bool)
+    with pytest.raises(BlackboxError, match="NaN or infinite scores for 3 of 3 inputs"):
+        scores_for_masks(graph, bad, np.zeros_like(x),
+                         [SegmentMasks(keep, segment(x, "grid", grid=2))], 0)
+
+
+# ---- device selection and batch budgets -------------------------------------------------------
+def test_the_device_variable_decides_what_auto_means(monkeypatch):
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    assert resolve_device("auto") == "auto"
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert (resolve_device("auto"), resolve_device("cuda")) == ("cpu", "cuda")
+    assert load_model(model_path("tiny_cnn")).provider == CPU
+    monkeypatch.setenv(DEVICE_ENV, "gpu")
+    with pytest.raises(DeviceError, match="BLACKBOX_XAI_DEVICE='gpu'"):
+        resolve_device("auto")
+
+
+def test_input_budget_arithmetic():
+    assert CPU_INPUT_BUDGET == 512 * 2**20
+    assert input_budget(CPU, 100 * GiB) == CPU_INPUT_BUDGET  # the CPU ignores device memory
+    assert input_budget(CUDA, None) == CPU_INPUT_BUDGET  # unknown free memory
+    assert input_budget(CUDA, 64 * GiB) == 2 * GiB  # 1/32 of the free memory
+    assert input_budget(f"{CUDA} (note)", 4 * GiB) == CPU_INPUT_BUDGET  # never below 512 MiB
+    item = 3 * 224 * 224 * 4
+    assert batch_limit(CPU, item) == 64
+    assert batch_limit(CUDA, item, 16 * GiB) == (GiB // 2) // item == 891
+    assert batch_limit(CUDA, item, 64 * GiB) == (2 * GiB) // item == 3566
+    assert batch_limit(CUDA, item, 130 * GiB) == 4096  # 7244 fit: the cap
+    assert batch_limit(CUDA, 3 * 32 * 32 * 4, 130 * GiB) == 4096  # the cap
+    assert batch_limit(CUDA, 10 * GiB, 8 * GiB) == 1
+
+
+def test_the_model_takes_its_budget_from_the_free_device_memory(monkeypatch):
+    import blackbox_xai.model as model_module
+
+    model = load_model(model_path("tiny_cnn"), device="cpu", batch_size=4)
+    item = 3 * 32 * 32 * 4
+    model.set_batch_size(10**6)
+    assert model.batch_size == CPU_INPUT_BUDGET // item
+    monkeypatch.setattr(model, "provider", CUDA)
+    monkeypatch.setattr(model_module, "cuda_free_memory", lambda: 96 * GiB)
+    model.set_batch_size(10**6)
+    assert model.batch_size == 3 * GiB // item
+    probed = []
+    monkeypatch.setattr(model_module, "batch_limit",
+                        lambda provider, per_item, free: probed.append((provider, per_item, free)) or 2)
+    assert model.probe_batch_size() in (1, 2)
+    assert probed == [(CUDA, item, 96 * GiB)]
