@@ -47,7 +47,8 @@ SIGNED_METHODS = frozenset({"occlusion", "shapley", "lime", "cam", "gradient-x-i
 #: (saliency, smoothgrad), masks (meaningful perturbation). Drawn min-max on inferno.
 UNSIGNED_METHODS = frozenset({"rise", "scorecam", "gradcam", "gradcampp", "smooth-gradcampp",
                               "xgradcam", "layercam", "ablationcam", "eigencam", "saliency",
-                              "smoothgrad", "meaningful-perturbation"})
+                              "smoothgrad", "meaningful-perturbation",
+                              "attention-rollout", "gradient-rollout"})
 
 
 def is_signed_method(method: str) -> bool:

@@ -30,13 +30,15 @@ def _shape(shape: tuple) -> str:
               help="Only the layers this output depends on (a model with several outputs).")
 @friendly_errors
 def layers_cmd(model_path: str, output_name: str | None) -> None:
-    """List the 4-D feature maps a CAM can use; * marks the default layer.
+    """List the feature maps and token layers a CAM can use; * marks the default layer.
 
     Read from the normalised graph (the one the CAM methods use), so old opsets and exports
-    with undeclared shapes show their layers too.
+    with undeclared shapes show their layers too. A transformer's token layer shows its grid:
+    ``tokens 1+4x4`` is a class token then a 4 x 4 grid of patch tokens.
     """
     from ..graph import candidate_layers, default_layer, load
     from ..graph.expose import keep_output
+    from ..graph.inspect import describe_layout
     from ..graph.normalize import normalize
 
     model = normalize(load(model_path)).model
@@ -44,8 +46,8 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
         model = keep_output(model, output_name)
     layers = candidate_layers(model)
     default = default_layer(model)
-    print_table([(f"{'*' if c.name == default else ' '} {c.name}", _shape(c.shape), c.layout,
-                  c.op, "yes" if c.feeds_pooling else "no") for c in layers],
+    print_table([(f"{'*' if c.name == default else ' '} {c.name}", _shape(c.shape),
+                  describe_layout(c), c.op, "yes" if c.feeds_pooling else "no") for c in layers],
                 header=("  tensor", "shape", "layout", "op", "feeds pooling"))
 
 

@@ -673,3 +673,112 @@ def feature_map(model: onnx.ModelProto, name: str | None = None) -> CandidateLay
     counts = {grid.tokens for grid in grids.values()}
     raise NotAFeatureMapError(f"layer {name!r} {_why_not(info[name], layouts, counts)}; CAM "
                               f"layers: {listed or 'none (the model has no feature map)'}")
+
+
+# ---- attention --------------------------------------------------------------------------------
+# ops an exporter may put between the attention probabilities and their MatMul with V
+_ATTENTION_PASS = {"Dropout", "Identity", "Cast"}
+
+
+class NoAttentionError(BlackboxError):
+    """The graph has no attention a rollout can read (a CNN, window attention, no class token)."""
+
+
+@dataclass(frozen=True)
+class AttentionBlocks:
+    """A vision transformer's attention probabilities, one tensor per block in graph order.
+
+    Each of ``names`` is the output of a Softmax over the key axis of the block's attention
+    logits, (N, heads, T, T) or (N * heads, T, T), read as the first operand of the MatMul with
+    the values; T is ``grid.tokens``: the ``grid.extra`` leading tokens (class, distillation)
+    and the h x w patches.
+    """
+
+    names: tuple[str, ...]
+    grid: TokenGrid
+
+
+def _softmax_axis(model: onnx.ModelProto, node: onnx.NodeProto, rank: int) -> int:
+    """The axis a Softmax normalises (mod ``rank``); the default is -1 from opset 13 on, 1
+    before (where it also flattens the axes after it: the last axis only when it is the last)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    default = -1 if opset >= 13 else 1
+    return next((a.i for a in node.attribute if a.name == "axis"), default) % rank
+
+
+def _feeds_values_matmul(graph: onnx.GraphProto, name: str,
+                         readers: dict[str, list[int]]) -> bool:
+    """Whether ``name`` is the first operand of a MatMul (probabilities @ values), directly or
+    through :data:`_ATTENTION_PASS` ops."""
+    for i in readers.get(name, []):
+        n = graph.node[i]
+        if n.input and n.input[0] == name and (
+                n.op_type == "MatMul"
+                or n.op_type in _ATTENTION_PASS and _feeds_values_matmul(graph, n.output[0],
+                                                                         readers)):
+            return True
+    return False
+
+
+def attention_blocks(model: onnx.ModelProto) -> AttentionBlocks:
+    """Every block's attention probabilities (:class:`AttentionBlocks`), or a one-line error.
+
+    An attention is the output of a Softmax over the last axis of a rank-3 or rank-4 tensor
+    whose last two axes are one static token count T (queries x keys), on the path to the
+    outputs, and whose output is the first operand of a MatMul (the product with the values).
+    The blocks are global attention over a token sequence of :func:`token_grids` when T is its
+    token count, with at least one extra token whose row is read (the class token).
+
+    Raises:
+        NoAttentionError: no such Softmax (a CNN, or attention fused into one op); attention
+            over T tokens that are not a class token and the image's patch grid (Swin's window
+            attention, pooled ViTs without a class token); blocks over different token counts;
+            or heads folded into a batch axis fixed above 1 (runs are padded to that batch).
+    """
+    info = tensor_info(model)
+    g = model.graph
+    readers = consumers(g)
+    live = input_dependent(g)
+    on_path = {o for i in needed_nodes(g, [o.name for o in g.output]) for o in g.node[i].output}
+    found: list[tuple[str, int]] = []
+    folded = False  # some block's heads share the batch axis: (N * heads, T, T)
+    for n in g.node:
+        if n.op_type != "Softmax" or n.output[0] not in live or n.output[0] not in on_path:
+            continue
+        shape = info[n.output[0]].shape
+        if shape is None or len(shape) not in (3, 4) or \
+                _softmax_axis(model, n, len(shape)) != len(shape) - 1:
+            continue
+        t = shape[-1]
+        if isinstance(t, int) and t == shape[-2] and _feeds_values_matmul(g, n.output[0], readers):
+            found.append((n.output[0], t))
+            folded = folded or len(shape) == 3
+    if not found:
+        raise NoAttentionError(
+            "the model has no recognisable attention (no Softmax over the keys of a (N, heads, "
+            "T, T) tensor multiplied with the values): attention methods need a vision "
+            "transformer such as ViT or DeiT; use gradcam or a black-box method")
+    counts = sorted({t for _, t in found})
+    grids = {grid for grid in token_grids(model, info).values() if grid.tokens in counts}
+    if len(counts) > 1 or not grids:
+        raise NoAttentionError(
+            f"the model's {len(found)} attention blocks attend over {'/'.join(map(str, counts))} "
+            "tokens, not over one global sequence of a class token and the image's patches "
+            "(window attention, as in Swin, has no class token to read): attention rollout "
+            "does not apply; use gradcam on a feature map or a black-box method")
+    if len(grids) > 1:
+        raise NoAttentionError(f"the model's attention over {counts[0]} tokens matches several "
+                               f"token grids ({', '.join(map(str, sorted(grids, key=str)))})")
+    (grid,) = grids
+    if grid.extra == 0:
+        raise NoAttentionError(
+            f"the model's attention is over its {grid.h}x{grid.w} patch tokens with no class "
+            "token (a transformer pooled by averaging its tokens): rollout reads the class "
+            "token's row; use gradcam on a token layer or a black-box method")
+    batch = next((t.shape[0] for t in info.values() if t.kind == "input" and t.shape), None)
+    if folded and isinstance(batch, int) and batch > 1:
+        raise NoAttentionError(
+            f"the model's attention is laid out (N * heads, T, T) and its batch axis is fixed at "
+            f"{batch}: one image's heads cannot be told from the padding; export it with a "
+            "dynamic batch axis")
+    return AttentionBlocks(tuple(name for name, _ in found), grid)

@@ -27,10 +27,15 @@ from typing import Annotated, Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import numpy_helper
 
 from ..errors import BlackboxError, InternalError
-from ..graph.inspect import CandidateLayer, Layout, reduce_layout
+from ..graph.inspect import (
+    CandidateLayer,
+    constant_value,
+    consumers,
+    describe_layout,
+    reduce_layout,
+)
 from ..perturb import chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, Range, register
 from ..resample import upsample
@@ -240,42 +245,95 @@ def register_cam(name: str, *, reference: str, source: Source = "activation", re
 
 
 # ---- methods ------------------------------------------------------------------------------------
-def gap_linear_head(proto: onnx.ModelProto, layer: str, layout: Layout = "NCHW"
-                    ) -> npt.NDArray[np.float32]:
-    """W (K, k) of a head ``layer -> global average pooling -> [Flatten] -> Gemm/MatMul``.
+#: ops a pooled vector passes through unchanged on its way to the linear layer or the scores
+_FLATTEN_OPS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
+#: readers of a tensor's shape only (PyTorch 1.x's flatten chain: Shape -> Gather -> Unsqueeze
+#: -> Concat feeds the Reshape of the pooled vector), not of its values
+_SHAPE_READERS = ("Shape", "Size")
 
-    The pooling is GlobalAveragePool (NCHW) or a ReduceMean over the spatial axes of ``layout``
-    ({2, 3} for NCHW, {1, 2} for NHWC); either way the pooled vector is indexed by channel.
+
+def _whole_average_pool(node: onnx.NodeProto, layer: CandidateLayer) -> bool:
+    """Whether ``node`` is an AveragePool whose window is the whole (static) h x w of an NCHW
+    ``layer``, with no padding: a global average pooling (tf2onnx writes GAP this way)."""
+    if node.op_type != "AveragePool" or layer.layout != "NCHW":
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    return (list(attrs.get("kernel_shape", [])) == list(layer.shape[2:])
+            and not any(attrs.get("pads", [])) and auto_pad in (b"NOTSET", b"VALID"))
+
+
+def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
+                    ) -> npt.NDArray[np.float32]:
+    """W (K, k) of a head ``layer -> global average pooling -> Gemm/MatMul [-> bias]`` that
+    ends at ``logits``, or the identity (k, k) for ``layer -> pooling`` ending there.
+
+    The pooling is GlobalAveragePool or an AveragePool over the whole h x w (NCHW), or a
+    ReduceMean over the spatial axes of the layer's layout ({2, 3} for NCHW, {1, 2} for NHWC);
+    either way the pooled vector is indexed by channel. Flatten, Squeeze, Reshape, Identity
+    and Dropout may come in between, including PyTorch 1.x's Reshape whose target shape is
+    computed from the pooled vector's Shape (shape readers are no second consumer). With no
+    linear layer (SqueezeNet: conv10 -> ReLU -> GlobalAveragePool -> [Flatten] -> Softmax) the
+    pooled channels are the logits themselves: K = k, W = I and CAM_c = A_c.
+
+    Raises:
+        BlackboxError: any other head, including a linear layer whose output reaches the logits
+            through anything but its bias and flattening (one line naming the ops after the
+            layer, and for a transformer's token layer, that its class token feeds the
+            classifier).
     """
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    inits = {i.name: i for i in proto.graph.initializer}
-    node, path, pooled = None, [], False
-    tensor = layer
-    for _ in range(6):
-        nxt = consumers.get(tensor, [])
-        if len(nxt) != 1:
+    g = proto.graph
+    readers = {name: [g.node[i] for i in idx
+                      if g.node[i].op_type not in _SHAPE_READERS]
+               for name, idx in consumers(g).items()}
+    path: list[str] = []
+    tensor, pooled, w = layer.name, False, None
+    for _ in range(10):
+        if pooled and tensor == logits:
+            if w is None:
+                return np.eye(int(layer.shape[1 if layer.layout == "NCHW" else 3]),
+                              dtype=np.float32)
+            return w
+        nxt = readers.get(tensor, [])
+        if len(nxt) != 1 or nxt[0].input[0] != tensor:
             break
         node = nxt[0]
         path.append(node.op_type)
-        if node.op_type in ("Gemm", "MatMul"):
-            break
-        if (node.op_type == "GlobalAveragePool" and layout == "NCHW"
-                or node.op_type == "ReduceMean" and reduce_layout(proto.graph, node) == layout):
+        if not pooled and (node.op_type == "GlobalAveragePool" and layer.layout == "NCHW"
+                           or _whole_average_pool(node, layer)
+                           or node.op_type == "ReduceMean"
+                           and reduce_layout(g, node) == layer.layout):
             pooled = True
-        elif node.op_type not in ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout"):
-            break
+        elif pooled and w is None and node.op_type in ("Gemm", "MatMul"):
+            w = _linear_weight(g, node)
+            if w is None:
+                break
+        elif not (node.op_type in _FLATTEN_OPS or w is not None and node.op_type == "Add"
+                  and constant_value(g, node.input[1]) is not None):
+            break  # after the linear layer only its bias and flattening may follow
         tensor = node.output[0]
-    if node is None or node.op_type not in ("Gemm", "MatMul") or not pooled or node.input[1] not in inits:
+    after = " -> ".join(path) or "nothing"
+    if layer.grid is not None:
+        why = ("its classifier reads the class token, not an average of the patch tokens"
+               if layer.grid.extra else "that is not a mean over the tokens and a linear layer")
         raise BlackboxError(
-            f"CAM needs layer -> global average pooling -> linear; after {layer!r} ({layout}) the "
-            f"graph has {' -> '.join(path) or 'nothing'}. Use gradcam (same map for such heads) "
-            "instead")
-    w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return w if node.op_type == "Gemm" and attrs.get("transB", 0) else w.T
+            f"CAM needs layer -> global average pooling -> linear; {layer.name!r} is a "
+            f"transformer token layer ({describe_layout(layer)}) followed by {after}, and "
+            f"{why}, so there are no CAM weights: use gradcam"
+            + (", attention-rollout or gradient-rollout" if layer.grid.extra else ""))
+    raise BlackboxError(
+        f"CAM needs layer -> global average pooling -> linear; after {layer.name!r} "
+        f"({layer.layout}) the graph has {after}. Use gradcam instead (on a pooling + "
+        "linear head it is CAM's map, ReLU'd and scaled)")
+
+
+def _linear_weight(g: onnx.GraphProto, node: onnx.NodeProto) -> npt.NDArray[np.float32] | None:
+    """W (K, k) of a Gemm/MatMul reading the pooled vector with a constant 2-D weight."""
+    w = constant_value(g, node.input[1])
+    if w is None or w.ndim != 2:
+        return None
+    trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+    return (w if trans_b else w.T).astype(np.float32)
 
 
 @register_cam("cam", reference="Zhou et al. 2016, arXiv:1512.04150", relu=False)
@@ -283,9 +341,11 @@ def cam(c: CamInput) -> Weights:
     """CAM: M = sum_k w_k^c A_k with w the linear layer after global average pooling (no ReLU).
 
     The weights are read from the graph (a head that is not GAP + linear is refused before any
-    pass); one forward pass with the layer exposed gives A.
+    pass; a head with no linear layer after the pooling, whose pooled channels are the logits,
+    has w = one-hot(c): M = A_c); one forward pass with the layer exposed gives A.
     """
-    w = gap_linear_head(c.ctx.model.proto, c.layer.name, c.layer.layout)[c.target]
+    model = c.ctx.model
+    w = gap_linear_head(model.graph(), c.layer, model.logits_name)[c.target]
     return Weights(w, c.act)  # A is fetched here, after a head CAM cannot read was refused
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import numpy as np
 import onnx
 import pytest
-from helpers import EXAMPLES, SHIPPED, model_path
+from helpers import EXAMPLES, SHIPPED, TEST_MODELS, model_path
 from onnx import helper, numpy_helper
 
 from blackbox_xai import METHODS, explain, load_model
@@ -557,3 +557,138 @@ def test_a_new_cam_method_is_one_weight_function(tiny, x_act_grad):
             explain(tiny, x, "test-mean-cam", scale=0.0)
     finally:
         METHODS.pop("test-mean-cam", None)
+
+
+# ---- heads CAM reads: no linear layer (SqueezeNet), flatten chains, whole-window AveragePool ----
+def _head_model(tmp_path, head: str) -> tuple[str, dict]:
+    """x (N, 3, 6, 6) -> 1x1 Conv (3 -> 4) -> Relu 'act' -> HEAD, built with onnx.helper:
+
+    * ``squeezenet``: GlobalAveragePool -> Flatten -> Softmax (the pooled channels are the
+      logits, no linear layer);
+    * ``caffe2``: GlobalAveragePool -> Softmax(axis 1) on (N, 4, 1, 1) (no Flatten either);
+    * ``torch1``: GlobalAveragePool -> Reshape to [Shape(pooled)[0], -1] (Shape -> Gather ->
+      Unsqueeze -> Concat: PyTorch 1.x's flatten chain) -> Gemm(transB) to 3 classes;
+    * ``reshape_matmul``: GlobalAveragePool -> Reshape(0, -1) -> MatMul -> Add;
+    * ``avgpool``: AveragePool over the whole 6 x 6 (tf2onnx) -> Squeeze -> MatMul -> Add.
+    """
+    rng = np.random.default_rng(11)
+    p = {"cw": rng.standard_normal((4, 3, 1, 1)).astype(np.float32),
+         "cb": rng.standard_normal(4).astype(np.float32) * 0.5,
+         "fw": rng.standard_normal((3, 4)).astype(np.float32),
+         "fb": rng.standard_normal(3).astype(np.float32)}
+    inits = [numpy_helper.from_array(v, k) for k, v in p.items()]
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["conv"]),
+             helper.make_node("Relu", ["conv"], ["act"])]
+    gap = helper.make_node("GlobalAveragePool", ["act"], ["pooled"])
+    out, classes = "scores", 3
+    if head == "squeezenet":
+        nodes += [gap, helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+                  helper.make_node("Softmax", ["flat"], ["scores"], axis=1)]
+        classes = 4
+    elif head == "caffe2":
+        nodes += [gap, helper.make_node("Softmax", ["pooled"], ["scores"], axis=1)]
+        classes = 4
+    elif head == "torch1":
+        inits += [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                  numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+                  numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+        nodes += [gap, helper.make_node("Shape", ["pooled"], ["shape"]),
+                  helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+                  helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"]),
+                  helper.make_node("Concat", ["n1", "minus1"], ["target_shape"], axis=0),
+                  helper.make_node("Reshape", ["pooled", "target_shape"], ["flat"]),
+                  helper.make_node("Gemm", ["flat", "fw", "fb"], ["scores"], transB=1)]
+    elif head == "reshape_matmul":
+        inits += [numpy_helper.from_array(np.array([0, -1], np.int64), "flat_shape"),
+                  numpy_helper.from_array(p["fw"].T.copy(), "fwT")]
+        nodes += [gap, helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"]),
+                  helper.make_node("MatMul", ["flat", "fwT"], ["mm"]),
+                  helper.make_node("Add", ["mm", "fb"], ["scores"])]
+    elif head == "avgpool":
+        inits += [numpy_helper.from_array(np.array([2, 3], np.int64), "hw"),
+                  numpy_helper.from_array(p["fw"].T.copy(), "fwT")]
+        nodes += [helper.make_node("AveragePool", ["act"], ["pooled"], kernel_shape=[6, 6]),
+                  helper.make_node("Squeeze", ["pooled", "hw"], ["flat"]),
+                  helper.make_node("MatMul", ["flat", "fwT"], ["mm"]),
+                  helper.make_node("Add", ["mm", "fb"], ["scores"])]
+    out_shape = ["N", classes, 1, 1] if head == "caffe2" else ["N", classes]
+    graph = helper.make_graph(
+        nodes, head, [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, out_shape)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    onnx.checker.check_model(m, full_check=True)
+    path = tmp_path / f"{head}.onnx"
+    onnx.save(m, path)
+    return str(path), {k: v.astype(np.float64) for k, v in p.items()}
+
+
+@pytest.mark.parametrize("head", ["squeezenet", "caffe2", "torch1", "reshape_matmul", "avgpool"])
+def test_cam_reads_heads_without_a_linear_layer_and_flatten_chains(tmp_path, head):
+    """CAM_c = sum_k W_ck A_k with A = ReLU(conv1x1(x)) computed here; W is the identity where
+    the pooled channels are the logits (CAM_c = A_c), else the linear layer's weight. Grad-CAM
+    agrees: on these heads g_kij = W_ck / (h w), so Grad-CAM = ReLU(CAM) / (h w)."""
+    path, p = _head_model(tmp_path, head)
+    model = load_model(path, device="cpu")
+    x = np.random.default_rng(12).standard_normal((3, 6, 6)).astype(np.float32)
+    act = relu(np.einsum("kc,chw->khw", p["cw"][:, :, 0, 0], x) + p["cb"][:, None, None])
+    w = np.eye(4) if head in ("squeezenet", "caffe2") else p["fw"]
+    for target in range(len(w)):
+        exp = explain(model, x, "cam", target=target)
+        assert exp.extras["layer"] == "act" and exp.n_queries == 2
+        np.testing.assert_allclose(exp.extras["weights"], w[target], rtol=1e-6)
+        expected = np.einsum("k,kij->ij", w[target], act)
+        np.testing.assert_allclose(exp.extras["cam"], expected, rtol=1e-5, atol=1e-6)
+        if head in ("squeezenet", "caffe2"):
+            np.testing.assert_allclose(exp.extras["cam"], act[target], rtol=1e-5, atol=1e-6)
+        grad = explain(model, x, "gradcam", target=target).extras["cam"]
+        np.testing.assert_allclose(grad, relu(expected) / 36, rtol=1e-4, atol=1e-7)
+
+
+def test_cam_refuses_a_pooled_head_that_is_not_linear(tmp_path):
+    """GAP -> Reshape -> Gemm -> Relu -> Gemm: the pooled vector reaches the logits through a
+    non-linearity, so there are no CAM weights (a one-line refusal before the layer's pass)."""
+    path, _ = _head_model(tmp_path, "torch1")
+    m = onnx.load(path)
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
+    gemm.output[0] = "hidden"
+    rng = np.random.default_rng(13)
+    m.graph.initializer.append(numpy_helper.from_array(
+        rng.standard_normal((3, 3)).astype(np.float32), "fw2"))
+    m.graph.node.extend([helper.make_node("Relu", ["hidden"], ["hidden_relu"]),
+                         helper.make_node("Gemm", ["hidden_relu", "fw2"], ["scores"])])
+    onnx.save(m, path)
+    model = load_model(path, device="cpu")
+    with pytest.raises(BlackboxError) as e:
+        explain(model, np.ones((3, 6, 6), np.float32), "cam")
+    assert str(e.value) == (
+        "CAM needs layer -> global average pooling -> linear; after 'act' (NCHW) the graph has "
+        "GlobalAveragePool -> Reshape -> Gemm -> Relu. Use gradcam instead (on a pooling + linear "
+        "head it is CAM's map, ReLU'd and scaled)")
+    assert model.n_queries == 1
+
+
+def test_cam_on_a_class_token_layer_says_why_not():
+    """A ViT's token layer: the classifier reads the class token, there is no GAP to weight."""
+    model = load_model(TEST_MODELS / "transformers" / "deit_tiny.onnx", device="cpu")
+    with pytest.raises(BlackboxError) as e:
+        explain(model, np.ones((3, 32, 32), np.float32), "cam")
+    message = str(e.value)
+    assert "'/blocks/blocks.1/norm1/LayerNormalization_output_0' is a transformer token layer " \
+           "(tokens 2+4x4)" in message
+    assert "reads the class token" in message and "same map" not in message
+    assert message.endswith("use gradcam, attention-rollout or gradient-rollout")
+    assert "\n" not in message and model.n_queries == 1
+
+
+@pytest.mark.parametrize("stem, default, grid", [
+    ("vit_tiny", "/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0", "1+4x4"),
+    ("deit_tiny", "/blocks/blocks.1/norm1/LayerNormalization_output_0", "2+4x4")])
+def test_cli_layers_shows_the_token_grid(run, stem, default, grid):
+    """`bbx layers`: token layers with their grid (extra tokens + h x w), the patch Conv NCHW."""
+    r = run("layers", TEST_MODELS / "transformers" / f"{stem}.onnx")
+    assert r.exit_code == 0, r.output
+    rows = {line[2:].split()[0]: line for line in r.output.splitlines()[1:]}
+    assert f" tokens {grid} " in rows[default] and rows[default].startswith("* ")
+    assert " tokens 0+4x4 " in next(line for name, line in rows.items() if "Transpose" in name)
+    assert " NCHW " in next(line for name, line in rows.items() if "Conv" in name)
