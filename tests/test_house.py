@@ -126,7 +126,7 @@ def test_the_readme_example_of_adding_a_method_works():
     code = readme[start:readme.index("```", start)]
     code = code.replace("from ..", "from blackbox_xai.")
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
         w = np.random.default_rng(0).standard_normal((3 * 8 * 8, 2)).astype(np.float32)
         x = np.random.default_rng(1).standard_normal((3, 8, 8)).astype(np.float32)
         e = explain(lambda b: b.reshape(len(b), -1) @ w, x, "half-occlusion", target=0)

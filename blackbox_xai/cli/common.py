@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import types
 import typing
@@ -197,7 +198,7 @@ class FiniteFloatRange(click.FloatRange):
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
-        if number != number:
+        if math.isnan(number):
             self.fail(f"{value!r} is not a number", param, ctx)
         return number
 

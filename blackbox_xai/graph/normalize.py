@@ -85,7 +85,7 @@ def normalize(model: onnx.ModelProto) -> Normalized:
         try:
             upgraded = version_converter.convert_version(out, MIN_OPSET)
             onnx.checker.check_model(upgraded)
-        except Exception as e:  # the converter raises RuntimeError, ValueError, checker errors
+        except Exception as e:  # noqa: BLE001 - the converter raises anything (C++ errors)
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             problem = (f"the model's opset {opset} cannot be upgraded to {MIN_OPSET} for graph "
                        f"rewrites ({detail})")
@@ -176,7 +176,7 @@ def _fold(n: onnx.NodeProto, values: dict[str, np.ndarray], opset: list[onnx.Ope
     try:
         outs = ReferenceEvaluator(helper.make_model(one, opset_imports=opset)).run(
             None, {x: values[x] for x in ins})
-    except Exception:  # an op the reference evaluator lacks: leave it to the runtime
+    except Exception:  # noqa: BLE001 - an op the reference evaluator lacks: runtime's job
         return None
     outs = [np.asarray(o) for o in outs]
     if not all(o.dtype.kind in "iub" and o.size <= FOLD_MAX_ELEMENTS for o in outs):

@@ -21,8 +21,8 @@ from onnx import helper, numpy_helper
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.graph import load
-from blackbox_xai.model import one_hot
 from blackbox_xai.graph.inspect import feature_map
+from blackbox_xai.model import one_hot
 
 IMAGE = EXAMPLES / "cat.jpg"
 

@@ -14,8 +14,8 @@ import numpy as np
 from common import print_table, shipped_model_and_cat
 
 from blackbox_xai import explain
-from blackbox_xai.model import one_hot
 from blackbox_xai.graph.inspect import default_layer
+from blackbox_xai.model import one_hot
 
 
 def best_of(fn, repeats: int) -> float:
