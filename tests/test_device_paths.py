@@ -127,8 +127,6 @@ def test_shapley_prefixes_in_the_graph_give_the_host_scores(name, x):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.xfail(strict=True, reason="pending the one-line hooks in methods/rise.py and "
-                                       "methods/shapley.py (GridMasks / SegmentMasks chunks)")
 @pytest.mark.parametrize("method,options", [("rise", {"n_masks": 50}),
                                             ("shapley", {"n_permutations": 2, "grid": 3})])
 def test_rise_and_shapley_maps_in_the_graph(method, options, x):

@@ -113,7 +113,7 @@ def integrated_gradients(query, x: npt.NDArray[np.float32], target: int, *, ctx:
         rule: quadrature rule: gauss-legendre, midpoint (the paper's Riemann sum) or trapezoid.
         tolerance: relative completeness gap to reach by doubling the steps; 0: no refinement,
             exactly ``steps`` steps.
-        max_steps: the most steps of a refinement round.
+        max_steps: no refinement round goes past this many steps.
     """
     base = make_baseline(x, baseline)
     chunk = chunk_size_for(query)

@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 import numpy.typing as npt
 
-from ..perturb import chunk_size_for, chunked, scores_for_masks
+from ..perturb import GridMasks, chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, Range, register
 from ..resample import bilinear_matrix
 
@@ -76,8 +76,10 @@ def rise(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     scores = np.empty(n)
 
     for sl in chunked(n, chunk):
-        masks = rise_masks(grids[sl], dy[sl], dx[sl], h, w).reshape(sl.stop - sl.start, -1)
-        scores[sl] = scores_for_masks(query, x, zero, [masks.reshape(-1, h, w)], target)
+        masks = rise_masks(grids[sl], dy[sl], dx[sl], h, w)
+        scores[sl] = scores_for_masks(query, x, zero, [GridMasks(grids[sl], dy[sl], dx[sl], masks)],
+                                      target)
+        masks = masks.reshape(len(masks), -1)
         for k, half in enumerate(halves):
             lo, hi = max(half.start, sl.start), min(half.stop, sl.stop)
             if lo < hi:
