@@ -11,10 +11,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CPU", "CUDA", "Device", "InputSpec", "Model", "ScoreKind", "load_model", "one_hot",
            "sha256_of", "softmax"]
 
+T = TypeVar("T")
 ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
@@ -211,7 +212,7 @@ class Model:
         self._batch_size: int | None = None
         self.set_batch_size(batch_size)
         self._sessions: dict[Hashable, ort.InferenceSession] = {}
-        self.memo: dict[str, object] = {}  # facts derived from the graph once (default layer...)
+        self._facts: dict[Hashable, object] = {}
         self.num_classes = self._check_scores()
         self.n_queries = 0
         if self.logits_name != self.output_name:
@@ -470,6 +471,13 @@ class Model:
         (logits,) = self.run_batched(session, feeds, [self.logits_name], progress=progress,
                                      constants=constants)
         return self._scores(logits.reshape(len(logits), -1))
+
+    def fact(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """A fact derived from this model's graph (a resolved layer, the attention blocks),
+        computed once by ``compute()`` and cached under ``key`` (a tuple naming the kind)."""
+        if key not in self._facts:
+            self._facts[key] = compute()
+        return self._facts[key]  # type: ignore[return-value]
 
     def session_for(self, key: str, proto: onnx.ModelProto) -> ort.InferenceSession:
         """A cached session for a rewritten graph of this model, on the same device."""

@@ -37,9 +37,7 @@ def _blocks(ctx: Context) -> AttentionBlocks:
     if ctx.model is None:
         raise BlackboxError("attention methods need a Model from load_model(), not a plain "
                             "function")
-    if "attention" not in ctx.model.memo:
-        ctx.model.memo["attention"] = attention_blocks(ctx.model.graph())
-    return ctx.model.memo["attention"]
+    return ctx.model.fact(("attention",), lambda: attention_blocks(ctx.model.graph()))
 
 
 def _heads(a: Array, tokens: int) -> npt.NDArray[np.float64]:

@@ -57,10 +57,8 @@ def resolve_layer(ctx: Context, layer: str | None) -> CandidateLayer:
 
     if ctx.model is None:
         raise BlackboxError("CAM methods need a Model from load_model(), not a plain function")
-    key = f"layer:{layer}"
-    if key not in ctx.model.memo:  # graph inspection runs shape inference: once per model
-        ctx.model.memo[key] = feature_map(ctx.model.proto, layer)
-    return ctx.model.memo[key]
+    # graph inspection runs shape inference: once per model and layer
+    return ctx.model.fact(("layer", layer), lambda: feature_map(ctx.model.proto, layer))
 
 
 def channels_first(a: Array, layer: CandidateLayer) -> Array:
@@ -92,13 +90,15 @@ def _cut(model: Any, layer: str) -> tuple[Any, Any, list[str]]:
     head (those tensors -> scores), and those tensors' names; built once per model and layer."""
     from ..graph.split import split
 
-    key = f"cut:{model.scores_output()}:{layer}"
-    if key not in model.memo:
+    key = ("cut", model.scores_output(), layer)
+
+    def build() -> tuple[Any, Any, list[str]]:
         features, head = split(model.scores_graph()[0], layer)
-        model.memo[key] = (model.derived((key, "features"), lambda: features),
-                           model.derived((key, "head"), lambda: head),
-                           [o.name for o in features.graph.output])
-    return model.memo[key]
+        return (model.derived((*key, "features"), lambda: features),
+                model.derived((*key, "head"), lambda: head),
+                [o.name for o in features.graph.output])
+
+    return model.fact(key, build)
 
 
 @dataclass
