@@ -5,5 +5,7 @@ from .api import explain
 from .explanation import Explanation
 from .methods import METHODS, all_methods
 from .model import Model, load_model
+from .targets import Detection
 
-__all__ = ["METHODS", "Explanation", "Model", "__version__", "all_methods", "explain", "load_model"]
+__all__ = ["METHODS", "Detection", "Explanation", "Model", "__version__", "all_methods", "explain",
+           "load_model"]

@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .decode import Decoder
 from .errors import BlackboxError, GraphUnavailableError, InternalError
 from .explanation import Explanation
 from .graph.vjp_rules import UnsupportedOpError
 from .methods import alternatives, get_method
 from .model import Model
 from .progress import progress_bar
-from .registry import Context
+from .registry import Context, MethodSpec
+from .targets import Detection, DetectionScore, Detector
 
 QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
@@ -75,15 +77,41 @@ def resolve_target(scores: npt.NDArray[np.float32], target: int | None) -> int:
     return int(target)
 
 
-def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: int | None = None,
-            seed: int | None = 0, progress: bool = False, labels: Sequence[str] | None = None,
-            inputs: dict[str, Any] | None = None, **options: Any) -> Explanation:
-    """Explain ``model``'s score for class ``target`` (default: top-1) on one input ``x``.
+#: Methods that need class scores of their own (a probability of the class), not a score.
+_CLASS_SCORE_METHODS = frozenset({"meaningful-perturbation"})
+
+
+def detection_methods() -> list[str]:
+    """The methods that explain a :class:`Detection` target (black-box, through its score)."""
+    from .methods import all_methods
+
+    return [s.name for s in all_methods().values() if _explains_detections(s)]
+
+
+def _explains_detections(spec: MethodSpec) -> bool:
+    return not (spec.requires_graph or spec.needs_gradient or spec.name in _CLASS_SCORE_METHODS)
+
+
+def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
+            target: int | Detection | None = None, seed: int | None = 0, progress: bool = False,
+            labels: Sequence[str] | None = None, inputs: dict[str, Any] | None = None,
+            decoder: str | Decoder | None = None, **options: Any) -> Explanation:
+    """Explain ``model``'s score for ``target`` on one input ``x``: a class index (default:
+    top-1) or a :class:`~blackbox_xai.targets.Detection` of a detector.
+
+    A detection is explained through its D-RISE similarity score (see
+    :mod:`blackbox_xai.targets`): the method sees a query function (N, C, H, W) -> (N, 1) and
+    target 0; the manifest's ``extras["detection"]`` records the box, class, decoder and score.
 
     Args:
-        model: a :class:`Model` or any function (N, C, H, W) -> (N, K).
+        model: a :class:`Model` or any function (N, C, H, W) -> (N, K); for a detection, a
+            ``Model`` loaded with ``task="detect"`` or a function returning the raw head
+            output(s).
         x: one preprocessed input, (C, H, W) or (1, C, H, W), NCHW float32.
         method: a registered method name (``blackbox_xai.METHODS``).
+        target: a class index, or a :class:`Detection` (box in the input's pixels).
+        decoder: a detection's output layout (``blackbox_xai.decode.DECODERS``; default: chosen
+            from the output shapes).
         seed: seeds the method's ``np.random.Generator``; same seed, same map.
         progress: show a progress bar on stderr.
         inputs: recorded in the manifest: the image and its preprocessing (``Prepared.inputs``).
@@ -95,15 +123,22 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: in
     opts = spec.validate(options)
     x = as_single_input(x)
     real_model = model if isinstance(model, Model) else None
+    scorer = None
+    if isinstance(target, Detection):
+        if not _explains_detections(spec):
+            raise BlackboxError(f"method {method!r} cannot explain a detection yet (gradient, CAM "
+                                "and class-probability methods need class scores); use one of "
+                                f"{', '.join(detection_methods())}")
+        scorer = DetectionScore(Detector(model, decoder), target)
     if spec.requires_graph and real_model is None:
         raise BlackboxError(f"method {method!r} rewrites the ONNX graph: pass a Model from load_model()")
     t0 = time.perf_counter()
     with progress_bar(progress, desc=method) as bar:
-        query = CountingQuery(model, bar)
+        query = CountingQuery(model if scorer is None else scorer, bar)
         scores0 = query(x[None])[0]
-        tgt = resolve_target(scores0, target)
-        ctx = Context(rng=np.random.default_rng(seed), scores=scores0, model=real_model,
-                      progress=bar)
+        tgt = resolve_target(scores0, None if scorer is not None else target)
+        ctx = Context(rng=np.random.default_rng(seed), scores=scores0,
+                      model=real_model if scorer is None else None, progress=bar)
         before = real_model.n_queries if real_model is not None else 0
         try:
             attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
@@ -120,9 +155,14 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *, target: in
     if not np.isfinite(amap).all():
         raise InternalError(f"{method} returned a map with {int((~np.isfinite(amap)).sum())} NaN "
                             "or infinite values (a bug in blackbox-xai: please report it)")
+    extras, label = attribution.extras, labels[tgt] if labels is not None else None
+    if scorer is not None:
+        extras = {**extras, "detection": scorer.describe()}
+        k = scorer.target.label
+        label = labels[k] if labels is not None and k < len(labels) else None
     return Explanation(
-        map=amap, method=method, target=tgt, score=float(scores0[tgt]),
-        n_queries=n_queries, seconds=seconds, seed=seed, options=opts,
-        extras=attribution.extras, label=labels[tgt] if labels is not None else None,
+        map=amap, method=method, target=tgt if scorer is None else scorer.target.label,
+        score=float(scores0[tgt]), n_queries=n_queries, seconds=seconds, seed=seed, options=opts,
+        extras=extras, label=label,
         model=real_model.describe() if real_model is not None else None, inputs=inputs,
     )

@@ -58,6 +58,8 @@ SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
 _ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
+_INTEGER_ELEM_TYPES = frozenset(getattr(onnx.TensorProto, t) for t in (
+    "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"))
 
 
 @dataclass(frozen=True)
@@ -170,13 +172,19 @@ class Model:
             them inside a rewritten graph (:meth:`perturbed_scores`; same inputs to the model
             as the host path); None: on CUDA only, where the graph allows it. Needs a dynamic
             batch axis and a graph that can be rewritten.
+        task: ``"classify"`` (class scores, refused otherwise) or ``"detect"``: a detector,
+            whose raw outputs (every graph output, or ``output``) are kept as they are for
+            :mod:`blackbox_xai.targets` to decode (:meth:`raw_outputs`); nothing is cut.
     """
 
     def __init__(self, path: str | os.PathLike, *, device: Device = "auto",
                  score: ScoreKind = "logit", output: str | None = None,
                  batch_size: int | Literal["auto"] = "auto", layout: Layout | None = None,
                  threads: int | None = None, dynamic_batch: bool = True,
-                 io_binding: bool | None = None, perturb_in_graph: bool | None = None) -> None:
+                 io_binding: bool | None = None, perturb_in_graph: bool | None = None,
+                 task: Literal["classify", "detect"] = "classify") -> None:
+        if task not in ("classify", "detect"):
+            raise ModelInputError(f"task={task!r}: use 'classify' or 'detect'")
         if score not in ("logit", "prob", "logprob"):
             raise ModelInputError(f"score={score!r}: use 'logit', 'prob' or 'logprob'")
         if threads is not None and not (isinstance(threads, int) and threads >= 1):
@@ -184,14 +192,19 @@ class Model:
         self.path = Path(path)
         source = load(self.path)
         self.sha256 = sha256_of(self.path)
-        self.device, self.threads, self.score = device, threads, score
+        self.device, self.threads, self.score, self.task = device, threads, score, task
         self.proto, self.graph_problem = self._normalized(source)
         self.input = self._find_input(self.proto, layout)
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
-        self.output_name = self._find_output(output)
-        self.logits_name, self.activation = final_activation(self.proto, self.output_name)
+        self.output_names = [self._find_output(output)] if output is not None or task == "classify" \
+            else [o.name for o in self.proto.graph.output]
+        self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES
+                               for o in self.proto.graph.output if o.name in self.output_names]
+        self.output_name = self.output_names[0]
+        self.logits_name, self.activation = final_activation(self.proto, self.output_name) \
+            if task == "classify" else (self.output_name, None)
         self.output_is_probability = self.activation in ("Softmax", "Sigmoid")
         forward = self.proto
         if self.logits_name != self.output_name:
@@ -311,7 +324,7 @@ class Model:
         raise ModelInputError(f"the model has {len(outs)} outputs ({listed}): choose the class "
                               "scores with --output NAME")
 
-    def _check_scores(self) -> int:
+    def _check_scores(self) -> int | None:
         """Run one input; refuse outputs that are not class scores; return the class count.
 
         Class scores are (N, K) or (N, K, 1, ..., 1) (Caffe2's 1x1-conv heads); a spatial map
@@ -331,12 +344,15 @@ class Model:
             raise ModelInputError(f"output {self.output_name!r} has shape {list(raw.shape)}: "
                                   "no class scores")
         wide = [d for d in raw.shape[1:] if d != 1]
-        if len(wide) > 1:
+        if len(wide) > 1 and self.task == "classify":
             raise ModelInputError(
                 f"output {self.output_name!r} has shape {list(raw.shape)}: a spatial map or a box "
-                "tensor, not class scores; classification methods do not apply (detection and "
-                "segmentation targets are not supported yet)")
+                "tensor, not class scores; for a detector use `bbx detect` and `bbx explain METHOD "
+                "... --detection I` (load_model(path, task='detect')); segmentation targets are "
+                "not supported yet")
         self.proto = declare_output_shapes(self.proto, {n: o.shape for n, o in outs.items()})
+        if self.task == "detect":
+            return None  # classes are counted by the decoder
         return int(np.prod(raw.shape[1:], dtype=np.int64))
 
     def example_chw(self, default_size: int = 224) -> tuple[int, int, int]:
@@ -600,9 +616,17 @@ class Model:
 
     def __call__(self, x: npt.NDArray[np.float32], progress=None) -> npt.NDArray[np.float32]:
         """Scores (N, K) of the inputs (N, C, H, W), of the model's ``score`` kind."""
+        if self.task == "detect":
+            raise ModelInputError(f"{self.path.name} is loaded as a detector: its outputs are "
+                                  "proposals, not class scores; explain a Detection target")
         (logits,) = self.run_batched(self.session, {self.input.name: x}, [self.logits_name],
                                      progress=progress)
         return self._scores(logits.reshape(len(logits), -1))
+
+    def raw_outputs(self, x: npt.NDArray[np.float32], progress=None) -> list[npt.NDArray[np.float32]]:
+        """The outputs :attr:`output_names` of the inputs (N, C, H, W), as the graph gives them."""
+        return self.run_batched(self.session, {self.input.name: x}, self.output_names,
+                                progress=progress)
 
     def _scores(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Scores of the model's ``score`` kind from logits (N, K)."""
@@ -617,7 +641,7 @@ class Model:
         return {"path": str(self.path), "sha256": self.sha256, "provider": self.provider,
                 "input": self.input.name, "layout": self.input.layout, "output": self.output_name,
                 "explained_tensor": self.logits_name, "final_activation": self.activation,
-                "score": self.score}
+                "score": self.score, "task": self.task}
 
 
 def _shape_of(v: onnx.ValueInfoProto) -> list[int | str | None] | None:

@@ -42,10 +42,10 @@ def diverging(t: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
 #: the class, and 0 means no effect. They are drawn centred at 0 on the diverging scale.
 SIGNED_METHODS = frozenset({"occlusion", "shapley", "lime", "cam", "gradient-x-input",
                             "integrated-gradients"})
-#: Methods whose maps are relevance, not signed evidence: RISE and Score-CAM (weighted averages
-#: of scores: all negative on a model with negative logits), CAMs after ReLU, |gradient| maps
+#: Methods whose maps are relevance, not signed evidence: RISE, D-RISE and Score-CAM (weighted
+#: averages of scores: all negative on a model with negative logits), CAMs after ReLU, |gradient| maps
 #: (saliency, smoothgrad), masks (meaningful perturbation). Drawn min-max on inferno.
-UNSIGNED_METHODS = frozenset({"rise", "scorecam", "gradcam", "gradcampp", "smooth-gradcampp",
+UNSIGNED_METHODS = frozenset({"rise", "drise", "scorecam", "gradcam", "gradcampp", "smooth-gradcampp",
                               "xgradcam", "layercam", "ablationcam", "eigencam", "saliency",
                               "smoothgrad", "meaningful-perturbation",
                               "attention-rollout", "gradient-rollout"})

@@ -36,7 +36,9 @@ torchvision, which it only uses in helpers not called here; a stub stands in whe
 opencv-python-headless, ttach, tqdm, matplotlib, scikit-learn, and this package
 (``pip install --no-deps -e .``).
 
-Run: ``python tools/check_against_torch.py [--photos cat ...] [--methods gradcam ...] [--md PATH]``.
+Run: ``python tools/check_against_torch.py [--photos cat ...] [--methods gradcam ...] [--md PATH]``
+(``--md`` keeps the vision-transformer section that ``tools/check_transformers_against_torch.py``
+writes between ``<!-- transformers -->`` markers).
 Score-CAM costs 1280 forward passes per photo in each implementation (a few minutes on 2 cores).
 """
 
@@ -568,11 +570,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} rows, {len(failed)} FAIL")
     if args.md:
         notes = "\n".join(f"* **{k}**: {v}" for k, v in NOTES.items())
+        # Keep the section tools/check_transformers_against_torch.py writes (between markers).
+        old = args.md.read_text() if args.md.exists() else ""
+        begin, end = "<!-- transformers -->", "<!-- /transformers -->"
+        kept = ("\n" + old[old.index(begin):old.index(end) + len(end)] + "\n"
+                if begin in old and end in old else "")
         args.md.write_text(
             "# blackbox-xai vs pytorch-grad-cam / captum on the torch model\n\n"
             "Written by `tools/check_against_torch.py` (see its docstring for the columns).\n\n"
             + "\n".join(f"* {h}" for h in header) + "\n\n" + table + "\n\n## Notes\n\n" + notes
-            + "\n")
+            + "\n" + kept)
     return 1 if failed else 0
 
 

@@ -142,7 +142,7 @@ def preprocess_options(fn: Callable) -> Callable:
 
 
 def open_model(model_path: str, device: str, score: str, output_name: str | None,
-               batch_size: str, threads: int | None, layout: str | None):
+               batch_size: str, threads: int | None, layout: str | None, task: str = "classify"):
     from ..model import load_model
 
     if batch_size != "auto":
@@ -151,7 +151,7 @@ def open_model(model_path: str, device: str, score: str, output_name: str | None
         except ValueError:
             raise BlackboxError(f"--batch-size {batch_size!r}: use a positive integer or auto") from None
     return load_model(model_path, device=device, score=score, output=output_name,
-                      batch_size=batch_size, threads=threads, layout=layout)
+                      batch_size=batch_size, threads=threads, layout=layout, task=task)
 
 
 def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import UnknownNameError, did_you_mean
 from ..outputs import OutputPlan, model_inputs
 from .common import (
+    FiniteFloatRange,
     OneLineErrors,
     UserError,
     _click_type,
@@ -108,6 +109,78 @@ def predict_cmd(model_path, images, top, device, score, output_name, batch_size,
                      for c in np.argsort(-pr)[:top]], align="<>>><")
 
 
+def detection_options(fn):
+    """``--conf``, ``--iou`` and ``--decoder``: how a detector's outputs become detections."""
+    from ..decode import DECODERS
+
+    for opt in reversed([
+        click.option("--conf", type=FiniteFloatRange(0, 1), default=0.25, show_default=True,
+                     help="Confidence threshold (class score x objectness)."),
+        click.option("--iou", type=FiniteFloatRange(0, 1), default=0.45, show_default=True,
+                     help="NMS IoU threshold (per class)."),
+        click.option("--decoder", type=click.Choice(DECODERS), default=None,
+                     help="Output layout (default: chosen from the output shapes)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _box_text(box) -> str:
+    return ",".join(f"{v:.1f}" for v in box)
+
+
+@cli.command("detect")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("images", nargs=-1, required=True)
+@detection_options
+@model_options
+@preprocess_options
+@friendly_errors
+def detect_cmd(model_path, images, conf, iou, decoder, device, score, output_name, batch_size,
+               threads, layout, preprocess) -> None:
+    """List a detector's detections per image: index, class, label, score, box x0,y0,x1,y1 in
+    the image's pixels (the index is what `explain METHOD ... --detection I` takes)."""
+    from ..targets import Detector
+
+    model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
+                       task="detect")
+    pre, prepared = prepare_images(model, images, preprocess)
+    detector = Detector(model, decoder)
+    for p in prepared:
+        (dets,) = detector.detect(p.tensor[None], conf=conf, iou=iou)
+        click.echo(f"{p.path.name}: {len(dets)} detection{'s' * (len(dets) != 1)} "
+                   f"(decoder {detector.decoder.kind}, conf {conf:g}, iou {iou:g})")
+        hw = p.tensor.shape[1:]
+        print_table([("", i, d.label, _label(pre.labels, d.label), f"{d.score:.4f}",
+                      _box_text(d.to_image(p.box, hw))) for i, d in enumerate(dets)],
+                    align="<>><><")
+
+
+def _label(labels, k: int) -> str:
+    return labels[k] if labels is not None and k < len(labels) else ""
+
+
+def _detection_target(detector, p, detection, box, class_, conf, iou):
+    """The Detection to explain on one prepared image: ``bbx detect``'s number ``detection``,
+    or ``box`` (image pixels, "x0,y0,x1,y1") with class ``class_``."""
+    from ..targets import Detection
+
+    hw = p.tensor.shape[1:]
+    if detection is not None:
+        (dets,) = detector.detect(p.tensor[None], conf=conf, iou=iou)
+        if detection >= len(dets):
+            raise UserError(f"--detection {detection}: {p.path.name} has {len(dets)} detections at "
+                            f"--conf {conf:g} (see `bbx detect`)")
+        return dets[detection]
+    try:
+        values = [float(v) for v in box.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise UserError(f"--box {box!r}: give x0,y0,x1,y1 in image pixels")
+    return Detection.from_image(values, class_, p.box, hw)
+
+
 class ExplainGroup(click.Group):
     """``explain METHOD``: one subcommand per registered method, options from its signature."""
 
@@ -140,6 +213,13 @@ def make_explain_command(spec) -> click.Command:
     @click.argument("model_path", metavar="MODEL")
     @click.argument("images", nargs=-1, required=True)
     @click.option("--target", type=int, default=None, help="Class to explain (default: top-1).")
+    @click.option("--detection", type=click.IntRange(0), default=None,
+                  help="A detector's detection to explain: its index in `bbx detect`'s list.")
+    @click.option("--box", default=None, metavar="x0,y0,x1,y1",
+                  help="A detector's box to explain, in image pixels (with --class).")
+    @click.option("--class", "class_", type=click.IntRange(0), default=None,
+                  help="The class of --box.")
+    @detection_options
     @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
                   help="Write .npy/.json/.png per image here (default: write nothing).")
@@ -148,27 +228,41 @@ def make_explain_command(spec) -> click.Command:
     @model_options
     @preprocess_options
     @friendly_errors
-    def run(model_path, images, target, seed, out_dir, overwrite, progress, device, score,
-            output_name, batch_size, threads, layout, preprocess, **options):
+    def run(model_path, images, target, detection, box, class_, conf, iou, decoder, seed, out_dir,
+            overwrite, progress, device, score, output_name, batch_size, threads, layout,
+            preprocess, **options):
         from ..api import explain
         from ..explanation import plan_files
+        from ..targets import Detector
 
         spec.validate(options)  # bad option values cost no model loading
+        detecting = detection is not None or box is not None or class_ is not None
+        if detecting and (target is not None or (detection is not None) == (box is not None)
+                          or (box is None) != (class_ is None)):
+            raise UserError("a detection target is --detection I, or --box x0,y0,x1,y1 with "
+                            "--class k (not with --target)")
         # every image's files are planned and checked before any computing, written at the end
         plan = OutputPlan(overwrite)
         if out_dir is not None:
             for img in images:
                 plan_files(plan, out_dir, f"{Path(img).stem}_{spec.name}", overlay=True, source=img)
             plan.check({**model_inputs(model_path), **{img: "an input image" for img in images}})
-        model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
+        model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
+                           task="detect" if detecting else "classify")
         pre, prepared = prepare_images(model, images, preprocess)
         show = sys.stderr.isatty() if progress is None else progress
+        detector = Detector(model, decoder) if detecting else None
         payloads: dict[Path, bytes] = {}
         for p in prepared:
-            exp = explain(model, p.tensor, spec.name, target=target, seed=seed, progress=show,
-                          labels=pre.labels, inputs=p.inputs, **options)
+            tgt = target if detector is None else _detection_target(detector, p, detection, box,
+                                                                     class_, conf, iou)
+            exp = explain(model, p.tensor, spec.name, target=tgt, seed=seed, progress=show,
+                          labels=pre.labels, inputs=p.inputs,
+                          decoder=(detector.decoder or decoder) if detector else None, **options)
             label = f" ({exp.label})" if exp.label else ""
-            click.echo(f"{p.path.name}: {spec.name} target {exp.target}{label} score "
+            where = "" if detector is None else \
+                f" box {_box_text(tgt.to_image(p.box, p.tensor.shape[1:]))}"
+            click.echo(f"{p.path.name}: {spec.name} target {exp.target}{label}{where} score "
                        f"{exp.score:.4g}, {exp.n_queries} queries, {exp.seconds:.2f} s")
             if out_dir is not None:
                 payloads.update(exp.files(out_dir, f"{p.path.stem}_{spec.name}", image=p.image,

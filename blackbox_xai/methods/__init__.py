@@ -2,7 +2,17 @@
 
 from ..errors import UnknownNameError, did_you_mean
 from ..registry import METHODS, MethodSpec
-from . import attention, cam, gradients, lime, meaningful_perturbation, occlusion, rise, shapley  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    cam,
+    drise,
+    gradients,
+    lime,
+    meaningful_perturbation,
+    occlusion,
+    rise,
+    shapley,
+)
 
 __all__ = ["METHODS", "all_methods", "alternatives", "get_method", "methods_table"]
 
@@ -24,7 +34,7 @@ def alternatives(*, without_graph: bool) -> str:
     ``without_graph``, when the graph cannot be rewritten at all; from the registry."""
     names = []
     for spec in all_methods().values():
-        if spec.family == "attention":  # transformers only: no alternative on other models
+        if spec.family in ("attention", "detection"):  # transformers / detectors only
             continue
         if spec.requires_graph if without_graph else spec.needs_gradient:
             continue

@@ -19,7 +19,8 @@ SEED_FREE_ON_TINY_CNN = {"smooth-gradcampp"}
 
 
 @pytest.mark.parametrize("method", sorted(m for m, s in all_methods().items()
-                                          if s.family != "attention"))  # test_attention.py
+                                          if s.family not in ("attention", "detection")))
+# attention: test_attention.py; detection (drise): test_detection.py
 def test_same_seed_same_map_and_any_batch_size_same_map(method, x32):
     opts = {**all_methods()[method].fast, **EXTRA.get(method, {})}  # `bbx evaluate --fast`
     maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, method, seed=3,

@@ -1,0 +1,7 @@
+"""Detector output decoders (YOLOv8, YOLOv5, boxes + scores) and NMS, in plain numpy."""
+
+from .layouts import DECODERS, Decoder, OutputInfo, Proposals, choose_decoder, cxcywh_to_xyxy
+from .nms import box_iou, nms
+
+__all__ = ["DECODERS", "Decoder", "OutputInfo", "Proposals", "box_iou", "choose_decoder",
+           "cxcywh_to_xyxy", "nms"]
