@@ -5,7 +5,7 @@ from .api import explain
 from .explanation import Explanation
 from .methods import METHODS, all_methods
 from .model import Model, load_model
-from .targets import Detection
+from .targets import Detection, Region
 
-__all__ = ["METHODS", "Detection", "Explanation", "Model", "__version__", "all_methods", "explain",
-           "load_model"]
+__all__ = ["METHODS", "Detection", "Explanation", "Model", "Region", "__version__", "all_methods",
+           "explain", "load_model"]

@@ -17,7 +17,7 @@ from .methods import alternatives, get_method
 from .model import Model
 from .progress import progress_bar
 from .registry import Context, MethodSpec
-from .targets import Detection, DetectionScore, Detector
+from .targets import Detection, DetectionScore, Detector, Region, RegionScore
 
 QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
@@ -93,23 +93,30 @@ def _explains_detections(spec: MethodSpec) -> bool:
 
 
 def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
-            target: int | Detection | None = None, seed: int | None = 0, progress: bool = False,
+            target: int | Detection | Region | None = None, seed: int | None = 0, progress: bool = False,
             labels: Sequence[str] | None = None, inputs: dict[str, Any] | None = None,
             decoder: str | Decoder | None = None, **options: Any) -> Explanation:
     """Explain ``model``'s score for ``target`` on one input ``x``: a class index (default:
-    top-1) or a :class:`~blackbox_xai.targets.Detection` of a detector.
+    top-1), a :class:`~blackbox_xai.targets.Detection` of a detector or a
+    :class:`~blackbox_xai.targets.Region` of a segmentation net.
 
     A detection is explained through its D-RISE similarity score (see
     :mod:`blackbox_xai.targets`): the method sees a query function (N, C, H, W) -> (N, 1) and
     target 0; the manifest's ``extras["detection"]`` records the box, class, decoder and score.
+    A region is explained through s = sum of class k's logits over it: black-box methods see
+    the query function :class:`~blackbox_xai.targets.RegionScore`; gradient, CAM and
+    class-probability methods see the one-class model :meth:`Model.region_view` (s is linear
+    in the logits). ``extras["region"]`` records the class, pixel count and the mask's source.
 
     Args:
         model: a :class:`Model` or any function (N, C, H, W) -> (N, K); for a detection, a
             ``Model`` loaded with ``task="detect"`` or a function returning the raw head
-            output(s).
+            output(s); for a region, a ``Model`` loaded with ``task="segment"`` or a function
+            returning logits (N, K, H, W).
         x: one preprocessed input, (C, H, W) or (1, C, H, W), NCHW float32.
         method: a registered method name (``blackbox_xai.METHODS``).
-        target: a class index, or a :class:`Detection` (box in the input's pixels).
+        target: a class index, a :class:`Detection` (box in the input's pixels) or a
+            :class:`Region` (mask in the output map's pixels).
         decoder: a detection's output layout (``blackbox_xai.decode.DECODERS``; default: chosen
             from the output shapes).
         seed: seeds the method's ``np.random.Generator``; same seed, same map.
@@ -123,22 +130,31 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
     opts = spec.validate(options)
     x = as_single_input(x)
     real_model = model if isinstance(model, Model) else None
-    scorer = None
-    if isinstance(target, Detection):
+    described = real_model
+    scorer: DetectionScore | RegionScore | None = None
+    query_fn: QueryFn = model
+    if isinstance(target, Region):
+        scorer = query_fn = RegionScore(model, target, x)
+        if not _explains_detections(spec):  # needs a model of its own: the linear region view
+            if real_model is None:
+                raise BlackboxError(f"method {method!r} explains a region through the model's "
+                                    "graph: pass a Model from load_model(path, task='segment')")
+            query_fn = real_model = real_model.region_view(scorer.weights)
+    elif isinstance(target, Detection):
         if not _explains_detections(spec):
             raise BlackboxError(f"method {method!r} cannot explain a detection yet (gradient, CAM "
                                 "and class-probability methods need class scores); use one of "
                                 f"{', '.join(detection_methods())}")
-        scorer = DetectionScore(Detector(model, decoder), target)
+        scorer = query_fn = DetectionScore(Detector(model, decoder), target)
     if spec.requires_graph and real_model is None:
         raise BlackboxError(f"method {method!r} rewrites the ONNX graph: pass a Model from load_model()")
     t0 = time.perf_counter()
     with progress_bar(progress, desc=method) as bar:
-        query = CountingQuery(model if scorer is None else scorer, bar)
+        query = CountingQuery(query_fn, bar)
         scores0 = query(x[None])[0]
         tgt = resolve_target(scores0, None if scorer is not None else target)
         ctx = Context(rng=np.random.default_rng(seed), scores=scores0,
-                      model=real_model if scorer is None else None, progress=bar)
+                      model=None if query_fn is scorer else real_model, progress=bar)
         before = real_model.n_queries if real_model is not None else 0
         try:
             attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
@@ -157,12 +173,13 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
                             "or infinite values (a bug in blackbox-xai: please report it)")
     extras, label = attribution.extras, labels[tgt] if labels is not None else None
     if scorer is not None:
-        extras = {**extras, "detection": scorer.describe()}
+        kind = "detection" if isinstance(scorer, DetectionScore) else "region"
+        extras = {**extras, kind: scorer.describe()}
         k = scorer.target.label
         label = labels[k] if labels is not None and k < len(labels) else None
     return Explanation(
         map=amap, method=method, target=tgt if scorer is None else scorer.target.label,
         score=float(scores0[tgt]), n_queries=n_queries, seconds=seconds, seed=seed, options=opts,
         extras=extras, label=label,
-        model=real_model.describe() if real_model is not None else None, inputs=inputs,
+        model=described.describe() if described is not None else None, inputs=inputs,
     )

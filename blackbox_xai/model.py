@@ -7,6 +7,7 @@ Inputs are always given in NCHW float32; NHWC and fp16 models are adapted here.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .cache import cache_dir, recall, remember
 from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_you_mean
@@ -55,6 +56,7 @@ T = TypeVar("T")
 ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
+REGION = "bbx_region"  # the (N, 1) score output of a region view (Model.region_view)
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
 _ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -174,7 +176,10 @@ class Model:
             batch axis and a graph that can be rewritten.
         task: ``"classify"`` (class scores, refused otherwise) or ``"detect"``: a detector,
             whose raw outputs (every graph output, or ``output``) are kept as they are for
-            :mod:`blackbox_xai.targets` to decode (:meth:`raw_outputs`); nothing is cut.
+            :mod:`blackbox_xai.targets` to decode (:meth:`raw_outputs`); nothing is cut; or
+            ``"segment"``: a segmentation net whose output (or ``output``) is a map (N, K, H, W),
+            cut before a final Softmax/Sigmoid like class scores (:meth:`logits`), explained for
+            a :class:`~blackbox_xai.targets.Region` (``score="logit"`` only).
     """
 
     def __init__(self, path: str | os.PathLike, *, device: Device = "auto",
@@ -182,9 +187,12 @@ class Model:
                  batch_size: int | Literal["auto"] = "auto", layout: Layout | None = None,
                  threads: int | None = None, dynamic_batch: bool = True,
                  io_binding: bool | None = None, perturb_in_graph: bool | None = None,
-                 task: Literal["classify", "detect"] = "classify") -> None:
-        if task not in ("classify", "detect"):
-            raise ModelInputError(f"task={task!r}: use 'classify' or 'detect'")
+                 task: Literal["classify", "detect", "segment"] = "classify") -> None:
+        if task not in ("classify", "detect", "segment"):
+            raise ModelInputError(f"task={task!r}: use 'classify', 'detect' or 'segment'")
+        if task == "segment" and score != "logit":
+            raise ModelInputError(f"score={score!r}: a region's score is the sum of its class "
+                                  "logits; use score='logit' with task='segment'")
         if score not in ("logit", "prob", "logprob"):
             raise ModelInputError(f"score={score!r}: use 'logit', 'prob' or 'logprob'")
         if threads is not None and not (isinstance(threads, int) and threads >= 1):
@@ -198,13 +206,13 @@ class Model:
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
-        self.output_names = [self._find_output(output)] if output is not None or task == "classify" \
+        self.output_names = [self._find_output(output)] if output is not None or task != "detect" \
             else [o.name for o in self.proto.graph.output]
         self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES
                                for o in self.proto.graph.output if o.name in self.output_names]
         self.output_name = self.output_names[0]
         self.logits_name, self.activation = final_activation(self.proto, self.output_name) \
-            if task == "classify" else (self.output_name, None)
+            if task != "detect" else (self.output_name, None)
         self.output_is_probability = self.activation in ("Softmax", "Sigmoid")
         forward = self.proto
         if self.logits_name != self.output_name:
@@ -348,11 +356,17 @@ class Model:
             raise ModelInputError(
                 f"output {self.output_name!r} has shape {list(raw.shape)}: a spatial map or a box "
                 "tensor, not class scores; for a detector use `bbx detect` and `bbx explain METHOD "
-                "... --detection I` (load_model(path, task='detect')); segmentation targets are "
-                "not supported yet")
+                "... --detection I` (load_model(path, task='detect')); for a segmentation net "
+                "`bbx explain METHOD ... --class k` (load_model(path, task='segment'))")
+        if self.task == "segment" and raw.ndim != 4:
+            raise ModelInputError(f"output {self.output_name!r} has shape {list(raw.shape)}: not "
+                                  "a segmentation map (N, K, H, W); --class/--region/--mask (a "
+                                  "Region target) need a segmentation net")
         self.proto = declare_output_shapes(self.proto, {n: o.shape for n, o in outs.items()})
         if self.task == "detect":
             return None  # classes are counted by the decoder
+        if self.task == "segment":
+            return int(raw.shape[1])
         return int(np.prod(raw.shape[1:], dtype=np.int64))
 
     def example_chw(self, default_size: int = 224) -> tuple[int, int, int]:
@@ -616,12 +630,49 @@ class Model:
 
     def __call__(self, x: npt.NDArray[np.float32], progress=None) -> npt.NDArray[np.float32]:
         """Scores (N, K) of the inputs (N, C, H, W), of the model's ``score`` kind."""
-        if self.task == "detect":
-            raise ModelInputError(f"{self.path.name} is loaded as a detector: its outputs are "
-                                  "proposals, not class scores; explain a Detection target")
+        if self.task != "classify":
+            what = ("a detector: its outputs are proposals" if self.task == "detect" else
+                    "a segmentation net: its output is a map")
+            raise ModelInputError(f"{self.path.name} is loaded as {what}, not class scores; "
+                                  f"explain a {'Detection' if self.task == 'detect' else 'Region'}"
+                                  " target")
+        logits = self.logits(x, progress)
+        return self._scores(logits.reshape(len(logits), -1))
+
+    def logits(self, x: npt.NDArray[np.float32], progress=None) -> npt.NDArray[np.float32]:
+        """The explained tensor :attr:`logits_name` of the inputs (N, C, H, W), as the graph
+        lays it out (a segmentation net's (N, K, H, W) logits)."""
         (logits,) = self.run_batched(self.session, {self.input.name: x}, [self.logits_name],
                                      progress=progress)
-        return self._scores(logits.reshape(len(logits), -1))
+        return logits
+
+    def region_view(self, weights: npt.NDArray[np.float32]) -> Model:
+        """This model as a one-class classifier whose score is linear in the logits z
+        (N, K, H, W): s = sum_{k,i,j} w_kij z_kij (N, 1), ``weights`` w (K, H, W) (a
+        :class:`~blackbox_xai.targets.Region`: its mask on its class). Every method, gradient
+        and CAM ones included, explains class 0 of the view; a backward pass from s seeds z
+        with w. The graph computes Flatten(z) @ w.reshape(-1, 1); inputs must give z of w's
+        shape."""
+        elem = next(o.type.tensor_type.elem_type for o in self.proto.graph.output
+                    if o.name == self.output_name)
+        w = weights.reshape(-1, 1).astype(helper.tensor_dtype_to_np_dtype(elem))
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.graph())
+        proto.graph.initializer.append(numpy_helper.from_array(w, f"{REGION}_weights"))
+        proto.graph.node.extend([
+            helper.make_node("Flatten", [self.logits_name], [f"{REGION}_flat"], axis=1),
+            helper.make_node("MatMul", [f"{REGION}_flat", f"{REGION}_weights"], [REGION])])
+        del proto.graph.output[:]
+        proto.graph.output.append(helper.make_tensor_value_info(REGION, elem, ["N", 1]))
+        view = copy.copy(self)
+        view.session, _ = create_session(proto.SerializeToString(), self.device, self.threads,
+                                         generated="rewritten graph")
+        view.proto, view.task, view.num_classes, view.n_queries = proto, "classify", 1, 0
+        view.output_names, view.output_integer = [REGION], [False]
+        view.output_name = view.logits_name = REGION
+        view.activation, view.output_is_probability = None, False
+        view._sessions, view._facts = {}, {}
+        return view
 
     def raw_outputs(self, x: npt.NDArray[np.float32], progress=None) -> list[npt.NDArray[np.float32]]:
         """The outputs :attr:`output_names` of the inputs (N, C, H, W), as the graph gives them."""

@@ -1,4 +1,5 @@
-"""Targets other than a class index: one detection of an object detector.
+"""Targets other than a class index: one detection of an object detector, one class over a
+region of a segmentation net's output.
 
 A target is a score function over the model's raw outputs. A :class:`Detection` is scored by
 the D-RISE similarity (Petsiuk et al., "Black-box explanation of object detectors via saliency
@@ -10,6 +11,15 @@ with L the boxes, P_t the one-hot vector of the target's class, P_a a proposal's
 and O_a its objectness (1 for models without one). :class:`DetectionScore` turns a detector
 into a query function (N, C, H, W) -> (N, 1) of that similarity, so the black-box methods
 explain a detection unchanged, with target 0.
+
+A :class:`Region` of class k over the pixels R of a segmentation output z (N, K, H, W) is
+scored by the sum of the class's logits over the region (pytorch-grad-cam's
+SemanticSegmentationTarget):
+
+    s(x) = sum_{(i, j) in R} z_k(x)_ij
+
+:class:`RegionScore` is its query function (N, C, H, W) -> (N, 1); the score is linear in z, so
+gradient and CAM methods explain it through :meth:`~blackbox_xai.model.Model.region_view`.
 """
 
 from __future__ import annotations
@@ -165,3 +175,121 @@ class DetectionScore:
         dec = self.detector.decoder
         return {**self.target.describe(), "decoder": dec.describe() if dec is not None else None,
                 "score_function": "D-RISE similarity: max_a IoU x cos(one-hot, P_a) x objectness"}
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """Class ``label`` over a region of a segmentation output (N, K, H, W): ``mask`` (H, W) bool
+    in the output's pixels, or None for the pixels predicted as ``label`` (argmax over K; for a
+    one-channel sigmoid map, logit > 0, i.e. probability > 0.5). ``source`` says where the mask
+    came from (recorded in the manifest)."""
+
+    label: int
+    mask: npt.NDArray[np.bool_] | None = None
+    source: str = "mask"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.label, (int, np.integer)) and self.label >= 0):
+            raise BlackboxError(f"Region label {self.label!r}: give a class index >= 0")
+        object.__setattr__(self, "label", int(self.label))
+        if self.mask is not None:
+            mask = np.asarray(self.mask)
+            if mask.ndim != 2 or not mask.any():
+                raise BlackboxError(f"Region mask of shape {mask.shape} with {int(mask.sum())} "
+                                    "pixels in: give an (H, W) mask of the output with pixels in")
+            object.__setattr__(self, "mask", mask.astype(bool))
+
+    @classmethod
+    def from_image(cls, label: int, footprint: Sequence[float], map_hw: tuple[int, int], *,
+                   box: Sequence[float] | None = None,
+                   image_mask: npt.NDArray | None = None, source: str = "mask") -> Region:
+        """A region from a ``box`` (x0, y0, x1, y1) or an ``image_mask`` (nonzero = in), both in
+        the photo's pixels: an output pixel (i, j) is in when its centre, at
+        x = fx0 + (j + 0.5) (fx1 - fx0) / W, y = fy0 + (i + 0.5) (fy1 - fy0) / H in the photo
+        (``footprint``: the input tensor's footprint, ``Prepared.box``), is in the box, or falls
+        on a nonzero pixel of the mask (outside the photo: out)."""
+        fx0, fy0, fx1, fy1 = footprint
+        h, w = map_hw
+        ys = fy0 + (np.arange(h) + 0.5) * (fy1 - fy0) / h
+        xs = fx0 + (np.arange(w) + 0.5) * (fx1 - fx0) / w
+        if box is not None:
+            x0, y0, x1, y1 = (float(v) for v in box)
+            mask = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None]
+        elif image_mask is not None:
+            iy, ix = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+            inside = ((iy >= 0) & (iy < image_mask.shape[0]))[:, None] & \
+                ((ix >= 0) & (ix < image_mask.shape[1]))[None]
+            values = image_mask[np.clip(iy, 0, image_mask.shape[0] - 1)[:, None],
+                                np.clip(ix, 0, image_mask.shape[1] - 1)[None]]
+            mask = inside & (values != 0)
+        else:
+            raise BlackboxError("Region.from_image: give a box or an image mask")
+        if not mask.any():
+            raise BlackboxError(f"the {source} covers no pixel of the model's {h}x{w} output map")
+        return cls(label, mask, source)
+
+
+LogitsFn = Callable[[npt.NDArray[np.float32]], npt.NDArray]
+
+
+def logits_of(model) -> LogitsFn:
+    """The function x -> logits (N, K, H, W) of a segmentation net: a
+    :class:`~blackbox_xai.model.Model` loaded with ``task="segment"`` or a plain function."""
+    if isinstance(model, Model):
+        if model.task != "segment":
+            raise BlackboxError(f"{model.path.name} is loaded with task={model.task!r}: load it "
+                                "with load_model(path, task='segment') to explain a Region")
+        return model.logits
+    return model
+
+
+class RegionScore:
+    """A query function (N, C, H, W) -> (N, 1): the sum of class k's logits over a
+    :class:`Region`, s = sum_ij M_ij z_k,ij, with the region's mask M resolved on the
+    explained input ``x`` (C, H, W) when the target has none (see :class:`Region`). ``model``:
+    see :func:`logits_of`."""
+
+    def __init__(self, model, target: Region, x: npt.NDArray[np.float32]) -> None:
+        self.model, self.logits, self.target = model, logits_of(model), target
+        z = self._map(x[None])[0]
+        k = target.label
+        if k >= z.shape[0]:
+            raise BlackboxError(f"--class {k}: the segmentation output has {z.shape[0]} classes "
+                                f"(0..{z.shape[0] - 1})")
+        if target.mask is None:
+            self.mask = z[0] > 0 if z.shape[0] == 1 else z.argmax(axis=0) == k
+            self.source = "predicted (logit > 0)" if z.shape[0] == 1 else "predicted (argmax)"
+            if not self.mask.any():
+                raise BlackboxError(f"no pixel of the output is predicted as class {k}: give the "
+                                    "region (--region x0,y0,x1,y1 or --mask FILE)")
+        else:
+            self.mask, self.source = target.mask, target.source
+        if self.mask.shape != z.shape[1:]:
+            raise BlackboxError(f"Region mask of shape {self.mask.shape}: the output map is "
+                                f"{z.shape[1]}x{z.shape[2]}")
+        #: w (K, H, W): the region's mask on its class, s = sum w * z
+        self.weights = np.zeros(z.shape, np.float32)
+        self.weights[k] = self.mask
+
+    @property
+    def batch_size(self) -> int | None:
+        size = getattr(self.model, "batch_size", None)
+        return size if isinstance(size, int) else None
+
+    def _map(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        z = np.asarray(self.logits(x), dtype=np.float32)
+        if z.ndim != 4:
+            raise BlackboxError(f"the segmentation output has shape {z.shape}: expected "
+                                "(N, K, H, W)")
+        return z
+
+    def __call__(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        z = self._map(x)[:, self.target.label]
+        return z.reshape(len(z), -1)[:, self.mask.ravel()].sum(axis=1, dtype=np.float64
+                                                                 ).astype(np.float32)[:, None]
+
+    def describe(self) -> dict:
+        """The manifest's record of the target: class, pixel count, where the mask came from."""
+        return {"label": self.target.label, "pixels": int(self.mask.sum()),
+                "map_hw": list(self.mask.shape), "source": self.source,
+                "score_function": "sum of class k's logits over the region"}

@@ -10,11 +10,14 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import BlackboxError, InternalError
+
+if TYPE_CHECKING:
+    from ..dataset.sources import ImageSet
 
 log = logging.getLogger("blackbox_xai")
 
@@ -154,8 +157,27 @@ def open_model(model_path: str, device: str, score: str, output_name: str | None
                       batch_size=batch_size, threads=threads, layout=layout, task=task)
 
 
-def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
-    """The recipe (flags > preset > sidecar > metadata > guess) and each image prepared with it."""
+def image_arguments(fn: Callable) -> Callable:
+    """The ``IMAGES...`` argument (files, folders, globs) and ``--images-from FILE``, passed to
+    the command as one :class:`~blackbox_xai.dataset.sources.ImageSet` ``images``."""
+    from ..dataset.sources import expand
+
+    @functools.wraps(fn)
+    def wrapper(*args, images: tuple[str, ...], images_from: str | None, **kwargs):
+        try:
+            image_set = expand(images, images_from)
+        except BlackboxError as e:
+            raise UserError(str(e)) from None
+        return fn(*args, images=image_set, **kwargs)
+
+    wrapper = click.option(
+        "--images-from", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+        help="More images: one path a line, or a CSV with a path column (and target).")(wrapper)
+    return click.argument("images", nargs=-1)(wrapper)
+
+
+def recipe(model, flags: dict[str, Any]):
+    """The preprocessing recipe from the flags (flags > preset > sidecar > metadata > guess)."""
     from ..preprocess import Preprocessing
 
     numbers = {}
@@ -167,10 +189,23 @@ def prepare_images(model, images: tuple[str, ...], flags: dict[str, Any]):
                 raise BlackboxError(f"--{k} {flags[k]!r}: give numbers") from None
     order = {True: "BGR", False: "RGB", None: None}[flags["bgr"]]
     mode = {True: "letterbox", False: "crop", None: None}[flags["letterbox"]]
-    pre = Preprocessing.for_model(
+    return Preprocessing.for_model(
         model.path, model.input.chw[1:], channels=model.input.channels,
         num_classes=model.num_classes, preset=flags["preset"], flag_prefix="--", **numbers,
         scale=flags["scale"], pad=flags["pad"], channel_order=order, mode=mode)
+
+
+def stream_images(model, images: ImageSet, flags: dict[str, Any]):
+    """The recipe and the prepared images: a list for a few files (a bad one fails before any
+    computing), an iterator preparing each image when it is reached for a dataset."""
+    pre = recipe(model, flags)
+    prepared = (pre.prepare(p, model.input.channels, flags["max_pixels"]) for p in images.paths)
+    return pre, prepared if images.dataset else list(prepared)
+
+
+def prepare_images(model, images: Sequence[str], flags: dict[str, Any]):
+    """The recipe and every image prepared with it (a list)."""
+    pre = recipe(model, flags)
     return pre, [pre.prepare(p, model.input.channels, flags["max_pixels"]) for p in images]
 
 

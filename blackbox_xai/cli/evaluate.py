@@ -24,6 +24,7 @@ from .common import (
     FiniteFloatRange,
     _click_type,
     friendly_errors,
+    image_arguments,
     model_options,
     open_model,
     prepare_images,
@@ -237,7 +238,7 @@ def _figures(result: EvaluationResult, prepared: Sequence[Prepared], stems: Sequ
 
 @click.command("evaluate")
 @click.argument("model_path", metavar="MODEL")
-@click.argument("images", nargs=-1, required=True)
+@image_arguments
 @click.option("--methods", "methods_text", default="occlusion", show_default=True,
               help="Comma-separated method names (see `blackbox-xai methods`).")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="[METHOD.]KEY=VALUE",
@@ -281,6 +282,7 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     from ..metrics import evaluate, load_boxes, match_annotations
     from ..report import png_bytes, render_report
 
+    images = images.paths  # metrics and figures need every image at once
     methods = _parse_methods(methods_text)
     opts = method_options(methods, option_pairs, fast)
     boxes = load_boxes(boxes_path) if boxes_path else None
@@ -376,7 +378,7 @@ def _status(row: ImageComparison) -> str:
 
 @click.command("compare", help=COMPARE_HELP, short_help="Compare two deployments (artifacts or providers).")
 @click.argument("model_path", metavar="MODEL_A")
-@click.argument("images", nargs=-1, required=True)
+@image_arguments
 @click.option("--against", "model_b_path", default=None, metavar="MODEL_B",
               help="The second artifact (default: MODEL_A again, e.g. on --device-b).")
 @click.option("--device-a", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
@@ -411,6 +413,7 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
                 batch_size, threads, layout, preprocess) -> None:
     from ..compare import compare_models
 
+    images = images.paths  # compared all at once
     device_b = device_b or device_a
     opts = method_options([method], option_pairs)[method]
     b_path = model_b_path or model_path

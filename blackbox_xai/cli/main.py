@@ -4,6 +4,7 @@ subcommand per registered method, its options from the method's signature)."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import sys
 from collections import Counter
@@ -20,12 +21,17 @@ from .common import (
     UserError,
     _click_type,
     friendly_errors,
+    image_arguments,
     model_options,
     open_model,
-    prepare_images,
     preprocess_options,
     print_table,
+    recipe,
+    stream_images,
 )
+
+#: images per model call in ``predict`` (a dataset is never stacked whole)
+PREDICT_CHUNK = 32
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,7 +96,7 @@ def inspect_cmd(model_path: str, device: str) -> None:
 
 @cli.command("predict")
 @click.argument("model_path", metavar="MODEL")
-@click.argument("images", nargs=-1, required=True)
+@image_arguments
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
 @model_options
 @preprocess_options
@@ -99,14 +105,15 @@ def predict_cmd(model_path, images, top, device, score, output_name, batch_size,
                 preprocess) -> None:
     """Top classes of each image (probabilities and logits)."""
     model = open_model(model_path, device, "logit", output_name, batch_size, threads, layout)
-    pre, prepared = prepare_images(model, images, preprocess)
-    logits = model(np.stack([p.tensor for p in prepared]))
-    probs = model.probabilities(logits)
-    for p, lg, pr in zip(prepared, logits, probs):
-        click.echo(f"{p.path.name}:")
-        # class, probability, logit, name; the empty first column indents the rows
-        print_table([("", c, f"{pr[c]:.4f}", f"{lg[c]:.4f}", pre.labels[c] if pre.labels else "")
-                     for c in np.argsort(-pr)[:top]], align="<>>><")
+    pre, prepared = stream_images(model, images, preprocess)
+    stream = iter(prepared)
+    while chunk := list(itertools.islice(stream, PREDICT_CHUNK)):
+        logits = model(np.stack([p.tensor for p in chunk]))
+        for p, lg, pr in zip(chunk, logits, model.probabilities(logits)):
+            click.echo(f"{p.path.name}:")
+            # class, probability, logit, name; the empty first column indents the rows
+            print_table([("", c, f"{pr[c]:.4f}", f"{lg[c]:.4f}", pre.labels[c] if pre.labels else "")
+                         for c in np.argsort(-pr)[:top]], align="<>>><")
 
 
 def detection_options(fn):
@@ -131,7 +138,7 @@ def _box_text(box) -> str:
 
 @cli.command("detect")
 @click.argument("model_path", metavar="MODEL")
-@click.argument("images", nargs=-1, required=True)
+@image_arguments
 @detection_options
 @model_options
 @preprocess_options
@@ -144,7 +151,7 @@ def detect_cmd(model_path, images, conf, iou, decoder, device, score, output_nam
 
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
                        task="detect")
-    pre, prepared = prepare_images(model, images, preprocess)
+    pre, prepared = stream_images(model, images, preprocess)
     detector = Detector(model, decoder)
     for p in prepared:
         (dets,) = detector.detect(p.tensor[None], conf=conf, iou=iou)
@@ -181,6 +188,38 @@ def _detection_target(detector, p, detection, box, class_, conf, iou):
     return Detection.from_image(values, class_, p.box, hw)
 
 
+def _region_target(model, p, class_: int, region: str | None, mask: str | None):
+    """The Region to explain on one prepared image: class ``class_`` over the output pixels
+    whose centres fall in ``region`` ("x0,y0,x1,y1", image pixels) or on a nonzero pixel of the
+    PNG ``mask`` (the image's size), else over the pixels predicted as ``class_``."""
+    from PIL import Image
+
+    from ..targets import Region
+
+    if region is None and mask is None:
+        return Region(class_, None)
+    map_hw = model.logits(p.tensor[None]).shape[2:]
+    if region is not None:
+        try:
+            values = [float(v) for v in region.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+            raise UserError(f"--region {region!r}: give x0,y0,x1,y1 in image pixels, x1 > x0, "
+                            "y1 > y0")
+        return Region.from_image(class_, p.box, map_hw, box=values, source=f"--region {region}")
+    try:
+        with Image.open(mask) as img:
+            pixels = np.asarray(img)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--mask {mask}: not a readable image ({e})") from None
+    if pixels.shape[:2] != (p.image.height, p.image.width):
+        raise UserError(f"--mask {mask} is {pixels.shape[1]}x{pixels.shape[0]}; the image "
+                        f"{p.path.name} is {p.image.width}x{p.image.height}")
+    on = pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
+    return Region.from_image(class_, p.box, map_hw, image_mask=on, source=f"--mask {mask}")
+
+
 class ExplainGroup(click.Group):
     """``explain METHOD``: one subcommand per registered method, options from its signature."""
 
@@ -211,14 +250,19 @@ def make_explain_command(spec) -> click.Command:
                                        show_default=True, help=o.help))
 
     @click.argument("model_path", metavar="MODEL")
-    @click.argument("images", nargs=-1, required=True)
+    @image_arguments
     @click.option("--target", type=int, default=None, help="Class to explain (default: top-1).")
     @click.option("--detection", type=click.IntRange(0), default=None,
                   help="A detector's detection to explain: its index in `bbx detect`'s list.")
     @click.option("--box", default=None, metavar="x0,y0,x1,y1",
                   help="A detector's box to explain, in image pixels (with --class).")
     @click.option("--class", "class_", type=click.IntRange(0), default=None,
-                  help="The class of --box.")
+                  help="The class of --box; alone or with --region/--mask: a segmentation "
+                       "net's class over a region (default: the pixels predicted as it).")
+    @click.option("--region", default=None, metavar="x0,y0,x1,y1",
+                  help="A segmentation region, in image pixels (with --class).")
+    @click.option("--mask", "mask_file", default=None, metavar="FILE",
+                  help="A segmentation region: a PNG of the image's size, nonzero = in.")
     @detection_options
     @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -228,7 +272,8 @@ def make_explain_command(spec) -> click.Command:
     @model_options
     @preprocess_options
     @friendly_errors
-    def run(model_path, images, target, detection, box, class_, conf, iou, decoder, seed, out_dir,
+    def run(model_path, images, target, detection, box, class_, region, mask_file, conf, iou,
+            decoder, seed, out_dir,
             overwrite, progress, device, score, output_name, batch_size, threads, layout,
             preprocess, **options):
         from ..api import explain
@@ -236,31 +281,47 @@ def make_explain_command(spec) -> click.Command:
         from ..targets import Detector
 
         spec.validate(options)  # bad option values cost no model loading
-        detecting = detection is not None or box is not None or class_ is not None
+        detecting = detection is not None or box is not None
+        segmenting = not detecting and (class_ is not None or region is not None
+                                        or mask_file is not None)
         if detecting and (target is not None or (detection is not None) == (box is not None)
-                          or (box is None) != (class_ is None)):
+                          or (box is None) != (class_ is None) or region or mask_file):
             raise UserError("a detection target is --detection I, or --box x0,y0,x1,y1 with "
-                            "--class k (not with --target)")
+                            "--class k (not with --target, --region or --mask)")
+        if segmenting and (target is not None or class_ is None
+                           or (region is not None and mask_file is not None)):
+            raise UserError("a region target is --class k, optionally with --region "
+                            "x0,y0,x1,y1 or --mask FILE (not with --target)")
+        if out_dir is not None and images.dataset:
+            if detecting or segmenting:
+                raise UserError("a dataset run explains classes (--target, or a list's target "
+                                "column); explain detections and regions image by image")
+            model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
+            _explain_dataset(model, spec.name, images, options, out_dir, seed=seed, target=target,
+                             overwrite=overwrite, progress=progress, flags=preprocess)
+            return
         # every image's files are planned and checked before any computing, written at the end
         plan = OutputPlan(overwrite)
         if out_dir is not None:
-            for img in images:
+            for img in images.paths:
                 plan_files(plan, out_dir, f"{Path(img).stem}_{spec.name}", overlay=True, source=img)
-            plan.check({**model_inputs(model_path), **{img: "an input image" for img in images}})
+            plan.check({**model_inputs(model_path), **{img: "an input image" for img in images.paths}})
         model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
-                           task="detect" if detecting else "classify")
-        pre, prepared = prepare_images(model, images, preprocess)
+                           task="detect" if detecting else "segment" if segmenting else "classify")
+        pre, prepared = stream_images(model, images, preprocess)
         show = sys.stderr.isatty() if progress is None else progress
         detector = Detector(model, decoder) if detecting else None
         payloads: dict[Path, bytes] = {}
         for p in prepared:
-            tgt = target if detector is None else _detection_target(detector, p, detection, box,
-                                                                     class_, conf, iou)
+            tgt = _region_target(model, p, class_, region, mask_file) if segmenting else \
+                target if detector is None else _detection_target(detector, p, detection, box,
+                                                                  class_, conf, iou)
             exp = explain(model, p.tensor, spec.name, target=tgt, seed=seed, progress=show,
                           labels=pre.labels, inputs=p.inputs,
                           decoder=(detector.decoder or decoder) if detector else None, **options)
             label = f" ({exp.label})" if exp.label else ""
-            where = "" if detector is None else \
+            where = f" region {exp.extras['region']['pixels']} px" if segmenting else \
+                "" if detector is None else \
                 f" box {_box_text(tgt.to_image(p.box, p.tensor.shape[1:]))}"
             click.echo(f"{p.path.name}: {spec.name} target {exp.target}{label}{where} score "
                        f"{exp.score:.4g}, {exp.n_queries} queries, {exp.seconds:.2f} s")
@@ -276,6 +337,28 @@ def make_explain_command(spec) -> click.Command:
                         short_help=spec.summary)(run)
     cmd.params.extend(params)
     return cmd
+
+
+def _explain_dataset(model, method: str, images, options: dict, out_dir: str, *, seed: int,
+                     target: int | None, overwrite: bool, progress: bool | None, flags: dict
+                     ) -> None:
+    """``explain METHOD MODEL DIR --out OUT``: one line per image explained, the index at OUT."""
+    from ..dataset.run import run_dataset
+
+    show = sys.stderr.isatty() if progress is None else progress
+    done = skipped = 0
+    for r in run_dataset(model, recipe(model, flags), images, method, options, out_dir=out_dir,
+                         seed=seed, target=target, overwrite=overwrite, progress=show,
+                         max_pixels=flags["max_pixels"]):
+        if r.explanation is None:
+            skipped += 1
+            continue
+        done += 1
+        label = f" ({r.row.label})" if r.row.label else ""
+        click.echo(f"{r.row.name}: {method} target {r.row.target}{label} score {r.row.score:.4g}, "
+                   f"{r.row.queries} queries, {r.row.seconds:.2f} s")
+    logging.getLogger("blackbox_xai").info("%d images explained, %d already in %s", done,
+                                           skipped, Path(out_dir) / "index.csv")
 
 
 @cli.group("explain", cls=ExplainGroup)

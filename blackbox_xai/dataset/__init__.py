@@ -1,0 +1,1 @@
+"""Dataset runs: image sources (folders, globs, lists), the index table, the local executor."""

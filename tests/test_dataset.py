@@ -1,0 +1,225 @@
+"""Dataset runs: folders, globs and list files as inputs; the index; resumption; seeds that do
+not depend on the order of the images."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import model_path
+from PIL import Image
+
+from blackbox_xai.dataset import run as dataset_run
+from blackbox_xai.dataset.index import COLUMNS
+from blackbox_xai.dataset.run import derive_seed
+from blackbox_xai.dataset.sources import DatasetError, expand, read_list
+
+MODEL = model_path("tiny_cnn")
+RISE = ("--n-masks", "24", "--grid", "4")  # seeded: the maps depend on the seed
+NAMES = ["a", "b", "c", "sub/d", "sub/e"]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """Five random PNGs (two in a subfolder) and a text file that is not an image."""
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for i, name in enumerate(NAMES):
+        pixels = rng.integers(0, 256, (32 + 4 * i, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "index.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def stable(row: dict[str, str]) -> dict[str, str]:
+    """A row without what varies between runs of the same images (time, how they were named)."""
+    return {k: v for k, v in row.items() if k not in ("seconds", "path", "name")}
+
+
+def printed(output: str) -> list[str]:
+    """The lines a command printed (its log lines aside)."""
+    return [line for line in output.splitlines() if not line.startswith("bbx:")]
+
+
+def errors(output: str) -> str:
+    """The one error line of a command's output (the log lines before it aside)."""
+    (line,) = [line for line in output.splitlines() if line.startswith("error")]
+    return line
+
+
+def maps(out: Path) -> dict[str, np.ndarray]:
+    """Each image's map, by image sha256."""
+    return {r["sha256"]: np.load(out / f"{r['name']}_rise.npy") for r in rows(out)}
+
+
+def test_index_holds_what_single_image_runs_give(run, data, tmp_path):
+    out = tmp_path / "out"
+    r = run("explain", "rise", MODEL, data, *RISE, "--seed", "3", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert [line.split(":")[0] for line in printed(r.output)] == NAMES
+    assert printed(r.output)[0].startswith("a: rise target ")
+    index = rows(out)
+    assert list(index[0]) == COLUMNS and [row["name"] for row in index] == NAMES
+    for row in index:
+        image = data / f"{row['name']}.png"
+        sha = hashlib.sha256(image.read_bytes()).hexdigest()
+        assert row["sha256"] == sha and row["path"] == str(image)
+        assert int(row["seed"]) == derive_seed(3, sha) and row["method"] == "rise"
+        assert row["files"].split(";") == [f"{row['name']}_rise.{ext}" for ext in
+                                           ("npy", "json", "png")] + [f"{row['name']}_rise_overlay.png"]
+        manifest = json.loads((out / f"{row['name']}_rise.json").read_text())
+        assert (manifest["target"], manifest["score"], manifest["n_queries"], manifest["seed"]) == \
+            (int(row["target"]), float(row["score"]), int(row["queries"]), int(row["seed"]))
+        assert int(row["queries"]) == 25  # 24 masks and the unmasked image
+        # a single-image run with the derived seed gives the same numbers and the same map
+        single = tmp_path / "single" / row["name"]
+        r = run("explain", "rise", MODEL, image, *RISE, "--seed", row["seed"], "--out", single)
+        assert r.exit_code == 0, r.output
+        one = json.loads((single / f"{image.stem}_rise.json").read_text())
+        assert (one["target"], one["score"], one["n_queries"]) == \
+            (manifest["target"], manifest["score"], manifest["n_queries"])
+        assert not (single / "index.csv").exists()
+        np.testing.assert_array_equal(np.load(single / f"{image.stem}_rise.npy"),
+                                      np.load(out / f"{row['name']}_rise.npy"))
+    assert len({row["options_hash"] for row in index}) == 1
+
+
+def test_maps_do_not_depend_on_the_order_of_the_images(run, data, tmp_path):
+    forward, backward = tmp_path / "forward.txt", tmp_path / "backward.txt"
+    paths = [str(data / f"{n}.png") for n in NAMES]
+    forward.write_text("\n".join(paths))
+    backward.write_text("# reversed\n\n" + "\n".join(reversed(paths)))
+    for name, listing in (("one", forward), ("two", backward)):
+        r = run("explain", "rise", MODEL, "--images-from", listing, *RISE, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+    one, two = maps(tmp_path / "one"), maps(tmp_path / "two")
+    assert sorted(one) == sorted(two) and len(one) == 5
+    for sha in one:
+        np.testing.assert_array_equal(one[sha], two[sha])
+    assert [stable(r) for r in rows(tmp_path / "one")] == [stable(r) for r in rows(tmp_path / "two")]
+
+
+def test_a_rerun_redoes_only_missing_and_corrupt_images(run, data, tmp_path, monkeypatch):
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert run("explain", "rise", MODEL, data, *RISE, "--out", whole).exit_code == 0
+    assert run("explain", "rise", MODEL, data, *RISE, "--out", out).exit_code == 0
+    (out / "b_rise.npy").unlink()  # an image half written
+    lines = (out / "index.csv").read_text().splitlines(keepends=True)
+    assert lines[4].startswith("sub/d,")
+    lines[4] = lines[4][:40] + "\n"  # a row cut short
+    (out / "index.csv").write_text("".join(lines))
+
+    explained = []
+    real = dataset_run.explain
+
+    def counting(model, x, method, **kw):
+        explained.append(kw["inputs"]["image"])
+        return real(model, x, method, **kw)
+
+    monkeypatch.setattr(dataset_run, "explain", counting)
+    r = run("explain", "rise", MODEL, data, *RISE, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert explained == [str(data / "b.png"), str(data / "sub" / "d.png")]
+    assert [line.split(":")[0] for line in printed(r.output)] == ["b", "sub/d"]
+    assert "3 already in" in r.output
+    assert [stable(r) for r in rows(out)] == [stable(r) for r in rows(whole)]
+    for name in NAMES:
+        np.testing.assert_array_equal(np.load(out / f"{name}_rise.npy"),
+                                      np.load(whole / f"{name}_rise.npy"))
+    # done: a third run explains nothing
+    explained.clear()
+    assert run("explain", "rise", MODEL, data, *RISE, "--out", out).exit_code == 0
+    assert explained == []
+
+
+def test_other_settings_in_the_index_need_overwrite(run, data, tmp_path):
+    out = tmp_path / "out"
+    assert run("explain", "rise", MODEL, data, *RISE, "--out", out).exit_code == 0
+    before = rows(out)
+    r = run("explain", "rise", MODEL, data, "--n-masks", "16", "--grid", "4", "--out", out)
+    assert r.exit_code == 2 and "other settings" in errors(r.output)
+    assert rows(out) == before
+    r = run("explain", "rise", MODEL, data, "--n-masks", "16", "--grid", "4", "--out", out,
+            "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert [int(row["queries"]) for row in rows(out)] == [17] * 5
+    # another method shares the folder and the index
+    assert run("explain", "occlusion", MODEL, data, "--window", "8", "--stride", "8",
+               "--out", out).exit_code == 0
+    assert [(row["name"], row["method"]) for row in rows(out)] == \
+        [(n, m) for n in NAMES for m in ("occlusion", "rise")]
+
+
+def test_a_csv_list_gives_targets_and_paths_relative_to_it(run, data, tmp_path):
+    listing = data / "list.csv"
+    listing.write_text("path,target\na.png,3\nsub/d.png,\nc.png,1\n")
+    out = tmp_path / "out"
+    r = run("explain", "occlusion", MODEL, "--images-from", listing, "--window", "8",
+            "--stride", "8", "--out", out, "--target", "0")
+    assert r.exit_code == 0, r.output
+    assert [(row["name"], row["target"]) for row in rows(out)] == [("a", "3"), ("c", "1"), ("d", "0")]
+    assert read_list(listing)[1].path == data / "sub" / "d.png"
+
+
+def test_a_glob_takes_the_images_it_matches(run, data, tmp_path):
+    out = tmp_path / "out"
+    r = run("explain", "occlusion", MODEL, str(data / "*.png"), "--window", "8", "--stride", "8",
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert [row["name"] for row in rows(out)] == ["a", "b", "c"]
+    deep = expand([str(data / "**" / "*.png")])
+    assert deep.dataset and [s.name for s in deep.sources] == ["a", "b", "c", "d", "e"]
+
+
+def test_files_and_folders_expand_in_order(data):
+    listed = expand([str(data / "c.png"), str(data)])
+    assert [s.name for s in listed.sources] == ["c"] + NAMES
+    assert listed.dataset and not expand([str(data / "c.png")]).dataset
+
+
+def test_predict_takes_a_folder(run, data):
+    r = run("predict", MODEL, data, "--top", "2")
+    assert r.exit_code == 0, r.output
+    assert [line for line in r.output.splitlines() if line.endswith(":")] == \
+        ["a.png:", "b.png:", "c.png:", "d.png:", "e.png:"]
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "missing_list", "no_match", "bad_target",
+                                  "missing_listed", "nothing"])
+def test_bad_sources_are_one_line_exit_2(run, data, tmp_path, case):
+    empty = tmp_path / "empty"
+    (empty / "deeper").mkdir(parents=True)
+    (empty / "deeper" / "readme.txt").write_text("no images")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,target\ndata/a.png,cat\n")
+    gone = tmp_path / "gone.txt"
+    gone.write_text("data/a.png\ndata/zzz.png\n")
+    args, message = {
+        "empty_folder": ([empty], f"no images in folder {empty}"),
+        "missing_list": (["--images-from", tmp_path / "nope.txt"], "nope.txt: no such file"),
+        "no_match": ([str(data / "*.jpg")], "no image matches"),
+        "bad_target": (["--images-from", bad], "line 2: target 'cat' is not a class index"),
+        "missing_listed": (["--images-from", gone], "image not found"),
+        "nothing": ([], "no images given"),
+    }[case]
+    out = tmp_path / "out"
+    r = run("explain", "occlusion", MODEL, *args, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and message in r.output
+    assert len(r.output.splitlines()) == 1 and not out.exists()
+
+
+def test_list_errors_are_dataset_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no images listed"):
+        (tmp_path / "list.txt").write_text("# only a comment\n")
+        read_list(tmp_path / "list.txt")
