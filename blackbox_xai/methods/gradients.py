@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import roots_legendre
 
 from ..errors import BlackboxError
 from ..model import one_hot
@@ -51,7 +50,7 @@ def quadrature(rule: Rule, n: int) -> tuple[npt.NDArray[np.float64], npt.NDArray
     halved at both ends (n >= 2), error -(1 / (12 (n-1)^2)) (g'(1) - g'(0)) + O(1/n^4).
     """
     if rule == "gauss-legendre":
-        t, w = roots_legendre(n)
+        t, w = np.polynomial.legendre.leggauss(n)
         return (t + 1) / 2, w / 2
     if rule == "midpoint":
         return (np.arange(n) + 0.5) / n, np.full(n, 1 / n)

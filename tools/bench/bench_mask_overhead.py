@@ -1,0 +1,119 @@
+"""Time outside the model per black-box method and batch size (issue 16, item 2).
+
+For RISE, occlusion, LIME, Shapley and meaningful perturbation, on the shipped
+EfficientNet-Lite0 and the cat photo, at each batch size (``Model(..., batch_size=b)``): the
+explain call's wall time, the time spent inside ONNX Runtime during it (``InferenceSession.run``
+patched on the class, so derived sessions such as meaningful perturbation's backward graph are
+counted too) and ``outside / inside`` = (wall - inside) / inside: mask and perturbation
+generation, blending and bookkeeping as a fraction of the model's time. Goal: <= 0.10 at every
+batch size. Each method is first called once with a tiny budget (one-time costs such as graph
+building are not counted), then timed ``--repeats`` times; the cell is the median ratio (and its
+range). LIME's quickshift segmentation is part of its outside time and also printed alone.
+
+Run: ``python tools/bench/bench_mask_overhead.py [--batches 1 4 16 64] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import onnxruntime as ort
+from common import SHIPPED, print_table, shipped_model_and_cat
+
+from blackbox_xai import explain
+from blackbox_xai.segmentation import segment
+
+
+class OrtTimer:
+    """Accumulate the wall time spent in every ``InferenceSession.run`` (patched on the class)."""
+
+    def __init__(self) -> None:
+        self.seconds, self._run = 0.0, ort.InferenceSession.run
+        timer = self
+
+        def timed(session, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return timer._run(session, *args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - t0
+
+        ort.InferenceSession.run = timed
+        self._iob = getattr(ort.InferenceSession, "run_with_iobinding", None)
+        if self._iob is not None:
+            def timed_iob(session, *args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return timer._iob(session, *args, **kwargs)
+                finally:
+                    timer.seconds += time.perf_counter() - t0
+
+            ort.InferenceSession.run_with_iobinding = timed_iob
+
+    def lap(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--masks", type=int, default=500, help="rise n_masks")
+    ap.add_argument("--samples", type=int, default=500, help="lime num_samples")
+    ap.add_argument("--permutations", type=int, default=4, help="shapley n_permutations (7 x 7)")
+    ap.add_argument("--mp-iterations", type=int, default=10,
+                    help="meaningful perturbation iterations (fd: 33 queries each)")
+    args = ap.parse_args()
+
+    runs = [("rise", {"n_masks": args.masks}, {"n_masks": 16}),
+            ("occlusion", {"window": 16, "stride": 16}, {"window": 112, "stride": 112}),
+            ("lime", {"num_samples": args.samples}, {"num_samples": 8}),
+            ("shapley", {"grid": 7, "n_permutations": args.permutations},
+             {"grid": 2, "n_permutations": 1}),
+            ("meaningful-perturbation", {"grad": "fd", "iterations": args.mp_iterations},
+             {"grad": "fd", "iterations": 1}),
+            ("meaningful-perturbation", {"grad": "backward", "iterations": 3 * args.mp_iterations},
+             {"grad": "backward", "iterations": 2})]
+    timer = OrtTimer()
+    model, x = shipped_model_and_cat()
+    target = int(np.argmax(model(x[None])[0]))
+    t0 = time.perf_counter()
+    segment(x, "quickshift")
+    print(f"{SHIPPED.name}, target {target}; quickshift alone {time.perf_counter() - t0:.2f} s "
+          f"(part of LIME's outside time); {args.repeats} repeats a cell")
+
+    rows = {}
+    for b in args.batches:
+        model, x = shipped_model_and_cat(batch_size=b)
+        model(np.repeat(x[None], b, axis=0))  # the session warmed at this batch shape
+        for method, opts, warm in runs:
+            name = method if method != "meaningful-perturbation" else f"mp {opts['grad']}"
+            explain(model, x, method, target=target, seed=0, **warm)
+            ratios, walls, inside = [], [], []
+            for r in range(args.repeats):
+                timer.lap()
+                t0 = time.perf_counter()
+                exp = explain(model, x, method, target=target, seed=r, **opts)
+                wall = time.perf_counter() - t0
+                ins = timer.lap()
+                ratios.append((wall - ins) / ins)
+                walls.append(wall)
+                inside.append(ins)
+            row = rows.setdefault(name, {"method": name, "queries": exp.n_queries})
+            v = np.asarray(ratios)
+            miss = "" if v.max() <= 0.10 else (" MISS" if np.median(v) > 0.10 else " (miss once)")
+            row[f"b={b}"] = f"{np.median(v):.3f} ({v.min():.3f}-{v.max():.3f}){miss}"
+            row[f"s b={b}"] = f"{np.median(walls):.2f}/{np.median(inside):.2f}"
+            print(f"batch {b:>2} {name:<12} wall {np.median(walls):6.2f} s, in ORT "
+                  f"{np.median(inside):6.2f} s, outside/inside {row[f'b={b}']}", flush=True)
+    print("\noutside / inside ONNX Runtime, median (min-max); goal <= 0.10 (MISS: median over)")
+    print_table(list(rows.values()), ["method", "queries", *(f"b={b}" for b in args.batches)])
+    print("\nwall s / in-ORT s (medians)")
+    print_table(list(rows.values()), ["method", *(f"s b={b}" for b in args.batches)])
+
+
+if __name__ == "__main__":
+    main()
