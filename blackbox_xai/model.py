@@ -28,7 +28,7 @@ from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_y
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
-from .graph.io import load
+from .graph.io import copy_model, load
 from .graph.normalize import declare_output_shapes, default_opset, normalize
 from .graph.perturbation import Kind, perturbation_graph
 from .runtime import (
@@ -213,7 +213,6 @@ class Model:
         self.output_name = self.output_names[0]
         self.logits_name, self.activation = final_activation(self.proto, self.output_name) \
             if task != "detect" else (self.output_name, None)
-        self.output_is_probability = self.activation in ("Softmax", "Sigmoid")
         forward = self.proto
         if self.logits_name != self.output_name:
             forward, changed = expose(self.proto, [self.logits_name]), True
@@ -380,12 +379,9 @@ class Model:
         Softmax/Sigmoid for ``prob``, LogSoftmax (log-sigmoid) for ``logprob``."""
         kind = kind or self.score
         proto = self.graph()
-        if kind == "logit" and self.logits_name == self.output_name and \
-                len(_shape_of(next(o for o in proto.graph.output if o.name == self.output_name))
-                    or ()) == 2:
+        if self.scores_output(kind) == self.output_name:  # the output itself: (N, K) logits
             return proto, self.output_name
-        out = onnx.ModelProto()
-        out.CopyFrom(proto)
+        out = copy_model(proto)
         nodes = [helper.make_node("Flatten", [self.logits_name], [f"{SCORES}_logit"], axis=1)]
         last = f"{SCORES}_logit"
         sigmoid = self.activation == "Sigmoid"
@@ -508,10 +504,6 @@ class Model:
         if key not in self._facts:
             self._facts[key] = compute()
         return self._facts[key]  # type: ignore[return-value]
-
-    def session_for(self, key: str, proto: onnx.ModelProto) -> ort.InferenceSession:
-        """A cached session for a rewritten graph of this model, on the same device."""
-        return self.derived(key, lambda: proto)
 
     # ---- batching ---------------------------------------------------------------------------
     @property
@@ -670,7 +662,7 @@ class Model:
         view.proto, view.task, view.num_classes, view.n_queries = proto, "classify", 1, 0
         view.output_names, view.output_integer = [REGION], [False]
         view.output_name = view.logits_name = REGION
-        view.activation, view.output_is_probability = None, False
+        view.activation = None
         view._sessions, view._facts = {}, {}
         return view
 

@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from export_efficientnet_lite0 import Classifier
+from parity import minmax, pearson, rel_maxdiff
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.explanation import Explanation
@@ -261,24 +262,6 @@ class Row:
     norm: float
     verdict: str
     note: str = ""
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
-def minmax(a: np.ndarray) -> np.ndarray:
-    """pytorch-grad-cam's ``scale_cam_image`` scaling: (a - min) / (max - min + 1e-7)."""
-    a = np.asarray(a, np.float64) - np.min(a)
-    return a / (np.max(a) + 1e-7)
-
-
-def rel_maxdiff(ours: np.ndarray, ref: np.ndarray) -> float:
-    scale = float(np.abs(ref).max())
-    return float(np.abs(np.asarray(ours, np.float64) - ref).max() / (scale if scale > 0 else 1.0))
 
 
 def compare(method: str, photo: str, reference: str, ours_low: np.ndarray, ref_low: np.ndarray,

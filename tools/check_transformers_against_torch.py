@@ -77,6 +77,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import pytorch_grad_cam as pgc
 from make_transformer_models import SIZE, torch_models
+from parity import minmax, pearson, rel_maxdiff
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from blackbox_xai import explain, load_model
@@ -136,23 +137,6 @@ class Row:
     norm: float
     verdict: str
     note: str = ""
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
-def minmax(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64) - np.min(a)
-    return a / (np.max(a) + 1e-7)
-
-
-def rel_maxdiff(ours: np.ndarray, ref: np.ndarray) -> float:
-    scale = float(np.abs(ref).max())
-    return float(np.abs(np.asarray(ours, np.float64) - ref).max() / (scale if scale > 0 else 1.0))
 
 
 def upsample(a: np.ndarray) -> np.ndarray:
