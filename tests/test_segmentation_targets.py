@@ -127,9 +127,14 @@ def test_gradient_x_input_equals_the_closed_form(seg_onnx, x):
 
 def test_meaningful_perturbation_with_finite_differences_runs_on_a_region(seg_onnx, x):
     model = load_model(seg_onnx, device="cpu", task="segment")
-    exp = explain(model, x, "meaningful-perturbation", target=Region(0, box_mask(4, 12, 4, 12)),
+    region = box_mask(4, 12, 4, 12)
+    exp = explain(model, x, "meaningful-perturbation", target=Region(0, region),
                   grad="fd", iterations=3, mask_size=4)
-    assert exp.map.shape == (SIZE, SIZE) and np.isfinite(exp.map).all()
+    # the score optimised is the region's summed class-0 logit, z_0 = W_0 . x + b_0 (closed form)
+    z0 = np.einsum("c,chw->hw", W[0], x) + B[0]
+    assert exp.score == pytest.approx(float(z0[region].sum()), rel=1e-5)
+    assert exp.extras["initial_score"] == pytest.approx(exp.score, rel=1e-5)
+    assert exp.map.shape == (SIZE, SIZE) and 0 <= exp.map.min() <= exp.map.max() <= 1
 
 
 def test_region_from_image_maps_pixel_centres():
