@@ -29,7 +29,13 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.io import copy_model, load
-from .graph.normalize import declare_output_shapes, default_opset, normalize
+from .graph.normalize import (
+    declare_output_shapes,
+    declare_shapes,
+    default_opset,
+    incomplete_shapes,
+    normalize,
+)
 from .graph.perturbation import Kind, perturbation_graph
 from .runtime import (
     CPU,
@@ -233,6 +239,7 @@ class Model:
         self.set_batch_size(batch_size)
         self._sessions: dict[Hashable, ort.InferenceSession] = {}
         self._facts: dict[Hashable, object] = {}
+        self._shapes_measured = False
         self.num_classes = self._check_scores()
         self.n_queries = 0
         if self.logits_name != self.output_name:
@@ -266,7 +273,36 @@ class Model:
         graph methods cannot run on this model."""
         if self.graph_problem:
             raise GraphUnavailableError(self.graph_problem)
+        if not self._shapes_measured:
+            self.proto, self._shapes_measured = self._measured_shapes(self.proto), True
         return self.proto
+
+    def _measured_shapes(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """``proto`` with the shapes inference left unknown measured in two runs (batch 1 and
+        2, zeros; axes that differ between them stay unknown), or ``proto`` when none are or
+        the input's height and width are not fixed."""
+        names = incomplete_shapes(proto)
+        if not names or self.input.height is None or self.input.width is None:
+            return proto  # with a dynamic image size, shapes measured at one size are not facts
+        seen = []
+        try:
+            session, _ = create_session(expose(proto, names).SerializeToString(), "cpu",
+                                        self.threads)
+            for n in (1, 2) if self.input.batch is None else (self.input.batch,):
+                x = self._to_model_input(np.zeros((n, *self.example_chw()), np.float32))
+                seen.append(run(session, names, {self.input.name: x}))
+        except BlackboxError as e:  # best effort: the rules that need a shape say so
+            log.info("could not measure %d tensor shapes: %s", len(names), e)
+            return proto
+        shapes, types = {}, {}
+        for i, name in enumerate(names):
+            runs = [s[i].shape for s in seen]
+            if len({len(r) for r in runs}) == 1:
+                shapes[name] = tuple(d if all(r[a] == d for r in runs) else None
+                                     for a, d in enumerate(runs[0]))
+                types[name] = helper.np_dtype_to_tensor_dtype(seen[0][i].dtype)
+        log.info("measured the shapes of %d tensors that inference left unknown", len(shapes))
+        return declare_shapes(proto, shapes, types)
 
     @property
     def returns_probabilities(self) -> bool:

@@ -312,3 +312,48 @@ def declare_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
             dims = ["N", *shape[1:]] if shape else []
             o.type.CopyFrom(helper.make_tensor_type_proto(o.type.tensor_type.elem_type, dims))
     return out
+
+
+_FLOAT_TYPES = frozenset((onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                          onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16))
+
+
+def incomplete_shapes(model: onnx.ModelProto) -> list[str]:
+    """Float tensors computed by main-graph nodes whose rank is known and whose shape is not,
+    past the first axis (an output can only be exposed, hence measured, with its rank).
+
+    Exports that compute sizes at run time (HF transformers' position-embedding interpolation,
+    decoders that resize to the input's size) leave them so after inference; gradient rules
+    (Resize, pooling) and the attention finder need them, so the model measures them
+    (:func:`declare_shapes`). The first axis is left alone: it is the batch axis, or a
+    multiple of it.
+    """
+    typed = {v.name: v.type for v in (*model.graph.value_info, *model.graph.output)}
+    names = []
+    for n in model.graph.node:
+        for o in n.output:
+            t = typed.get(o)
+            if not o or (t is not None and t.tensor_type.elem_type not in _FLOAT_TYPES
+                         and t.tensor_type.elem_type != onnx.TensorProto.UNDEFINED):
+                continue
+            if t is not None and t.tensor_type.HasField("shape") and any(
+                    not d.HasField("dim_value") for d in t.tensor_type.shape.dim[1:]):
+                names.append(o)
+    return names
+
+
+def declare_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int | None, ...]],
+                   types: dict[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``value_info`` declares ``shapes`` (None: an axis that varies
+    with the batch) with element types ``types`` for those tensors, replacing what inference
+    had; the shapes were measured in runs at two batch sizes."""
+    out = copy_model(model)
+    g = out.graph
+    kept = [v for v in g.value_info if v.name not in shapes]
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    outputs = {o.name for o in g.output}
+    for name, dims in shapes.items():
+        if name not in outputs:
+            g.value_info.append(helper.make_tensor_value_info(name, types[name], list(dims)))
+    return out

@@ -1142,7 +1142,10 @@ def _resize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> G
         raise unsupported(node, "the scales must be constant")
     if ys is None:
         raise unsupported(node, "the output shape is unknown")
-    resized = [j for j in range(rank) if (xs[j] != ys[j] if sv is None else sv[j] != 1)]
+    # two unknown batch sizes: the model runs at any batch (verified), so axis 0 is not resized
+    batch = not isinstance(xs[0], int) and not isinstance(ys[0], int)
+    resized = [j for j in range(rank) if (xs[j] != ys[j] if sv is None else sv[j] != 1)
+               and not (j == 0 and batch and sv is None)]
     if (
         any(not isinstance(xs[j], int) or not isinstance(ys[j], int) for j in resized)
         or 0 in resized
