@@ -32,6 +32,7 @@ from .graph.perturbation import (
     ROWS,
     SHIFTS,
 )
+from .model import Model
 from .resample import bilinear_matrix
 
 Baseline = str | float
@@ -67,10 +68,18 @@ def make_baseline(x: npt.NDArray[np.float32], baseline: Baseline, option: str = 
     raise BlackboxError(f"{option}={baseline!r}: use 'zero', 'mean', 'blur' or a number")
 
 
+def shown_segments(keep: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer]
+                   ) -> npt.NDArray[np.bool_]:
+    """Keep-matrix (n, d) over segments + label map (H, W) -> boolean masks (n, H, W), in C
+    order: ``keep[:, labels]`` would lay the result out pixel-major, which makes every
+    blended batch non-contiguous (and the model copy it)."""
+    return np.take(np.asarray(keep, bool), labels, axis=1)
+
+
 def masks_from_keep(keep: npt.NDArray[np.bool_], labels: npt.NDArray[np.integer]
                     ) -> npt.NDArray[np.float32]:
     """Keep-matrix (n, d) over segments + label map (H, W) -> masks (n, H, W)."""
-    return keep[:, labels].astype(np.float32)
+    return shown_segments(keep, labels).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,11 @@ class SegmentMasks:
     def masks(self) -> npt.NDArray[np.float32]:
         return masks_from_keep(self.keep, self.labels)
 
+    def host_masks(self) -> npt.NDArray[np.bool_]:
+        """The masks as booleans: blending with them gives the same inputs as :meth:`masks`
+        (``x * True`` is ``x * 1.0``) at a quarter of the memory traffic."""
+        return shown_segments(self.keep, self.labels)
+
     def feeds(self) -> dict[str, npt.NDArray]:
         return {KEEP: np.asarray(self.keep, bool)}
 
@@ -156,18 +170,29 @@ MaskParams = BoxMasks | GridMasks | SegmentMasks
 
 
 def blend(x: npt.NDArray[np.float32], baseline: npt.NDArray[np.float32],
-          masks: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+          masks: npt.NDArray[np.floating | np.bool_],
+          out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
     """``baseline + (x - baseline) * mask`` for a batch of masks (n, H, W) -> (n, C, H, W).
 
-    One output allocation and in-place arithmetic: this runs once per query, so it must stay
-    far below the model's cost. Hidden pixels (mask 0) equal the baseline exactly; kept pixels
-    equal ``x`` to within one float32 rounding (exactly for a zero baseline).
+    In float32, into ``out[:n]`` when given (a reused buffer, C-contiguous) or one new array,
+    with in-place arithmetic: this runs once per query, so it must stay far below the model's
+    cost. Hidden pixels (mask 0) equal the baseline exactly; kept pixels equal ``x`` to within
+    one float32 rounding (exactly for a zero baseline). Boolean masks give the same numbers as
+    0/1 float masks.
     """
+    out = np.empty((len(masks), *x.shape), np.float32) if out is None else out[:len(masks)]
     if not np.any(baseline):
-        return np.multiply(x[None], masks[:, None], dtype=np.float32)
-    out = np.multiply((x - baseline)[None], masks[:, None], dtype=np.float32)
+        return np.multiply(x[None], masks[:, None], out=out, dtype=np.float32)
+    np.multiply((x - baseline)[None], masks[:, None], out=out, dtype=np.float32)
     out += baseline[None]
     return out
+
+
+def keeps_no_input(query: QueryFn) -> bool:
+    """Whether ``query`` is (or wraps, as ``query.fn``) a :class:`~blackbox_xai.model.Model`:
+    it reads each batch during the call and keeps no reference, so one buffer can hold every
+    batch. Any other function might store its inputs and gets a new array each time."""
+    return isinstance(getattr(query, "fn", query), Model)
 
 
 def scores_for_masks(query: QueryFn, x: npt.NDArray[np.float32],
@@ -177,10 +202,13 @@ def scores_for_masks(query: QueryFn, x: npt.NDArray[np.float32],
     """Score every masked input; returns (n,) for ``target`` or (n, K) for all classes.
 
     Chunks of mask parameters go through the model's perturbation graph when ``query`` is (or
-    wraps, as ``query.fn``) a model with ``perturb_in_graph``; everything else is blended here.
+    wraps, as ``query.fn``) a model with ``perturb_in_graph``; everything else is blended here,
+    into one reused buffer when the query is a model (:func:`keeps_no_input`).
     """
     model = getattr(query, "fn", query)
     in_graph = getattr(model, "perturb_in_graph", False)
+    reuse = keeps_no_input(query)
+    buffer: npt.NDArray[np.float32] | None = None
     out = []
     for chunk in mask_chunks:
         if in_graph and isinstance(chunk, MaskParams):
@@ -193,8 +221,11 @@ def scores_for_masks(query: QueryFn, x: npt.NDArray[np.float32],
                                     f"{int(bad.sum())} of {len(s)} inputs: its explanation would "
                                     "be meaningless")
         else:
-            masks = chunk.masks() if isinstance(chunk, MaskParams) else chunk
-            s = query(blend(x, baseline, masks))
+            masks = (chunk.host_masks() if isinstance(chunk, SegmentMasks) else chunk.masks()) \
+                if isinstance(chunk, MaskParams) else chunk
+            if reuse and (buffer is None or len(buffer) < len(masks)):
+                buffer = np.empty((len(masks), *x.shape), np.float32)
+            s = query(blend(x, baseline, masks, out=buffer))
         out.append(s[:, target] if target is not None else s)
     if not out:
         return np.zeros((0,), np.float32)

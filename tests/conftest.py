@@ -21,6 +21,18 @@ def private_cache(tmp_path_factory):
     os.environ.pop("BLACKBOX_XAI_CACHE", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_blas_thread():
+    """NumPy's BLAS on one thread: pytest-xdist already runs one worker per core, and BLAS
+    threads on top of them (and of ONNX Runtime's) only wait for each other. On the 2-core
+    machine under load a (64, 1024) @ (1024, 16) product took 11 ms and 2.9 CPU-ms with two
+    threads, 1.1 ms and 0.15 CPU-ms with one."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def linear_weights() -> tuple[np.ndarray, np.ndarray]:
     """(W (3*32*32, 10), b (10,)) of tests/models/linear.onnx: scores = flatten(x) @ W + b."""

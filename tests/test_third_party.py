@@ -25,6 +25,11 @@ CLASSIFIERS = [
     ("mtcnn_onet_keras2onnx.onnx", "softmax_2", None, False),  # keras2onnx, NHWC, 3 outputs
 ]
 
+#: first round of Gauss-Legendre nodes where 16 are far from enough: the rounds below it cost
+#: queries only to be refined away (ppocr: completeness gap 4.2x the score difference at 16
+#: nodes, 3.9% at 256)
+IG_STEPS = {"ppocr_mobile_v2_cls.onnx": 256}
+
 
 def prepared(model):
     pre = Preprocessing.for_model(model.path, model.input.chw[1:])
@@ -40,7 +45,8 @@ def test_third_party_classifier_gradients(name, output, top1, fp16):
     target = int(scores.argmax())
     if top1 is not None:
         assert target in top1
-    ig = explain(model, x, "integrated-gradients", steps=16, target=target)
+    ig = explain(model, x, "integrated-gradients", steps=IG_STEPS.get(name, 16), tolerance=0.05,
+                 target=target)
     gap = abs(ig.extras["completeness_gap"]) / abs(ig.extras["score_difference"])
     assert np.isfinite(ig.map).all() and gap < 0.06
     if fp16:

@@ -93,6 +93,22 @@ def test_upsampling_adjoint_is_exact(h, w, s):
     assert up(m).min() >= m.min() - 1e-12 and up(m).max() <= m.max() + 1e-12
 
 
+@pytest.mark.parametrize("n", [1, 2, 16])
+def test_upsampling_by_matrix_products_equals_the_sum_over_cells(n):
+    """M(v) = sum_ij U_h[v_y, i] m[i, j] U_w[v_x, j], summed cell by cell in float64 (the
+    einsum the operator used before it ran on one BLAS thread): 1e-12 for one float64 mask,
+    1e-6 for a float32 batch; the adjoint likewise."""
+    up = mp.Upsampler(37, 29, 7)
+    rng = np.random.default_rng(n)
+    m, g = rng.random((n, 7, 7)), rng.standard_normal((37, 29))
+    want = np.einsum("hi,nij,wj->nhw", up.uh, m, up.uw)
+    got = up(m[0])[None] if n == 1 else up(m)
+    assert got.dtype == (np.float64 if n == 1 else np.float32)
+    np.testing.assert_allclose(got, want, atol=1e-12 if n == 1 else 1e-6)
+    np.testing.assert_allclose(up.adjoint(g), np.einsum("hi,hw,wj->ij", up.uh, g, up.uw),
+                               atol=1e-12)
+
+
 def test_upsampling_is_the_papers_smoothing_at_224():
     """28 x 28 -> 224: nearest x8 (cell 14 = pixels 112..119), then a Gaussian of sigma 5 px;
     one cell's response at a pixel is the product of the two 1-D kernel sums over the cell
@@ -147,6 +163,54 @@ def test_perturbation_operator_and_its_derivative():
     numeric = (mp.apply_perturbation(lv, masks + e, 0, 0)[0].astype(np.float64)
                - mp.apply_perturbation(lv, masks - e, 0, 0)[0]) / (2 * e)
     np.testing.assert_allclose((numeric * off_kink[:, None]), dphi * off_kink[:, None], atol=2e-3)
+
+
+def ramp_sum(levels: np.ndarray, masks: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The perturbation operator as its docstring writes it, in float64, every ramp summed over
+    the whole batch (the computation apply_perturbation made before it worked in blocks)."""
+    _, h, w = masks.shape
+    lv = levels[:, :, dy:dy + h, dx:dx + w].astype(np.float64)
+    n_seg = len(lv) - 1
+    t = (1.0 - masks) * n_seg
+    phi = np.broadcast_to(lv[0], (len(masks), *lv.shape[1:])).copy()
+    for j in range(1, n_seg + 1):
+        r = t - (j - 1)
+        lo = -np.inf if j == 1 else 0.0
+        hi = np.inf if j == n_seg else 1.0
+        r = np.clip(r, lo, hi) if n_seg > 1 else r
+        phi += r[:, None] * (lv[j] - lv[j - 1])
+    return phi
+
+
+@pytest.mark.parametrize("perturbation", ["blur", "constant", "noise"])
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+@pytest.mark.parametrize("lo,hi", [(-0.3, 1.3), (0.0, 0.2), (0.9, 1.0)])
+def test_blocked_perturbation_equals_the_ramp_sum(perturbation, n, lo, hi):
+    """apply_perturbation composes BLOCK masks at a time into one buffer: the same inputs as
+    the sum of every ramp over the whole batch (to 1e-5; masks outside [0, 1] extrapolate),
+    a partial last block included, blocks where ramps are all 1 (mostly deleted, M <= 0.2) or
+    all 0 (mostly kept, M >= 0.9) too, and dPhi/dM = -L D_{k+1} at every pixel."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 20, 24)).astype(np.float32)
+    lv = mp.perturbation_levels(x, perturbation, rng, 3)
+    masks = rng.uniform(lo, hi, (n, 20, 24))
+    phi, dphi = mp.apply_perturbation(lv, masks, 1, 2, with_grad=True)
+    assert phi.dtype == np.float32 and phi.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(phi, ramp_sum(lv, masks, 1, 2), atol=1e-5)
+    n_seg = len(lv) - 1
+    k = np.clip(np.floor((1 - masks) * n_seg), 0, n_seg - 1).astype(int)
+    steps = np.diff(lv[:, :, 1:21, 2:26].astype(np.float64), axis=0)  # (L, C, H, W)
+    want = -n_seg * np.stack([steps[k[i], :, np.arange(20)[:, None], np.arange(24)]
+                              .transpose(2, 0, 1) for i in range(n)])
+    np.testing.assert_allclose(dphi, want, atol=1e-5)
+
+
+def test_upsampled_mean_is_the_mean_of_the_upsampled_mask():
+    """The L1 term's area from the column sums of U_h and U_w, not a full-size product."""
+    m = np.random.default_rng(2).uniform(0, 1, (6, 6))
+    for h, w in ((20, 24), (224, 224)):
+        up = mp.Upsampler(h, w, 6)
+        assert up.mean(m) == pytest.approx(float(up(m).mean()), abs=1e-12)
 
 
 # ---- gradients ----------------------------------------------------------------------------------

@@ -118,11 +118,12 @@ def test_split_half_r_is_the_correlation_of_the_two_half_maps(control_variate):
 
 
 def test_control_variate_makes_seeds_agree_on_the_shipped_model():
-    """EfficientNet-Lite0 logits on the cat, 500 masks, seeds 0 and 1. The plain estimator's
-    maps are noise around the constant mean logit (seed-to-seed r -0.09 measured); the control
-    variate's agree (0.80 measured), and the split-half r predicts that agreement by
-    Spearman-Brown, 2 r / (1 + r) (0.85 measured). The plain maps come from the same scores
-    (same seed, same masks: checked by hashing every batch), so they cost no query."""
+    """EfficientNet-Lite0 logits on the cat, 250 masks, seeds 0 and 1. The plain estimator's
+    maps are noise around the constant mean logit (seed-to-seed r -0.20 to 0.12 over the seed
+    pairs 0-1, 2-3, 4-5); the control variate's agree (0.63 to 0.67; 0.80 at 500 masks), and
+    the split-half r predicts that agreement by Spearman-Brown, 2 r / (1 + r) (off by 0.01 to
+    0.03). The plain maps come from the same scores (same seed, same masks: checked by hashing
+    every batch), so they cost no query."""
     model = load_model(SHIPPED)
     x = Preprocessing.for_model(SHIPPED, (224, 224)).prepare(EXAMPLES / "cat.jpg").tensor
 
@@ -141,12 +142,12 @@ def test_control_variate_makes_seeds_agree_on_the_shipped_model():
     cv, plain = [], []
     for seed in (0, 1):
         rec = Replay(model)
-        cv.append(explain(rec, x, "rise", target=282, seed=seed, n_masks=500))
-        plain.append(explain(Replay(log=rec.log), x, "rise", target=282, seed=seed, n_masks=500,
+        cv.append(explain(rec, x, "rise", target=282, seed=seed, n_masks=250))
+        plain.append(explain(Replay(log=rec.log), x, "rise", target=282, seed=seed, n_masks=250,
                              control_variate=False))
     r_cv = np.corrcoef(cv[0].map.ravel(), cv[1].map.ravel())[0, 1]
     r_plain = np.corrcoef(plain[0].map.ravel(), plain[1].map.ravel())[0, 1]
-    assert r_cv > 0.7 and r_plain < 0.3
+    assert r_cv > 0.5 and r_plain < 0.3
     half = np.mean([e.extras["split_half_r"] for e in cv])
     assert abs(2 * half / (1 + half) - r_cv) < 0.15
 
