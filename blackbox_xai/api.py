@@ -17,7 +17,7 @@ from .methods import alternatives, get_method
 from .model import Model
 from .progress import progress_bar
 from .registry import Context, MethodSpec
-from .targets import Detection, DetectionScore, Detector, Region, RegionScore
+from .targets import Detection, DetectionRawScore, DetectionScore, Detector, Region, RegionScore
 
 QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
@@ -81,13 +81,6 @@ def resolve_target(scores: npt.NDArray[np.float32], target: int | None) -> int:
 _CLASS_SCORE_METHODS = frozenset({"meaningful-perturbation"})
 
 
-def detection_methods() -> list[str]:
-    """The methods that explain a :class:`Detection` target (black-box, through its score)."""
-    from .methods import all_methods
-
-    return [s.name for s in all_methods().values() if _explains_detections(s)]
-
-
 def _explains_detections(spec: MethodSpec) -> bool:
     return not (spec.requires_graph or spec.needs_gradient or spec.name in _CLASS_SCORE_METHODS)
 
@@ -102,7 +95,10 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
 
     A detection is explained through its D-RISE similarity score (see
     :mod:`blackbox_xai.targets`): the method sees a query function (N, C, H, W) -> (N, 1) and
-    target 0; the manifest's ``extras["detection"]`` records the box, class, decoder and score.
+    target 0; gradient, CAM and class-probability methods see the one-class model
+    :meth:`Model.detection_view` whose score is the raw head entry at the matched proposal
+    (:class:`~blackbox_xai.targets.DetectionRawScore`). The manifest's ``extras["detection"]``
+    records the box, class, decoder and score function.
     A region is explained through s = sum of class k's logits over it: black-box methods see
     the query function :class:`~blackbox_xai.targets.RegionScore`; gradient, CAM and
     class-probability methods see the one-class model :meth:`Model.region_view` (s is linear
@@ -131,7 +127,7 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
     x = as_single_input(x)
     real_model = model if isinstance(model, Model) else None
     described = real_model
-    scorer: DetectionScore | RegionScore | None = None
+    scorer: DetectionScore | DetectionRawScore | RegionScore | None = None
     query_fn: QueryFn = model
     if isinstance(target, Region):
         scorer = query_fn = RegionScore(model, target, x)
@@ -141,11 +137,11 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
                                     "graph: pass a Model from load_model(path, task='segment')")
             query_fn = real_model = real_model.region_view(scorer.weights)
     elif isinstance(target, Detection):
-        if not _explains_detections(spec):
-            raise BlackboxError(f"method {method!r} cannot explain a detection yet (gradient, CAM "
-                                "and class-probability methods need class scores); use one of "
-                                f"{', '.join(detection_methods())}")
-        scorer = query_fn = DetectionScore(Detector(model, decoder), target)
+        if _explains_detections(spec):
+            scorer = query_fn = DetectionScore(Detector(model, decoder), target)
+        else:  # gradient, CAM: the raw head entry at the matched anchor, as a one-class model
+            scorer = DetectionRawScore(Detector(model, decoder), target, x)
+            query_fn = real_model = scorer.view(x if spec.family == "cam" else None)
     if spec.requires_graph and real_model is None:
         raise BlackboxError(f"method {method!r} rewrites the ONNX graph: pass a Model from load_model()")
     t0 = time.perf_counter()
@@ -173,7 +169,7 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
                             "or infinite values (a bug in blackbox-xai: please report it)")
     extras, label = attribution.extras, labels[tgt] if labels is not None else None
     if scorer is not None:
-        kind = "detection" if isinstance(scorer, DetectionScore) else "region"
+        kind = "region" if isinstance(scorer, RegionScore) else "detection"
         extras = {**extras, kind: scorer.describe()}
         k = scorer.target.label
         label = labels[k] if labels is not None and k < len(labels) else None
@@ -183,3 +179,67 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
         extras=extras, label=label,
         model=described.describe() if described is not None else None, inputs=inputs,
     )
+
+
+def explain_batch(model: Model, xs: Sequence[npt.ArrayLike], method: str, *,
+                  targets: Sequence[int | None], seeds: Sequence[int | None],
+                  labels: Sequence[str] | None = None,
+                  inputs: Sequence[dict[str, Any] | None] | None = None,
+                  **options: Any) -> list[Explanation]:
+    """Explain several inputs with ``method``, each for its class ``targets[i]`` (None: top-1)
+    with its seed ``seeds[i]``: :func:`explain` of each, batched across the inputs where the
+    method has a batched form (``MethodSpec.batch_fn``: the single-pass CAM and gradient
+    methods) and the inputs share a shape.
+
+    Batched: the method's passes run on all inputs at once, and their own scores give the
+    top-1 targets (no forward pass first: a gradient method's top-1 seed is made in the
+    backward graph). Each explanation has the target, score and map :func:`explain` gives
+    (equal up to the rounding of batched kernels), the passes per input (one where
+    :func:`explain` counts two: its forward pass and the method's) and an equal share of the
+    batch's time. Otherwise :func:`explain` runs per input.
+    """
+    spec = get_method(method)
+    info = list(inputs) if inputs is not None else [None] * len(xs)
+    if not (len(xs) == len(targets) == len(seeds) == len(info)):
+        raise BlackboxError(f"explain_batch: {len(xs)} inputs, {len(targets)} targets, "
+                            f"{len(seeds)} seeds and {len(info)} inputs records: give one each")
+    arrays = [as_single_input(x) for x in xs]
+    if spec.batch_fn is None or not isinstance(model, Model) or not arrays \
+            or len({a.shape for a in arrays}) > 1:
+        return [explain(model, x, method, target=t, seed=s, labels=labels, inputs=i, **options)
+                for x, t, s, i in zip(arrays, targets, seeds, info)]
+    for s in seeds:
+        if s is not None and not (isinstance(s, (int, np.integer)) and 0 <= s < 2**63):
+            raise BlackboxError(f"--seed {s!r}: use an integer >= 0")
+    k = np.zeros(model.num_classes, np.float32)
+    wanted = [None if t is None else resolve_target(k, t) for t in targets]  # checked first
+    opts = spec.validate(options)
+    xb = np.stack(arrays)
+    ctx = Context(rng=np.random.default_rng(0), scores=np.zeros((0,), np.float32), model=model)
+    t0, before = time.perf_counter(), model.n_queries
+    try:
+        scores, tgts, attributions = spec.batch_fn(xb, wanted, ctx=ctx, **opts)
+    except (UnsupportedOpError, GraphUnavailableError) as e:
+        still = alternatives(without_graph=isinstance(e, GraphUnavailableError))
+        raise type(e)(f"{e}; these methods still work: {still}") from None
+    seconds = (time.perf_counter() - t0) / len(xb)
+    n_queries = (model.n_queries - before) // len(xb)
+    bad = ~np.isfinite(scores).all(axis=1)
+    if bad.any():
+        raise BlackboxError(f"the model returned NaN or infinite scores for {int(bad.sum())} "
+                            f"of {len(xb)} inputs: its explanation would be meaningless")
+    described = model.describe()
+    out = []
+    for x, a, tgt, s0, seed, record in zip(xb, attributions, tgts, scores, seeds, info):
+        amap = np.asarray(a.map, dtype=np.float32)
+        if amap.shape != x.shape[1:]:
+            raise RuntimeError(f"{method} returned a map of shape {amap.shape}, expected "
+                               f"{x.shape[1:]}")
+        if not np.isfinite(amap).all():
+            raise InternalError(f"{method} returned a map with {int((~np.isfinite(amap)).sum())} "
+                                "NaN or infinite values (a bug in blackbox-xai: please report it)")
+        out.append(Explanation(
+            map=amap, method=method, target=tgt, score=float(s0[tgt]), n_queries=n_queries,
+            seconds=seconds, seed=seed, options=opts, extras=a.extras,
+            label=labels[tgt] if labels is not None else None, model=described, inputs=record))
+    return out

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import BlackboxError
+from .explanation import Explanation
 from .metrics.similarity import similarity
 from .model import Model
 
@@ -108,8 +109,6 @@ def compare_models(model_a: Model, model_b: Model, inputs: Sequence[npt.ArrayLik
 
     Both explanations explain model A's top-1 class, so a flip does not change the question.
     """
-    from .api import explain
-
     if not 0 <= threshold <= 1:
         raise BlackboxError(f"threshold={threshold!r}: use a Spearman correlation in [0, 1]")
     if model_a.input.chw != model_b.input.chw and None not in model_a.input.chw + model_b.input.chw:
@@ -119,23 +118,36 @@ def compare_models(model_a: Model, model_b: Model, inputs: Sequence[npt.ArrayLik
         raise BlackboxError(f"{len(names)} names for {len(inputs)} inputs")
     rows, used = [], {}
     for name, x in zip(names, inputs):
-        t0 = time.perf_counter()
-        x = np.asarray(x, np.float32)
-        sa, sb = model_a(x[None])[0], model_b(x[None])[0]
-        if sa.shape != sb.shape:
-            raise BlackboxError(f"the models score {sa.shape[0]} and {sb.shape[0]} classes: not the same model")
-        pa, pb = model_a.probabilities(sa), model_b.probabilities(sb)
-        ta, tb = int(np.argmax(sa)), int(np.argmax(sb))
-        ea = explain(model_a, x, method, target=ta, seed=seed, **options)
-        eb = explain(model_b, x, method, target=ta, seed=seed, **options)
+        row, ea, _ = compare_one(model_a, model_b, x, method, name=name, seed=seed,
+                                 threshold=threshold, top_k=top_k, **options)
+        rows.append(row)
         used = ea.options
-        sim = similarity(ea.map, eb.map, top_k)
-        rows.append(ImageComparison(
-            image=name, top1_a=ta, top1_b=tb, flipped=ta != tb, target=ta,
-            max_logit_delta=float(np.max(np.abs(sa - sb))),
-            max_prob_delta=float(np.max(np.abs(pa - pb))),
-            target_prob_a=float(pa[ta]), target_prob_b=float(pb[ta]),
-            spearman=sim["spearman"], top_k_iou=sim["top_k_iou"], ssim=sim["ssim"],
-            drifted=sim["spearman"] < threshold, seconds=time.perf_counter() - t0))
     return Comparison(method, threshold, top_k, seed, model_a.describe(), model_b.describe(), rows,
                       dict(used))
+
+
+def compare_one(model_a: Model, model_b: Model, x: npt.ArrayLike, method: str, *, name: str,
+                seed: int | None = 0, threshold: float = 0.8, top_k: float = 0.1,
+                **options: Any) -> tuple[ImageComparison, Explanation, Explanation]:
+    """One input's :class:`ImageComparison` and the two explanations, A's and B's (see
+    :func:`compare_models`, which checks the arguments)."""
+    from .api import explain
+
+    t0 = time.perf_counter()
+    x = np.asarray(x, np.float32)
+    sa, sb = model_a(x[None])[0], model_b(x[None])[0]
+    if sa.shape != sb.shape:
+        raise BlackboxError(f"the models score {sa.shape[0]} and {sb.shape[0]} classes: not the same model")
+    pa, pb = model_a.probabilities(sa), model_b.probabilities(sb)
+    ta, tb = int(np.argmax(sa)), int(np.argmax(sb))
+    ea = explain(model_a, x, method, target=ta, seed=seed, **options)
+    eb = explain(model_b, x, method, target=ta, seed=seed, **options)
+    sim = similarity(ea.map, eb.map, top_k)
+    row = ImageComparison(
+        image=name, top1_a=ta, top1_b=tb, flipped=ta != tb, target=ta,
+        max_logit_delta=float(np.max(np.abs(sa - sb))),
+        max_prob_delta=float(np.max(np.abs(pa - pb))),
+        target_prob_a=float(pa[ta]), target_prob_b=float(pb[ta]),
+        spearman=sim["spearman"], top_k_iou=sim["top_k_iou"], ssim=sim["ssim"],
+        drifted=sim["spearman"] < threshold, seconds=time.perf_counter() - t0)
+    return row, ea, eb

@@ -33,6 +33,7 @@ from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
     default_opset,
+    fix_input_size,
     incomplete_shapes,
     normalize,
 )
@@ -63,6 +64,7 @@ ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
 REGION = "bbx_region"  # the (N, 1) score output of a region view (Model.region_view)
+DETECTION = "bbx_detection"  # the (N, 1) score output of a detection view (Model.detection_view)
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
 _ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -310,8 +312,9 @@ class Model:
         return self.score == "prob"
 
     def probabilities(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Class probabilities of scores this model returned."""
-        if self.score == "prob":
+        """Class probabilities of scores this model returned (a one-class view's score as is:
+        :meth:`region_view`, :meth:`detection_view`; its softmax would be 1)."""
+        if self.score == "prob" or self.output_name in (REGION, DETECTION):
             return scores
         if self.score == "logprob":
             return np.exp(scores).astype(np.float32)
@@ -464,12 +467,9 @@ class Model:
         """
         kind = kind or self.score
         out_name = self.scores_output(kind)
-
-        def build() -> onnx.ModelProto:
-            return backward_cached(self.scores_graph(kind)[0], list(wrt), output=out_name,
-                                   cache_dir=cache_dir(), evaluate=evaluate)
-
-        session = self.derived(("backward", kind, tuple(wrt)), build)
+        size = self.dynamic_size(x)
+        session = self.derived(("backward", kind, tuple(wrt), size),
+                               lambda: self.backward_graph(wrt, kind, size))
         grads = [f"{w}_grad" for w in wrt]
         values = [w for w in wrt if w != self.input.name]
         outs = self.run_batched(session, {self.input.name: x, "seed": seed},
@@ -482,6 +482,27 @@ class Model:
             gradients = [g.transpose(0, 3, 1, 2) if w == self.input.name else g
                          for w, g in zip(wrt, gradients)]
         return scores, [forward[w] for w in wrt], gradients
+
+    def dynamic_size(self, x: npt.NDArray) -> tuple[int, int] | None:
+        """(H, W) of the NCHW batch ``x`` where the model's image size is dynamic, else None:
+        backward graphs are specialised to it (:meth:`backward_graph`)."""
+        if self.input.height is not None and self.input.width is not None:
+            return None
+        return int(x.shape[2]), int(x.shape[3])
+
+    def backward_graph(self, wrt: Sequence[str], kind: ScoreKind | None = None,
+                       size: tuple[int, int] | None = None) -> onnx.ModelProto:
+        """The backward graph of :meth:`scores_graph` (``kind``) to the ``wrt`` tensors
+        (:func:`~blackbox_xai.graph.autodiff.backward`, cached per graph), of the graph with its
+        image size fixed at ``size`` (H, W) when given: Resize and pooling rules need static
+        sizes, which a model exported for any image size does not have."""
+        kind = kind or self.score
+        graph = self.scores_graph(kind)[0]
+        if size is not None:
+            axes = (2, 3) if self.input.layout == "NCHW" else (1, 2)
+            graph = fix_input_size(graph, self.input.name, axes, size)
+        return backward_cached(graph, list(wrt), output=self.scores_output(kind),
+                               cache_dir=cache_dir(), evaluate=evaluate)
 
     def input_gradient(self, x: npt.NDArray[np.float32], seed: npt.NDArray[np.float32], *,
                        kind: ScoreKind | None = None, progress=None
@@ -681,23 +702,55 @@ class Model:
         and CAM ones included, explains class 0 of the view; a backward pass from s seeds z
         with w. The graph computes Flatten(z) @ w.reshape(-1, 1); inputs must give z of w's
         shape."""
-        elem = next(o.type.tensor_type.elem_type for o in self.proto.graph.output
-                    if o.name == self.output_name)
+        elem = self._output_elem(self.output_name)
         w = weights.reshape(-1, 1).astype(helper.tensor_dtype_to_np_dtype(elem))
+        return self._score_view(
+            [helper.make_node("Flatten", [self.logits_name], [f"{REGION}_flat"], axis=1),
+             helper.make_node("MatMul", [f"{REGION}_flat", f"{REGION}_weights"], [REGION])],
+            [numpy_helper.from_array(w, f"{REGION}_weights")], REGION, elem)
+
+    def detection_view(self, output: str, entries: Sequence[int]) -> Model:
+        """This detector as a one-class classifier whose score is the product of the raw
+        ``output``'s ``entries`` (flat indices into one input's output): s = prod_j t_flat[e_j]
+        (N, 1), e.g. a YOLOv8 anchor's class score, or a YOLOv5 anchor's objectness x class
+        probability (:class:`~blackbox_xai.targets.DetectionRawScore`). Every method, gradient
+        and CAM ones included, explains class 0 of the view. Built once per (output, entries)."""
+        def build() -> Model:
+            elem = self._output_elem(output)
+            nodes = [helper.make_node("Flatten", [output], [f"{DETECTION}_flat"], axis=1)]
+            inits = []
+            for j, e in enumerate(entries):
+                inits.append(numpy_helper.from_array(np.array([e], np.int64), f"{DETECTION}_e{j}"))
+                nodes.append(helper.make_node("Gather", [f"{DETECTION}_flat", f"{DETECTION}_e{j}"],
+                                              [f"{DETECTION}_v{j}"], axis=1))
+            last = f"{DETECTION}_v0"
+            for j in range(1, len(entries)):
+                nodes.append(helper.make_node("Mul", [last, f"{DETECTION}_v{j}"], [f"{DETECTION}_p{j}"]))
+                last = f"{DETECTION}_p{j}"
+            nodes.append(helper.make_node("Identity", [last], [DETECTION]))
+            return self._score_view(nodes, inits, DETECTION, elem)
+
+        return self.fact(("detection_view", output, tuple(int(e) for e in entries)), build)
+
+    def _output_elem(self, name: str) -> int:
+        return next(o.type.tensor_type.elem_type for o in self.proto.graph.output if o.name == name)
+
+    def _score_view(self, nodes: Sequence[onnx.NodeProto], inits: Sequence[onnx.TensorProto],
+                    out: str, elem: int) -> Model:
+        """A copy of this model whose graph ends in ``nodes`` with the one output ``out`` (N, 1):
+        a one-class classifier (:meth:`region_view`, :meth:`detection_view`)."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self.graph())
-        proto.graph.initializer.append(numpy_helper.from_array(w, f"{REGION}_weights"))
-        proto.graph.node.extend([
-            helper.make_node("Flatten", [self.logits_name], [f"{REGION}_flat"], axis=1),
-            helper.make_node("MatMul", [f"{REGION}_flat", f"{REGION}_weights"], [REGION])])
+        proto.graph.initializer.extend(inits)
+        proto.graph.node.extend(nodes)
         del proto.graph.output[:]
-        proto.graph.output.append(helper.make_tensor_value_info(REGION, elem, ["N", 1]))
+        proto.graph.output.append(helper.make_tensor_value_info(out, elem, ["N", 1]))
         view = copy.copy(self)
         view.session, _ = create_session(proto.SerializeToString(), self.device, self.threads,
                                          generated="rewritten graph")
         view.proto, view.task, view.num_classes, view.n_queries = proto, "classify", 1, 0
-        view.output_names, view.output_integer = [REGION], [False]
-        view.output_name = view.logits_name = REGION
+        view.output_names, view.output_integer = [out], [False]
+        view.output_name = view.logits_name = out
         view.activation = None
         view._sessions, view._facts = {}, {}
         return view

@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,8 @@ class MethodSpec:
     Attributes:
         fast: option values for a quick look (``bbx evaluate --fast``, the tests).
         needs_gradient: the method runs a backward graph (so it fails on ops with no rule).
+        batch_fn: an optional batched form (:func:`register_batch`; used by
+            :func:`blackbox_xai.api.explain_batch`).
     """
 
     name: str
@@ -194,6 +196,7 @@ class MethodSpec:
     options: tuple[Option, ...]
     fast: dict[str, Any] = field(default_factory=dict)
     needs_gradient: bool = False
+    batch_fn: Callable[..., tuple[Any, list[int], list[Attribution]]] | None = None
 
     @property
     def summary(self) -> str:
@@ -238,6 +241,24 @@ def register(name: str, *, family: str, reference: str, stochastic: bool = False
             opts.append(Option(p.name, p.default, hint, rng, helps.get(p.name, "")))
         METHODS[name] = MethodSpec(name, fn, family, reference, stochastic, requires_graph,
                                    tuple(opts), dict(fast or {}), needs_gradient)
+        return fn
+
+    return deco
+
+
+def register_batch(name: str) -> Callable:
+    """Register ``fn(xs, targets, *, ctx, **options) -> (scores, targets, attributions)`` as
+    the batched form of the registered method ``name`` (same options): over inputs xs
+    (N, C, H, W) with one target each (None: the input's top-1), it returns the scores (N, K)
+    of its own passes (no forward pass comes first), each input's target and attribution: the
+    maps of ``fn`` one input at a time. ``ctx`` has the model (``ctx.scores`` is empty). A
+    stochastic method has no batched form: its maps depend on one generator per input."""
+
+    def deco(fn: Callable) -> Callable:
+        spec = METHODS[name]
+        if spec.stochastic:
+            raise ValueError(f"method {name!r} is stochastic: it has no batched form")
+        METHODS[name] = replace(spec, batch_fn=fn)
         return fn
 
     return deco

@@ -116,6 +116,39 @@ def plot_curves(result: CurveResult, title: str = "", size: tuple[int, int] = (3
     return img
 
 
+def plot_histogram(values: Sequence[float | None], title: str, bins: int = 20,
+                   value_range: tuple[float, float] | None = None,
+                   size: tuple[int, int] = (330, 220)) -> Image.Image:
+    """A histogram of the finite ``values`` (None skipped; ``numpy.histogram``: ``bins`` equal
+    bins over ``value_range``, default the values' min to max), their count in the title."""
+    w, h = size
+    v = np.asarray([float(x) for x in values if x is not None], np.float64)
+    v = v[np.isfinite(v)]
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = _font()
+    d.text((w / 2, 4), f"{title} (n={v.size})", fill="black", font=font, anchor="ma")
+    left, right, top, bottom = 44, 12, 22, 22
+    pw, ph = w - left - right, h - top - bottom
+    lo, hi = value_range or ((float(v.min()), float(v.max())) if v.size else (0.0, 1.0))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    top_count = max(int(counts.max()) if counts.size else 0, 1)
+    for c, e0, e1 in zip(counts, edges[:-1], edges[1:]):
+        x0 = left + (e0 - lo) / (hi - lo) * pw
+        x1 = left + (e1 - lo) / (hi - lo) * pw
+        if c:
+            d.rectangle([x0, top + ph * (1 - c / top_count), max(x0, x1 - 1), top + ph],
+                        fill=INSERTION_COLOR)
+    d.rectangle([left, top, left + pw, top + ph], outline="black")
+    d.text((left - 4, top), str(top_count), fill="black", font=font, anchor="rt")
+    d.text((left - 4, top + ph), "0", fill="black", font=font, anchor="rb")
+    d.text((left, top + ph + 3), f"{lo:.3g}", fill="black", font=font, anchor="la")
+    d.text((left + pw, top + ph + 3), f"{hi:.3g}", fill="black", font=font, anchor="ra")
+    return img
+
+
 # ---- HTML -------------------------------------------------------------------------------------
 @dataclass
 class Figure:

@@ -10,7 +10,9 @@ maps", CVPR 2021, arXiv:2012.03058) between it and the best matching decoded pro
 with L the boxes, P_t the one-hot vector of the target's class, P_a a proposal's class scores
 and O_a its objectness (1 for models without one). :class:`DetectionScore` turns a detector
 into a query function (N, C, H, W) -> (N, 1) of that similarity, so the black-box methods
-explain a detection unchanged, with target 0.
+explain a detection unchanged, with target 0. Gradient and CAM methods explain it through a
+fixed entry of the raw (pre-NMS) head output at the proposal that produced it
+(:class:`DetectionRawScore`, :meth:`~blackbox_xai.model.Model.detection_view`).
 
 A :class:`Region` of class k over the pixels R of a segmentation output z (N, K, H, W) is
 scored by the sum of the class's logits over the region (pytorch-grad-cam's
@@ -109,14 +111,18 @@ class Detector:
     """A detector's raw outputs decoded into proposals.
 
     The decoder is chosen from the first call's raw outputs unless given (``decoder``: a name
-    from :data:`~blackbox_xai.decode.DECODERS` or a :class:`~blackbox_xai.decode.Decoder`).
+    from :data:`~blackbox_xai.decode.DECODERS` or a :class:`~blackbox_xai.decode.Decoder`);
+    ``box_format`` (:data:`~blackbox_xai.decode.BOX_FORMATS`) and ``normalized`` override the
+    layout's box coordinates when the decoder is chosen here.
     """
 
-    def __init__(self, model, decoder: str | Decoder | None = None) -> None:
+    def __init__(self, model, decoder: str | Decoder | None = None, *,
+                 box_format: str | None = None, normalized: bool | None = None) -> None:
         self.raw, self.names, self.integer = raw_outputs_of(model)
         self.model = model
         self.decoder = decoder if isinstance(decoder, Decoder) else None
         self.kind = None if isinstance(decoder, Decoder) else decoder
+        self.box_format, self.normalized = box_format, normalized
 
     @property
     def batch_size(self) -> int | None:
@@ -131,7 +137,8 @@ class Detector:
             self.decoder = choose_decoder(
                 [OutputInfo(self.names[i] if self.names else f"output{i}", o.shape,
                             bool(self.integer[i]) if self.integer else o.dtype.kind in "iu")
-                 for i, o in enumerate(outs)], self.kind, [o[:1] for o in outs])
+                 for i, o in enumerate(outs)], self.kind, [o[:1] for o in outs],
+                box_format=self.box_format, normalized=self.normalized)
         return self.decoder(outs, x.shape[2:])
 
     def detect(self, x: npt.NDArray[np.float32], *, conf: float = 0.25, iou: float = 0.45
@@ -175,6 +182,104 @@ class DetectionScore:
         dec = self.detector.decoder
         return {**self.target.describe(), "decoder": dec.describe() if dec is not None else None,
                 "score_function": "D-RISE similarity: max_a IoU x cos(one-hot, P_a) x objectness"}
+
+
+#: What a detection view's score is, per layout (:class:`DetectionRawScore`).
+RAW_SCORES = {
+    "yolov8": "class k's score at the matched anchor a (row 4 + k of the (N, 4 + K, A) head)",
+    "yolov5": "objectness x class k's probability at the matched anchor a (entries 4 and 5 + k "
+              "of row a of the (N, A, 5 + K) head)",
+    "boxes": "the score of the matched proposal a (for class k where the scores have a class "
+             "axis)",
+}
+
+
+class DetectionRawScore:
+    """A detection's score for gradient and CAM methods: a fixed entry (or product of two) of
+    the raw, pre-NMS head output, at the proposal ("anchor") a that produced the detection, as
+    pytorch-grad-cam's YOLO and Faster R-CNN recipes pick their score:
+
+        a = argmax_a IoU(L_t, L_a) * c_ak(x),   s(x') = c_ak(x') read from the raw output
+
+    with c_ak the decoded confidence of class k (class score x objectness) on the explained
+    input x. YOLOv8: the class score; YOLOv5: objectness x class probability (the confidence
+    the detection reports; the exports apply the sigmoids inside the graph, so no logit is
+    left to read, and the product keeps the objectness evidence D-RISE also weighs); boxes +
+    scores: the proposal's score. :meth:`~blackbox_xai.model.Model.detection_view` turns it
+    into a one-class model. A graph with NMS inside has no fixed proposal a: refused.
+    """
+
+    def __init__(self, detector: Detector, target: Detection, x: npt.NDArray[np.float32]) -> None:
+        model = detector.model
+        if not isinstance(model, Model):
+            raise BlackboxError("gradient and CAM methods explain a detection through the "
+                                "model's graph: pass a Model from load_model(path, task='detect')")
+        if any(n.op_type == "NonMaxSuppression" for n in model.proto.graph.node):
+            raise BlackboxError(f"{model.path.name} runs NMS inside its graph, so its outputs "
+                                "have no fixed proposal to differentiate: explain the detection "
+                                "with a black-box method (drise, occlusion, rise, ...)")
+        self.detector, self.target = detector, target
+        raw = model.raw_outputs(x[None])
+        props = detector.proposals(x[None])
+        k = target.label
+        conf = props.confidence[0]
+        if k >= conf.shape[-1]:
+            raise BlackboxError(f"Detection label {k}: the detector has {conf.shape[-1]} classes")
+        match = box_iou(np.asarray(target.box), props.boxes[0]) * conf[:, k]
+        self.anchor = int(np.argmax(match))
+        if match[self.anchor] <= 0:
+            raise BlackboxError(f"no proposal of class {k} overlaps the box "
+                                f"{_box(target.box)}: nothing to differentiate")
+        dec = detector.decoder
+        out, self.entries = dec.score_entries([r.shape for r in raw], self.anchor, k)
+        self.output = model.output_names[out]
+        self.match = float(match[self.anchor])
+        self.proposal = tuple(float(v) for v in props.boxes[0, self.anchor])
+
+    def view(self, x: npt.NDArray[np.float32] | None = None) -> Model:
+        """The one-class model whose class 0 is this score; given the explained input ``x``,
+        its default CAM layer is :meth:`cam_layer`'s."""
+        view = self.detector.model.detection_view(self.output, self.entries)
+        if x is not None:
+            view.fact(("layer", None), lambda: self.cam_layer(view, x))
+        return view
+
+    def cam_layer(self, view: Model, x: npt.NDArray[np.float32], tries: int = 6):
+        """The default CAM layer of a detection: the last candidate feature map (graph order)
+        that branches (read by two or more nodes, a SiLU's Sigmoid and Shape aside: a neck output feeding
+        a head's box and class branches, as pytorch-grad-cam's YOLOv8 recipe picks ``model.model[-2]``) and whose
+        gradient of the score at ``x`` is nonzero (the anchor's own scale: a YOLO head
+        concatenates every scale's branches into one output, and the graph's last map, the
+        box branch's DFL conv in an Ultralytics export, gets no gradient from a class score).
+        At most ``tries`` layers probed from the last (one backward pass each), else the
+        usual default."""
+        from .graph.inspect import candidate_layers, consumers, feature_map
+        from .graph.vjp_rules import UnsupportedOpError
+
+        g = view.proto.graph
+        readers = {t: [i for i in idx if g.node[i].op_type not in ("Sigmoid", "Shape")]
+                   for t, idx in consumers(g).items()}  # SiLU's x * sigmoid(x); shape reads
+        branching = [c for c in candidate_layers(view.proto) if len(readers.get(c.name, ())) > 1]
+        for layer in reversed(branching[-tries:]):
+            try:
+                _, _, grad = view.layer_gradient(x[None], 0, layer.name)
+            except UnsupportedOpError:
+                continue
+            if np.any(grad != 0):
+                return layer
+        return feature_map(view.proto)
+
+    def describe(self) -> dict:
+        """The manifest's record: the detection, the decoder, the anchor and its raw entries."""
+        dec = self.detector.decoder
+        return {**self.target.describe(), "decoder": dec.describe(), "anchor": self.anchor,
+                "anchor_box": list(self.proposal), "iou_x_confidence": self.match,
+                "raw_output": self.output, "raw_entries": list(self.entries),
+                "score_function": RAW_SCORES[dec.kind]}
+
+
+def _box(box: Box) -> str:
+    return ",".join(f"{v:.1f}" for v in box)
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,3 +398,13 @@ class RegionScore:
         return {"label": self.target.label, "pixels": int(self.mask.sum()),
                 "map_hw": list(self.mask.shape), "source": self.source,
                 "score_function": "sum of class k's logits over the region"}
+
+
+def score_query(model, target: Detection | Region, x: npt.NDArray[np.float32],
+                decoder: str | Decoder | None = None) -> DetectionScore | RegionScore:
+    """The one-score query function (N, C, H, W) -> (N, 1) of a detection (its D-RISE matched
+    score, :class:`DetectionScore`) or a region (its summed logits, :class:`RegionScore`, the
+    mask resolved on ``x`` (C, H, W)); what the metrics track for such targets (class 0)."""
+    if isinstance(target, Detection):
+        return DetectionScore(Detector(model, decoder), target)
+    return RegionScore(model, target, x)

@@ -22,13 +22,26 @@ _BLUE, _WHITE, _RED = np.array([0.23, 0.30, 0.75]), np.ones(3), np.array([0.71, 
 LEGEND_HEIGHT = 18
 
 
-def inferno(t: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
-    """Map values in [0, 1] to RGB uint8 with the inferno colormap."""
+def _inferno_exact(t: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
+    """The polynomial, evaluated at ``t`` in [0, 1] (Horner), as RGB uint8."""
     t = np.clip(t, 0.0, 1.0)[..., None]
     rgb = np.zeros(t.shape[:-1] + (3,))
     for coeffs in _INFERNO[::-1]:
         rgb = rgb * t + coeffs
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+_INFERNO_STEPS = 4096
+_INFERNO_LUT = _inferno_exact(np.linspace(0.0, 1.0, _INFERNO_STEPS))
+
+
+def inferno(t: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
+    """Map values in [0, 1] to RGB uint8 with the inferno colormap: the polynomial tabulated
+    at 4096 points, looked up at the nearest (at most one grey level from the polynomial;
+    10x faster on a 224 x 224 map, which matters in dataset runs)."""
+    t = np.nan_to_num(np.asarray(t, dtype=np.float64), nan=0.0)
+    idx = np.rint(np.clip(t, 0.0, 1.0) * (_INFERNO_STEPS - 1)).astype(np.intp)
+    return _INFERNO_LUT[idx]
 
 
 def diverging(t: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
@@ -124,3 +137,27 @@ def overlay_image(image: Image.Image, m: npt.NDArray[np.floating], box: Box | No
     out = image.copy()
     out.paste(Image.composite(heat, region, weight), (round(x0), round(y0)))
     return _with_legend(out, lo, hi, signed)
+
+
+#: Box colours of :func:`detections_image`, by class index modulo their number.
+BOX_COLORS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+              (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40))
+
+
+def detections_image(image: Image.Image, boxes: list[tuple[Box, int, str]],
+                     width: int = 2) -> Image.Image:
+    """The photo with each detection's box (x0, y0, x1, y1 in its pixels) outlined in its class's
+    colour (:data:`BOX_COLORS`, class mod 10), and its caption (e.g. "0 person 0.91") on a
+    filled strip above the box's top-left corner (inside the box when the box touches the top)."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    for box, label, caption in boxes:
+        color = BOX_COLORS[label % len(BOX_COLORS)]
+        x0, y0, x1, y1 = (round(v) for v in box)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=color, width=width)
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), caption)
+        h = ty1 - ty0 + 2
+        top = y0 - h if y0 - h >= 0 else y0
+        draw.rectangle((x0, top, x0 + tx1 - tx0 + 3, top + h - 1), fill=color)
+        draw.text((x0 + 2 - tx0, top + 1 - ty0), caption, fill="white")
+    return out

@@ -34,6 +34,16 @@ def one_blas_thread():
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs) for every Ray test of this process: the Ray test modules
+    are one xdist group (``--dist loadgroup``), so one worker starts Ray once."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def linear_weights() -> tuple[np.ndarray, np.ndarray]:
     """(W (3*32*32, 10), b (10,)) of tests/models/linear.onnx: scores = flatten(x) @ W + b."""
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(model_path("linear")).graph.initializer}

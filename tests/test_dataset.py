@@ -120,13 +120,13 @@ def test_a_rerun_redoes_only_missing_and_corrupt_images(run, data, tmp_path, mon
     (out / "index.csv").write_text("".join(lines))
 
     explained = []
-    real = dataset_run.explain
+    real = dataset_run.explain_batch
 
-    def counting(model, x, method, **kw):
-        explained.append(kw["inputs"]["image"])
-        return real(model, x, method, **kw)
+    def counting(model, xs, method, **kw):
+        explained.extend(i["image"] for i in kw["inputs"])
+        return real(model, xs, method, **kw)
 
-    monkeypatch.setattr(dataset_run, "explain", counting)
+    monkeypatch.setattr(dataset_run, "explain_batch", counting)
     r = run("explain", "rise", MODEL, data, *RISE, "--out", out)
     assert r.exit_code == 0, r.output
     assert explained == [str(data / "b.png"), str(data / "sub" / "d.png")]
@@ -223,3 +223,92 @@ def test_list_errors_are_dataset_errors(tmp_path):
     with pytest.raises(DatasetError, match="no images listed"):
         (tmp_path / "list.txt").write_text("# only a comment\n")
         read_list(tmp_path / "list.txt")
+
+
+BATCHED = ["cam", "eigencam", "gradcam", "gradcampp", "gradient-x-input", "layercam", "saliency",
+           "xgradcam"]
+
+
+def test_the_single_pass_methods_have_a_batched_form():
+    from blackbox_xai.methods import all_methods
+
+    assert [n for n, s in all_methods().items() if s.batch_fn is not None] == BATCHED
+
+
+@pytest.mark.parametrize("method", BATCHED)
+def test_explain_batch_equals_explain_one_input_at_a_time(method):
+    from blackbox_xai.api import explain, explain_batch
+    from blackbox_xai.model import load_model
+
+    model = load_model(MODEL)
+    xs = np.random.default_rng(3).standard_normal((5, *model.example_chw()), dtype=np.float32)
+    targets = [None, 1, None, 0, 4]
+    before = model.n_queries
+    batch = explain_batch(model, list(xs), method, targets=targets, seeds=[1, 2, 3, 4, 5])
+    assert model.n_queries - before == 5  # one pass of the 5 inputs: no forward pass first
+    for i, (x, b) in enumerate(zip(xs, batch)):
+        one = explain(model, x, method, target=targets[i], seed=i + 1)
+        # explain counts its forward pass and the method's; the batch has only the method's
+        assert (b.target, b.n_queries, b.seed, b.method) == (one.target, one.n_queries - 1,
+                                                             i + 1, method)
+        assert b.target == (targets[i] if targets[i] is not None else int(np.argmax(model(x[None]))))
+        assert b.score == pytest.approx(one.score, abs=1e-5)
+        np.testing.assert_allclose(b.map, one.map, rtol=1e-5, atol=1e-6)
+        assert sorted(b.extras) == sorted(one.extras)
+        for k, v in one.extras.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(b.extras[k], v, rtol=1e-5, atol=1e-6)
+            else:
+                assert b.extras[k] == v
+
+
+def test_a_dataset_run_batches_single_pass_methods_across_images(run, data, tmp_path,
+                                                                  monkeypatch):
+    calls = []
+    real = dataset_run.explain_batch
+
+    def counting(model, xs, method, **kw):
+        calls.append(len(xs))
+        return real(model, xs, method, **kw)
+
+    monkeypatch.setattr(dataset_run, "explain_batch", counting)
+    monkeypatch.setattr(dataset_run, "IMAGES_PER_CALL", 2)
+    out = tmp_path / "out"
+    r = run("explain", "gradcam", MODEL, data, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert calls == [2, 2, 1]
+    assert [row["name"] for row in rows(out)] == NAMES
+    for row in rows(out):
+        assert int(row["queries"]) == 1  # the backward graph's pass, top-1 seeded in the graph
+        single = tmp_path / "single" / row["name"]
+        image = data / f"{row['name']}.png"
+        assert run("explain", "gradcam", MODEL, image, "--out", single).exit_code == 0
+        one = json.loads((single / f"{image.stem}_gradcam.json").read_text())
+        assert (one["target"], one["n_queries"]) == (int(row["target"]), 2)
+        assert one["score"] == pytest.approx(float(row["score"]), abs=1e-5)
+        np.testing.assert_allclose(np.load(out / f"{row['name']}_gradcam.npy"),
+                                   np.load(single / f"{image.stem}_gradcam.npy"), rtol=1e-5,
+                                   atol=1e-6)
+    calls.clear()  # a per-image method: one image per call
+    assert run("explain", "rise", MODEL, data, *RISE, "--out", out).exit_code == 0
+    assert calls == [1] * 5
+
+
+def test_executor_options_are_for_dataset_runs(run, data, tmp_path):
+    r = run("explain", "gradcam", MODEL, data / "a.png", "--executor", "ray", "--out",
+            tmp_path / "out")
+    assert r.exit_code == 2 and "for dataset runs" in errors(r.output)
+    r = run("explain", "gradcam", MODEL, data, "--ray-workers", "2", "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "are for --executor ray" in errors(r.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ray_executor_without_ray_is_one_line(run, data, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    r = run("explain", "gradcam", MODEL, data, "--executor", "ray", "--out", tmp_path / "out")
+    assert r.exit_code != 0
+    assert errors(r.output) == ("error: --executor ray needs the ray extra: pip install "
+                                "'blackbox-xai[ray]'")
+    assert not (tmp_path / "out").exists()

@@ -235,9 +235,8 @@ def test_detector_model_keeps_raw_outputs(toy_onnx):
 
 
 def test_refusals_are_one_line(toy_onnx):
-    det = load_model(toy_onnx, device="cpu", task="detect")
-    with pytest.raises(BlackboxError, match="cannot explain a detection yet.*drise"):
-        explain(det, textured(), "gradcam", target=Detection(BOX, 0))
+    with pytest.raises(BlackboxError, match="through the model's graph"):
+        explain(toy_head, textured(), "gradcam", target=Detection(BOX, 0))
     classifier = load_model(model_path("tiny_cnn"), device="cpu")
     x = np.zeros(classifier.example_chw(), np.float32)
     with pytest.raises(BlackboxError, match="drise explains a detection"):
@@ -292,3 +291,117 @@ def test_cli_refuses_detection_on_a_classifier(bright_region_image):
     r = CliRunner().invoke(cli, ["explain", "occlusion", model_path("tiny_cnn"),
                                  bright_region_image, "--box", "1,1,5,5"])
     assert r.exit_code == 2 and "--class k" in r.stderr
+
+
+# ---- box formats, letterbox, detect --out --------------------------------------------------------
+def test_box_formats_and_normalised_coordinates_hand_written():
+    from blackbox_xai.decode import to_xyxy
+
+    b = np.array([[10.0, 20.0, 30.0, 40.0]])
+    np.testing.assert_allclose(to_xyxy(b, "xyxy"), [[10, 20, 30, 40]])
+    np.testing.assert_allclose(to_xyxy(b, "xywh"), [[10, 20, 40, 60]])
+    np.testing.assert_allclose(to_xyxy(b, "cxcywh"), [[-5, 0, 25, 40]])
+    # YOLOv8 head with normalised cxcywh (H 200, W 100): x by W, y by H
+    raw = np.zeros((1, 4 + 1, 1))
+    raw[0, :, 0] = [0.5, 0.25, 0.2, 0.1, 0.9]
+    dec = choose_decoder([OutputInfo("o", (1, 5, 1))], "yolov8", normalized=True)
+    assert dec.describe() == {"kind": "yolov8", "outputs": [0], "normalized": True,
+                              "box_format": "cxcywh"}
+    np.testing.assert_allclose(dec([raw], (200, 100)).boxes[0], [[40, 40, 60, 60]])
+    # YOLOv5 head in xywh pixels
+    raw5 = np.array([[[4, 6, 10, 20, 0.5, 1.0]]])
+    dec5 = choose_decoder([OutputInfo("o", (1, 1, 6))], box_format="xywh")
+    assert (dec5.kind, dec5.format) == ("yolov5", "xywh")
+    np.testing.assert_allclose(dec5([raw5], (64, 64)).boxes[0], [[4, 6, 14, 26]])
+    # boxes + scores: cxcywh normalised, and the automatic normalisation overridden
+    boxes, scores = np.array([[[0.5, 0.5, 0.5, 1.0]]]), np.array([[[0.3, 0.7]]])
+    infos = [OutputInfo("boxes", (1, 1, 4)), OutputInfo("scores", (1, 1, 2))]
+    decb = choose_decoder(infos, sample=[boxes, scores], box_format="cxcywh")
+    assert decb.normalized and decb.format == "cxcywh"
+    np.testing.assert_allclose(decb([boxes, scores], (40, 80)).boxes[0], [[20, 0, 60, 40]])
+    pixels = choose_decoder(infos, sample=[boxes, scores], normalized=False)
+    np.testing.assert_allclose(pixels([boxes, scores], (40, 80)).boxes[0], [[0.5, 0.5, 0.5, 1]])
+    with pytest.raises(ModelInputError, match="--box-format 'yxyx'"):
+        choose_decoder(infos, box_format="yxyx")
+
+
+def test_letterboxed_detection_maps_back_to_photo_pixels():
+    """A 64 x 32 (W x H) photo letterboxed into 32 x 32: scale 0.5, 8 rows of padding on top,
+    footprint (0, -16, 64, 48); an input box (8, 12, 16, 20) is (16, 8, 32, 24) in the photo."""
+    from blackbox_xai.preprocess import Preprocessing
+
+    pre = Preprocessing(crop=(32, 32), mode="letterbox", mean=(0, 0, 0), std=(1, 1, 1), scale=255)
+    tensor, footprint = pre.to_tensor(Image.new("RGB", (64, 32), (255, 255, 255)))
+    assert footprint == pytest.approx((0.0, -16.0, 64.0, 48.0))
+    raw = np.zeros((1, 4 + 1, 1))
+    raw[0, :, 0] = [12 / 32, 16 / 32, 8 / 32, 8 / 32, 0.9]  # normalised cxcywh
+    (dets,) = Detector(lambda x: raw, normalized=True).detect(tensor[None])
+    assert dets[0].box == pytest.approx((8, 12, 16, 20))
+    assert dets[0].to_image(footprint, (32, 32)) == pytest.approx((16, 8, 32, 24))
+
+
+def test_cli_detect_out_draws_the_boxes(toy_onnx, bright_region_image, tmp_path):
+    from blackbox_xai.viz import BOX_COLORS
+
+    out = tmp_path / "pics"
+    r = CliRunner().invoke(cli, ["detect", toy_onnx, bright_region_image, "--device", "cpu",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    pic = np.asarray(Image.open(out / "square_detections.png"))
+    assert pic.shape == (64, 64, 3)
+    # the box is 16,16,48,48 in the photo: a 2-pixel outline in class 0's colour
+    for x, y in [(16, 40), (17, 40), (47, 40), (46, 40), (30, 47)]:
+        assert tuple(pic[y, x]) == BOX_COLORS[0], (x, y)
+    assert tuple(pic[30, 18]) == (255, 255, 255) and tuple(pic[40, 18]) == (40, 40, 40)
+    assert (pic[:16, 16:40] == BOX_COLORS[0]).all(axis=-1).sum() > 20  # the caption's strip
+    again = CliRunner().invoke(cli, ["detect", toy_onnx, bright_region_image, "--device", "cpu",
+                                     "--out", str(out)])
+    assert again.exit_code != 0 and "--overwrite" in again.stderr
+    r = CliRunner().invoke(cli, ["detect", toy_onnx, bright_region_image, "--device", "cpu",
+                                 "--out", str(out), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    # all or none: one picture already there refuses the whole run before any computing
+    other = tmp_path / "other.png"
+    Image.open(bright_region_image).save(other)
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "square_detections.png").write_bytes(b"old")
+    r = CliRunner().invoke(cli, ["detect", toy_onnx, str(other), bright_region_image,
+                                 "--device", "cpu", "--out", str(tmp_path / "fresh")])
+    assert r.exit_code != 0 and "--overwrite" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["square_detections.png"]
+
+
+@pytest.mark.parametrize(("s", "h", "w"), [(16, 40, 56), (4, 32, 32), (7, 30, 9), (1, 5, 5)])
+def test_drise_float32_masks_equal_rise_masks(s, h, w):
+    from blackbox_xai.methods.drise import masks_float32
+
+    rng = np.random.default_rng(s)
+    grids = (rng.random((5, s, s)) < 0.5).astype(np.float64)
+    dy, dx = rng.integers(0, -(-h // s), 5), rng.integers(0, -(-w // s), 5)
+    got = masks_float32(s, h, w)(grids, dy, dx)
+    assert got.dtype == np.float32 and got.shape == (5, h, w)
+    np.testing.assert_allclose(got, rise_masks(grids, dy, dx, h, w), atol=1e-6)
+    assert len(np.unique(got)) > 2 or s == 1  # smooth masks: the check can fail
+
+
+def test_cli_detect_box_format_options(tmp_path):
+    """tiny_boxes' normalised xyxy boxes read as pixels (--pixel-boxes) stay within 1 pixel;
+    read as cxcywh they move; both are listed in image pixels."""
+    image = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).uniform(0, 1, (32, 32, 3)) * 255).astype(np.uint8)
+                    ).save(image)
+    args = ["detect", model_path("tiny_boxes"), str(image), "--device", "cpu", "--scale", "255",
+            "--mean", "0", "--std", "1", "--conf", "0.7"]
+    auto = CliRunner().invoke(cli, args)
+    pixels = CliRunner().invoke(cli, [*args, "--pixel-boxes"])
+    centre = CliRunner().invoke(cli, [*args, "--box-format", "cxcywh"])
+    assert auto.exit_code == pixels.exit_code == centre.exit_code == 0, auto.output
+    first = [line.split()[-1] for line in (auto.stdout, pixels.stdout, centre.stdout)
+             for line in [line.splitlines()[1]]]
+    x0, y0, x1, y1 = (float(v) for v in first[0].split(","))
+    assert (x1 - x0, y1 - y0) == (4.0, 4.0)  # a cell's box in pixels
+    px = [float(v) for v in first[1].split(",")]
+    assert max(px) <= 1.0  # the normalised numbers taken as pixels
+    cx = [float(v) for v in first[2].split(",")]
+    # (x0, y0, x1, y1) read as (cx, cy, w, h): x0' = x0 - (x1 - x0)/2 ... in pixels of 32
+    assert cx == pytest.approx([x0 - x1 / 2, y0 - y1 / 2, x0 + x1 / 2, y0 + y1 / 2], abs=0.06)

@@ -104,3 +104,14 @@ def test_unsigned_overlay_is_transparent_at_the_minimum_and_opaque_at_the_maximu
     np.testing.assert_array_equal(out[7, 0], (10, 200, 30))
     top = 0.7 * inferno(np.array(1.0)).astype(float) + 0.3 * np.array([10, 200, 30])
     np.testing.assert_allclose(out[0, 0], top, atol=2)
+
+
+def test_the_tabulated_inferno_is_within_one_grey_level_of_its_polynomial():
+    """The lookup table (4096 points) against Horner's evaluation of the fitted polynomial
+    at 100 000 random points and both ends."""
+    from blackbox_xai.viz import _inferno_exact, inferno
+
+    t = np.concatenate([np.random.default_rng(0).random(100_000), [0.0, 1.0]])
+    diff = np.abs(inferno(t).astype(int) - _inferno_exact(t).astype(int))
+    assert diff.max() <= 1
+    assert (inferno(np.array([0.0, 1.0])) == _inferno_exact(np.array([0.0, 1.0]))).all()

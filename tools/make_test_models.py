@@ -315,6 +315,64 @@ def idiom_spatial_output(rng: np.random.Generator) -> onnx.ModelProto:
                   opset=13, ir_version=7)
 
 
+DET_CLASSES, DET_CELL = 2, 4  # tiny detectors: classes, pixels per grid cell (stride)
+
+
+def tiny_yolo(rng: np.random.Generator, layout: str = "yolov8") -> onnx.ModelProto:
+    """A tiny one-stage detector with exact receptive fields: Conv(3->8, 4x4, stride 4) - Relu
+    ('features', an 8 x 8 grid of cells) - 1x1 Conv - Sigmoid class scores (K = 2) per cell
+    (anchor a = 8 i + j); every anchor's box is its own cell, (cx, cy, w, h) = (4 j + 2, 4 i + 2,
+    4, 4), so anchor a's scores read only the pixels of its box. ``layout``: ``yolov8`` output
+    (N, 4 + K, 64); ``yolov5`` (N, 64, 5 + K) with a sigmoid objectness (a second 1x1 conv);
+    ``boxes``: boxes (N, 64, 4) xyxy normalised to [0, 1] and scores (N, 64, K)."""
+    g = SIZE // DET_CELL
+    w = (rng.standard_normal((FEATURES, 3, DET_CELL, DET_CELL)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(FEATURES) * 0.1).astype(np.float32)
+    cw = rng.standard_normal((DET_CLASSES, FEATURES, 1, 1)).astype(np.float32)
+    cb = (rng.standard_normal(DET_CLASSES) - 1).astype(np.float32)
+    ow = rng.standard_normal((1, FEATURES, 1, 1)).astype(np.float32)
+    ii, jj = np.divmod(np.arange(g * g), g)
+    cxcywh = np.stack([DET_CELL * jj + 2, DET_CELL * ii + 2, np.full(g * g, 4), np.full(g * g, 4)])
+    xyxy = np.stack([DET_CELL * jj, DET_CELL * ii, DET_CELL * jj + 4, DET_CELL * ii + 4]) / SIZE
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (w, "conv_w"), (b, "conv_b"), (cw, "cls_w"), (cb, "cls_b"), (ow, "obj_w"),
+        (np.array([DET_CLASSES, g * g], np.int64), "cls_shape"),
+        (np.array([1, g * g], np.int64), "obj_shape"),
+        (np.array([4, g * g], np.int64), "box_dims"),
+        ((xyxy if layout == "boxes" else cxcywh).astype(np.float32)[None], "grid")]]
+    nodes = [helper.make_node("Conv", ["images", "conv_w", "conv_b"], ["conv"],
+                              kernel_shape=[DET_CELL, DET_CELL], strides=[DET_CELL, DET_CELL]),
+             helper.make_node("Relu", ["conv"], ["features"]),
+             helper.make_node("Conv", ["features", "cls_w", "cls_b"], ["cls_logit"]),
+             helper.make_node("Sigmoid", ["cls_logit"], ["cls_map"]),
+             helper.make_node("Shape", ["images"], ["n"], end=1),
+             helper.make_node("Concat", ["n", "cls_shape"], ["cls_dims"], axis=0),
+             helper.make_node("Reshape", ["cls_map", "cls_dims"], ["cls"]),
+             helper.make_node("Concat", ["n", "box_dims"], ["grid_dims"], axis=0),
+             helper.make_node("Expand", ["grid", "grid_dims"], ["box"])]
+    vi = helper.make_tensor_value_info
+    x = vi("images", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])
+    if layout == "yolov8":
+        nodes.append(helper.make_node("Concat", ["box", "cls"], ["output0"], axis=1))
+        outs = [vi("output0", TensorProto.FLOAT, ["N", 4 + DET_CLASSES, g * g])]
+    elif layout == "yolov5":
+        nodes += [helper.make_node("Conv", ["features", "obj_w"], ["obj_logit"]),
+                  helper.make_node("Sigmoid", ["obj_logit"], ["obj_map"]),
+                  helper.make_node("Concat", ["n", "obj_shape"], ["obj_dims"], axis=0),
+                  helper.make_node("Reshape", ["obj_map", "obj_dims"], ["obj"]),
+                  helper.make_node("Concat", ["box", "obj", "cls"], ["head"], axis=1),
+                  helper.make_node("Transpose", ["head"], ["output"], perm=[0, 2, 1])]
+        outs = [vi("output", TensorProto.FLOAT, ["N", g * g, 5 + DET_CLASSES])]
+    else:
+        nodes += [helper.make_node("Transpose", ["box"], ["boxes"], perm=[0, 2, 1]),
+                  helper.make_node("Transpose", ["cls"], ["scores"], perm=[0, 2, 1])]
+        outs = [vi("boxes", TensorProto.FLOAT, ["N", g * g, 4]),
+                vi("scores", TensorProto.FLOAT, ["N", g * g, DET_CLASSES])]
+    if layout != "yolov5":
+        inits = [t for t in inits if t.name not in ("obj_w", "obj_shape")]
+    return _model(nodes, [x], outs, inits, f"tiny_{layout}")
+
+
 IDIOMS = (idiom_ir3_opset7_fp16, idiom_tf2onnx_nhwc, idiom_keras2onnx_prelu, idiom_torch1_flatten,
           idiom_paddle_reshape, idiom_logsoftmax, idiom_rank0_output, idiom_three_outputs,
           idiom_spatial_output)
@@ -336,6 +394,7 @@ def build_all() -> dict[str, onnx.ModelProto]:
         "tiny_nonlinear": tiny_nonlinear(rng()),
         "not_image": not_image(rng()),
         **{f.__name__: f(rng()) for f in IDIOMS},
+        **{f"tiny_{k}": tiny_yolo(rng(), k) for k in ("yolov8", "yolov5", "boxes")},
     }
 
 

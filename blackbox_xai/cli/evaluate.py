@@ -22,6 +22,7 @@ from ..errors import BlackboxError
 from ..outputs import OutputPlan, model_inputs
 from .common import (
     FiniteFloatRange,
+    UserError,
     _click_type,
     friendly_errors,
     image_arguments,
@@ -30,7 +31,9 @@ from .common import (
     prepare_images,
     preprocess_options,
     print_table,
+    recipe,
 )
+from .main import EXECUTOR_DEFAULTS, executor_options
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -142,6 +145,22 @@ def _planned(paths: Sequence[Path], overwrite: bool, inputs: dict[Path, str]) ->
         plan.add(p)
     plan.check(inputs)
     return plan
+
+
+def _executor(options: dict[str, Any], dataset: bool):
+    """The executor of ``--executor`` & co. for a dataset run (None: this process, reusing the
+    models already open); refused for a run over a few images."""
+    from ..dataset.executor import get_executor
+
+    if not dataset:
+        if options != EXECUTOR_DEFAULTS:
+            raise UserError("--executor, --ray-address, --ray-workers and --gpus-per-worker are "
+                            "for dataset runs (a folder, glob or --images-from list, and --out)")
+        return None
+    if options["executor"] == "local":
+        return None
+    return get_executor(options["executor"], ray_address=options["ray_address"],
+                        workers=options["ray_workers"], gpus_per_worker=options["gpus_per_worker"])
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -257,14 +276,19 @@ def _figures(result: EvaluationResult, prepared: Sequence[Prepared], stems: Sequ
               help="Write metrics.csv, metrics.json, curve and overlay PNGs here.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write one self-contained HTML report here.")
+@click.option("--worst", "worst_k", type=click.IntRange(0), default=8, show_default=True,
+              help="Over a dataset: images per method shown in the report (lowest insertion - "
+                   "deletion AUC).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a TTY).")
 @model_options
+@executor_options
 @preprocess_options
 @friendly_errors
 def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_path, target_mode, seed,
-                 pixels_per_step, tolerance, out_dir, report_path, overwrite, progress, device, score,
-                 output_name, batch_size, threads, layout, preprocess) -> None:
+                 pixels_per_step, tolerance, out_dir, worst_k, report_path, overwrite, progress,
+                 device, score, output_name, batch_size, threads, layout, executor,
+                 preprocess) -> None:
     """Explain IMAGES with each method and score the maps' faithfulness.
 
     Per image and method: deletion and insertion AUC (RISE protocol: pixels in map order set to
@@ -272,6 +296,12 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     insertion are better), the pointing game and energy pointing (with --boxes), the
     completeness gap (Shapley, integrated gradients), queries and seconds. Prints a table and
     per-method means; --out writes CSV/JSON and PNG curves; --report one HTML page.
+
+    Over a dataset (a folder, glob or --images-from list) --out OUT streams the images and
+    writes OUT/evaluate.csv (one row per image and method, appended as images finish;
+    re-running resumes), OUT/summary.json (per method: mean and 5/25/50/75/95% quantiles of
+    each metric, pointing accuracy) and OUT/report.html (histograms, the --worst images); each
+    image's seed is derived from --seed and the image's sha256.
 
     \b
     Example:
@@ -282,11 +312,19 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     from ..metrics import evaluate, load_boxes, match_annotations
     from ..report import png_bytes, render_report
 
-    images = images.paths  # metrics and figures need every image at once
+    image_set, images = images, images.paths
     methods = _parse_methods(methods_text)
     opts = method_options(methods, option_pairs, fast)
     boxes = load_boxes(boxes_path) if boxes_path else None
     annotations = match_annotations(boxes, images, target_mode)  # bad labels cost no model
+    chosen = _executor(executor, out_dir is not None and image_set.dataset)
+    if out_dir is not None and image_set.dataset:
+        _evaluate_dataset(model_path, image_set, Path(out_dir), opts, annotations, boxes_path,
+                          target_mode, seed, pixels_per_step, tolerance, worst_k, report_path,
+                          overwrite, progress, (device, score, output_name, batch_size, threads,
+                                                layout), preprocess, chosen)
+        return
+    # metrics and figures of a few images need every image at once
     stems = _stems([Path(i) for i in images])
     out = Path(out_dir) if out_dir else None
     planned = []
@@ -346,6 +384,31 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     log.info("wrote %d files (%s)", len(payloads), ", ".join(where))
 
 
+def _evaluate_dataset(model_path, image_set, out: Path, opts, annotations, boxes_path, target_mode,
+                      seed, pixels_per_step, tolerance, worst_k, report_path, overwrite, progress,
+                      model_args, preprocess, executor) -> None:
+    """``evaluate MODEL DIR --out OUT``: see :func:`.aggregate.evaluate_over_dataset`."""
+    from ..dataset.run import ModelArgs
+    from ..model import sha256_of
+    from .aggregate import evaluate_over_dataset, plan_outputs
+
+    if report_path:
+        raise UserError("over a dataset the report goes to OUT/report.html; drop --report")
+    extra = {Path(boxes_path): "the boxes file"} if boxes_path else {}
+    plan = plan_outputs(out, "evaluate.csv", overwrite, [model_path], image_set, extra)
+    device, score, output_name, batch_size, threads, layout = model_args
+    model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
+    kw = {"output": output_name, "threads": threads, "layout": layout,
+          "batch_size": batch_size if batch_size == "auto" else int(batch_size)}
+    evaluate_over_dataset(
+        model, recipe(model, preprocess), image_set, out, plan, options=opts,
+        annotations=annotations, seed=seed, target=target_mode, pixels_per_step=pixels_per_step,
+        tolerance=tolerance, boxes_sha=sha256_of(boxes_path) if boxes_path else "",
+        worst_k=worst_k, spec=ModelArgs(model_path, {"device": device, "score": score, **kw}),
+        max_pixels=preprocess["max_pixels"], overwrite=overwrite,
+        progress=sys.stderr.isatty() if progress is None else progress, executor=executor)
+
+
 # ---- compare ----------------------------------------------------------------------------------
 COMPARE_HELP = """Compare two deployments of a model: same predictions, same explanations?
 
@@ -360,14 +423,26 @@ two explanations of A's top-1 class with --method (same seed and options): Spear
 correlation, top-k% region IoU and SSIM. An image DRIFTS when the Spearman correlation is below
 --threshold.
 
-Exit status: 0 when no image flipped or drifted, 1 when any did (use it as a deployment gate),
-2 on bad input. Preprocessing comes from MODEL_A's sidecar (or the flags).
+Exit status (a deployment gate): 0 when the share of images that drifted is at most
+--max-drift-rate and the share that flipped at most --max-flip-rate (both 0 by default: no image
+may flip or drift), 1 otherwise, 2 on bad input. Preprocessing comes from MODEL_A's sidecar
+(or the flags).
+
+Over a dataset, --out OUT streams the images and writes OUT/compare.csv (one row per image,
+appended as images finish; re-running the command resumes, skipping the images done with the
+same settings), OUT/summary.json (top-1 agreement, flip and drift rates, mean and 5/25/50/75/95%
+quantiles of Spearman, IoU, SSIM and the score deltas) and OUT/report.html (histograms, the
+--worst images by Spearman: the image, A's map, B's map). Each image's seed is derived from
+--seed and the image's sha256, so rows do not depend on the order of the images.
 
 \b
 Example:
   blackbox-xai compare models/efficientnet_lite0.onnx examples/*.jpg \\
       --against models/efficientnet_lite0_int8.onnx --method occlusion \\
       -o window=32 -o stride=32 --threshold 0.8 --json cmp.json
+  blackbox-xai compare models/efficientnet_lite0.onnx val_images/ \\
+      --against models/efficientnet_lite0_int8.onnx --method gradcam \\
+      --out cmp/ --max-drift-rate 0.05
 """
 
 
@@ -396,6 +471,15 @@ def _status(row: ImageComparison) -> str:
               help="Write the comparison (settings, summary, per-image rows) as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Write the per-image rows as CSV.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="A dataset run: compare.csv (resumable), summary.json and report.html here.")
+@click.option("--max-drift-rate", type=FiniteFloatRange(0, 1), default=0.0, show_default=True,
+              help="Exit 1 when a larger share of the images drifted.")
+@click.option("--max-flip-rate", type=FiniteFloatRange(0, 1), default=0.0, show_default=True,
+              help="Exit 1 when a larger share of the images changed top-1.")
+@click.option("--worst", "worst_k", type=click.IntRange(0), default=8, show_default=True,
+              help="With --out: images with the lowest Spearman shown in the report.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--score", type=click.Choice(["logit", "prob", "logprob"]), default="logit",
               show_default=True, help="Explain the logit, the softmax probability, or its log.")
@@ -406,24 +490,58 @@ def _status(row: ImageComparison) -> str:
               help="ONNX Runtime CPU threads (default: all cores).")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
               help="Override the detected input layout.")
+@executor_options
 @preprocess_options
 @friendly_errors
 def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, option_pairs,
-                threshold, top_k, seed, json_path, csv_path, overwrite, score, output_name,
-                batch_size, threads, layout, preprocess) -> None:
+                threshold, top_k, seed, json_path, csv_path, out_dir, max_drift_rate,
+                max_flip_rate, worst_k, progress, overwrite, score, output_name, batch_size,
+                threads, layout, executor, preprocess) -> None:
     from ..compare import compare_models
 
-    images = images.paths  # compared all at once
+    image_set, images = images, images.paths
     device_b = device_b or device_a
     opts = method_options([method], option_pairs)[method]
     b_path = model_b_path or model_path
-    plan = _planned([Path(p) for p in (json_path, csv_path) if p], overwrite,
-                    _input_files([model_path, b_path], images))
+    if out_dir is not None and (json_path or csv_path):
+        raise UserError("with --out the rows go to OUT/compare.csv and the summary to "
+                        "OUT/summary.json; drop --json/--csv")
+    chosen = _executor(executor, out_dir is not None)
+    if out_dir is not None:
+        from .aggregate import plan_outputs
+
+        plan = plan_outputs(Path(out_dir), "compare.csv", overwrite, [model_path, b_path],
+                            image_set)
+    else:
+        plan = _planned([Path(p) for p in (json_path, csv_path) if p], overwrite,
+                        _input_files([model_path, b_path], images))
     if model_b_path is None and device_a == device_b:
         log.warning("comparing %s with itself on %s (a determinism check); use --against or "
                     "--device-b", Path(model_path).name, device_a)
     model_a = open_model(model_path, device_a, score, output_name, batch_size, threads, layout)
     model_b = open_model(b_path, device_b, score, output_name, batch_size, threads, layout)
+    if out_dir is not None:
+        from ..dataset.run import ModelArgs
+        from .aggregate import compare_over_dataset
+
+        chw = (model_a.input.chw, model_b.input.chw)
+        if chw[0] != chw[1] and None not in chw[0] + chw[1]:
+            raise BlackboxError(f"the models take different inputs: {chw[0]} vs {chw[1]}")
+        kw = {"output": output_name, "threads": threads, "layout": layout,
+              "batch_size": batch_size if batch_size == "auto" else int(batch_size)}
+        specs = (ModelArgs(model_path, {"device": device_a, "score": score, **kw}),
+                 ModelArgs(b_path, {"device": device_b, "score": score, **kw}))
+        ok = compare_over_dataset(
+            model_a, model_b, recipe(model_a, preprocess), image_set, Path(out_dir), plan,
+            method=method, options=opts, seed=seed, threshold=threshold, top_k=top_k,
+            max_drift_rate=max_drift_rate, max_flip_rate=max_flip_rate, worst_k=worst_k,
+            specs=specs, max_pixels=preprocess["max_pixels"], overwrite=overwrite,
+            progress=sys.stderr.isatty() if progress is None else progress, executor=chosen)
+        if not ok:
+            click.echo(f"FAIL: drift rate or flip rate above --max-drift-rate {max_drift_rate} / "
+                       f"--max-flip-rate {max_flip_rate}", err=True)
+            click.get_current_context().exit(1)
+        return
     _, prepared = prepare_images(model_a, images, preprocess)
     result = compare_models(model_a, model_b, [p.tensor for p in prepared], method,
                             names=[p.path.name for p in prepared], seed=seed,
@@ -447,7 +565,8 @@ def compare_cmd(model_path, images, model_b_path, device_a, device_b, method, op
         payloads[Path(csv_path)] = _csv_bytes([asdict(r) for r in result.rows])
     if payloads:
         plan.commit(payloads)
-    if not result.ok:
+    n = len(result.rows)
+    if result.n_drifted / n > max_drift_rate or result.n_flips / n > max_flip_rate:
         click.echo(f"FAIL: {result.n_flips} top-1 flips, {result.n_drifted} drifted explanations",
                    err=True)
         click.get_current_context().exit(1)

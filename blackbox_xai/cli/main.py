@@ -3,6 +3,7 @@ subcommand per registered method, its options from the method's signature)."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -117,8 +118,9 @@ def predict_cmd(model_path, images, top, device, score, output_name, batch_size,
 
 
 def detection_options(fn):
-    """``--conf``, ``--iou`` and ``--decoder``: how a detector's outputs become detections."""
-    from ..decode import DECODERS
+    """``--conf``, ``--iou``, ``--decoder``, ``--box-format`` and ``--normalized-boxes``: how a
+    detector's outputs become detections."""
+    from ..decode import BOX_FORMATS, DECODERS
 
     for opt in reversed([
         click.option("--conf", type=FiniteFloatRange(0, 1), default=0.25, show_default=True,
@@ -127,6 +129,13 @@ def detection_options(fn):
                      help="NMS IoU threshold (per class)."),
         click.option("--decoder", type=click.Choice(DECODERS), default=None,
                      help="Output layout (default: chosen from the output shapes)."),
+        click.option("--box-format", type=click.Choice(BOX_FORMATS), default=None,
+                     help="The raw boxes' format (default: the layout's; cxcywh for YOLO "
+                          "heads, xyxy for boxes + scores)."),
+        click.option("--normalized-boxes/--pixel-boxes", "normalized_boxes", default=None,
+                     help="Raw boxes in fractions of the input size, or in its pixels "
+                          "(default: pixels for YOLO heads; for boxes + scores, normalised "
+                          "when every coordinate is within 1.5)."),
     ]):
         fn = opt(fn)
     return fn
@@ -140,27 +149,58 @@ def _box_text(box) -> str:
 @click.argument("model_path", metavar="MODEL")
 @image_arguments
 @detection_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write IMAGE_detections.png per image here: the boxes with index, label, score.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @model_options
 @preprocess_options
 @friendly_errors
-def detect_cmd(model_path, images, conf, iou, decoder, device, score, output_name, batch_size,
-               threads, layout, preprocess) -> None:
+def detect_cmd(model_path, images, conf, iou, decoder, box_format, normalized_boxes, out_dir,
+               overwrite, device, score, output_name, batch_size, threads, layout,
+               preprocess) -> None:
     """List a detector's detections per image: index, class, label, score, box x0,y0,x1,y1 in
     the image's pixels (the index is what `explain METHOD ... --detection I` takes)."""
     from ..targets import Detector
 
+    plan = OutputPlan(overwrite)
+    if out_dir is not None:  # planned and checked before any computing, written at the end
+        for img in images.paths:
+            plan.add(Path(out_dir) / f"{Path(img).stem}_detections.png", source=img)
+        plan.check({**model_inputs(model_path), **{img: "an input image" for img in images.paths}})
     model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
                        task="detect")
     pre, prepared = stream_images(model, images, preprocess)
-    detector = Detector(model, decoder)
+    detector = Detector(model, decoder, box_format=box_format, normalized=normalized_boxes)
+    payloads: dict[Path, bytes] = {}
     for p in prepared:
         (dets,) = detector.detect(p.tensor[None], conf=conf, iou=iou)
         click.echo(f"{p.path.name}: {len(dets)} detection{'s' * (len(dets) != 1)} "
                    f"(decoder {detector.decoder.kind}, conf {conf:g}, iou {iou:g})")
         hw = p.tensor.shape[1:]
+        boxes = [d.to_image(p.box, hw) for d in dets]
         print_table([("", i, d.label, _label(pre.labels, d.label), f"{d.score:.4f}",
-                      _box_text(d.to_image(p.box, hw))) for i, d in enumerate(dets)],
+                      _box_text(b)) for i, (d, b) in enumerate(zip(dets, boxes))],
                     align="<>><><")
+        if out_dir is not None:
+            payloads[Path(out_dir) / f"{p.path.stem}_detections.png"] = _detections_png(
+                p.image, dets, boxes, pre.labels)
+    if out_dir is not None:
+        files = plan.commit(payloads)
+        logging.getLogger("blackbox_xai").info("wrote %d files to %s", len(files), out_dir)
+
+
+def _detections_png(image, dets, boxes, labels) -> bytes:
+    """PNG bytes of the photo with the boxes (image pixels), captioned "index label score"."""
+    import io
+
+    from ..viz import detections_image
+
+    captions = [" ".join(t for t in (str(i), _label(labels, d.label) or f"class {d.label}",
+                                     f"{d.score:.2f}") if t) for i, d in enumerate(dets)]
+    buf = io.BytesIO()
+    detections_image(image, [(b, d.label, c) for b, d, c in zip(boxes, dets, captions)]
+                     ).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _label(labels, k: int) -> str:
@@ -269,13 +309,14 @@ def make_explain_command(spec) -> click.Command:
                   help="Write .npy/.json/.png per image here (default: write nothing).")
     @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
     @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+    @executor_options
     @model_options
     @preprocess_options
     @friendly_errors
     def run(model_path, images, target, detection, box, class_, region, mask_file, conf, iou,
-            decoder, seed, out_dir,
+            decoder, box_format, normalized_boxes, seed, out_dir,
             overwrite, progress, device, score, output_name, batch_size, threads, layout,
-            preprocess, **options):
+            preprocess, executor, **options):
         from ..api import explain
         from ..explanation import plan_files
         from ..targets import Detector
@@ -296,10 +337,19 @@ def make_explain_command(spec) -> click.Command:
             if detecting or segmenting:
                 raise UserError("a dataset run explains classes (--target, or a list's target "
                                 "column); explain detections and regions image by image")
+            from ..dataset.executor import get_executor
+
+            chosen = get_executor(executor["executor"], ray_address=executor["ray_address"],
+                                  workers=executor["ray_workers"],
+                                  gpus_per_worker=executor["gpus_per_worker"])
             model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
             _explain_dataset(model, spec.name, images, options, out_dir, seed=seed, target=target,
-                             overwrite=overwrite, progress=progress, flags=preprocess)
+                             overwrite=overwrite, progress=progress, flags=preprocess,
+                             executor=chosen)
             return
+        if executor != EXECUTOR_DEFAULTS:
+            raise UserError("--executor, --ray-address, --ray-workers and --gpus-per-worker are "
+                            "for dataset runs: a folder, glob or --images-from list with --out")
         # every image's files are planned and checked before any computing, written at the end
         plan = OutputPlan(overwrite)
         if out_dir is not None:
@@ -310,7 +360,8 @@ def make_explain_command(spec) -> click.Command:
                            task="detect" if detecting else "segment" if segmenting else "classify")
         pre, prepared = stream_images(model, images, preprocess)
         show = sys.stderr.isatty() if progress is None else progress
-        detector = Detector(model, decoder) if detecting else None
+        detector = Detector(model, decoder, box_format=box_format,
+                            normalized=normalized_boxes) if detecting else None
         payloads: dict[Path, bytes] = {}
         for p in prepared:
             tgt = _region_target(model, p, class_, region, mask_file) if segmenting else \
@@ -339,9 +390,40 @@ def make_explain_command(spec) -> click.Command:
     return cmd
 
 
+#: the executor options' defaults (a dataset run on the local executor)
+EXECUTOR_DEFAULTS = {"executor": "local", "ray_address": None, "ray_workers": None,
+                     "gpus_per_worker": 0.0}
+
+
+def executor_options(fn):
+    """``--executor``, ``--ray-address``, ``--ray-workers``, ``--gpus-per-worker``: who runs a
+    dataset run, passed to the command as one dict ``executor``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, executor, ray_address, ray_workers, gpus_per_worker, **kwargs):
+        chosen = {"executor": executor, "ray_address": ray_address, "ray_workers": ray_workers,
+                  "gpus_per_worker": gpus_per_worker}
+        return fn(*args, executor=chosen, **kwargs)
+
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True, help="Dataset runs: in this process, or on Ray "
+                     "(pip install 'blackbox-xai[ray]')."),
+        click.option("--ray-address", default=None, metavar="ADDRESS",
+                     help="Ray cluster to use, e.g. ray://head:10001 (default: local Ray)."),
+        click.option("--ray-workers", type=click.IntRange(1), default=None,
+                     help="Ray actors, each loading the model once (default: one per CPU, or "
+                     "per --gpus-per-worker GPUs)."),
+        click.option("--gpus-per-worker", type=FiniteFloatRange(0, None), default=0.0,
+                     show_default=True, help="GPUs per Ray actor (CUDA workers)."),
+    ]):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
 def _explain_dataset(model, method: str, images, options: dict, out_dir: str, *, seed: int,
-                     target: int | None, overwrite: bool, progress: bool | None, flags: dict
-                     ) -> None:
+                     target: int | None, overwrite: bool, progress: bool | None, flags: dict,
+                     executor=None) -> None:
     """``explain METHOD MODEL DIR --out OUT``: one line per image explained, the index at OUT."""
     from ..dataset.run import run_dataset
 
@@ -349,7 +431,7 @@ def _explain_dataset(model, method: str, images, options: dict, out_dir: str, *,
     done = skipped = 0
     for r in run_dataset(model, recipe(model, flags), images, method, options, out_dir=out_dir,
                          seed=seed, target=target, overwrite=overwrite, progress=show,
-                         max_pixels=flags["max_pixels"]):
+                         max_pixels=flags["max_pixels"], executor=executor):
         if r.explanation is None:
             skipped += 1
             continue

@@ -1,11 +1,17 @@
-"""The local executor of a dataset run: ``bbx explain METHOD MODEL DIR --out OUT``.
+"""Dataset runs: ``bbx explain METHOD MODEL DIR --out OUT``, on any executor.
 
-Images are read one at a time (nothing is loaded up front). Each image's files are written
-through its own :class:`~blackbox_xai.outputs.OutputPlan` (all or none), then its row is
-appended to ``OUT/index.csv``; every image's files are planned and checked for collisions
-before any computing. Re-running the same command resumes: an image whose row has the same
-settings hash, image sha256 and requested target and whose files all exist is skipped; any
-other image (a missing or unreadable row, a missing file) is redone.
+Each image's files are written through its own :class:`~blackbox_xai.outputs.OutputPlan` (all
+or none), then its row is appended to ``OUT/index.csv``; every image's files are planned and
+checked for collisions before any computing. Re-running the same command resumes: an image
+whose row has the same settings hash, image sha256 and requested target and whose files all
+exist is skipped; any other image (a missing or unreadable row, a missing file) is redone.
+
+The images still to do go to the executor (:mod:`blackbox_xai.dataset.executor`) in chunks of
+:data:`IMAGES_PER_CALL` for a method with a batched form (the single-pass CAM and gradient
+methods: many images per ONNX Runtime call, :func:`~blackbox_xai.api.explain_batch`), one
+image per chunk otherwise. A worker (:class:`ExplainWorker`, built once per process: it loads
+the model) reads and explains its chunk and returns each image's row and file contents; this
+process writes them in the images' order, so every executor gives the same folder and index.
 
 Seeds: image i is explained with :func:`derive_seed` (the run's seed, the image's sha256), so
 a map does not depend on the order of the images or on which other images are in the run.
@@ -13,23 +19,28 @@ a map does not depend on the order of the images or on which other images are in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..api import explain
+from ..api import explain_batch
 from ..explanation import Explanation, plan_files
 from ..methods import get_method
-from ..model import Model, sha256_of
+from ..model import Model, load_model, sha256_of
 from ..outputs import OutputPlan, model_inputs
 from ..preprocess import Preprocessing
 from ..progress import progress_bar
+from .executor import Executor, LocalExecutor
 from .index import INDEX_NAME, IndexRow, appending, read_index, write_index
 from .sources import DatasetError, ImageSet, Source
+
+#: images per worker call (and per ONNX Runtime batch) for a method with a batched form
+IMAGES_PER_CALL = 16
 
 
 def derive_seed(seed: int, sha256: str) -> int:
@@ -52,6 +63,93 @@ def settings_hash(model: Model, pre: Preprocessing, method: str, options: dict[s
 
 
 @dataclass(frozen=True)
+class ModelArgs:
+    """How to open the run's model again in another process: :func:`load_model`'s arguments."""
+
+    path: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Model, threads: int | None = None) -> ModelArgs:
+        """``model``'s arguments; ``threads`` where the model was opened with no thread count."""
+        given = model._batch_size  # None: "auto" (probed, or the model's fixed batch)
+        return cls(str(model.path), {
+            "device": model.device, "score": model.score, "output": model.output_name,
+            "batch_size": "auto" if given is None else given, "layout": model.input.layout,
+            "threads": model.threads or threads})
+
+    def load(self) -> Model:
+        return load_model(self.path, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """Everything a worker needs, picklable: the model, recipe, method, options and seeds."""
+
+    model: ModelArgs
+    pre: Preprocessing
+    method: str
+    options: dict[str, Any]
+    out: str
+    key: str  # the settings hash
+    seed: int
+    max_pixels: int | None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to explain, for ``target`` (None: top-1)."""
+
+    source: Source
+    target: int | None
+
+
+@dataclass(frozen=True)
+class Done:
+    """One explained image: its source, row and explanation, and its files' contents by name
+    (relative to the run's folder)."""
+
+    source: Source
+    row: IndexRow
+    explanation: Explanation
+    files: dict[str, bytes]
+
+
+class ExplainWorker:
+    """Explains chunks of :class:`Task`; built once per process (it holds the model)."""
+
+    def __init__(self, job: ExplainJob, model: Model | None = None) -> None:
+        self.job = job
+        self.model = model if model is not None else job.model.load()
+
+    def __call__(self, tasks: list[Task]) -> list[Done]:
+        job, out = self.job, Path(self.job.out)
+        prepared = [job.pre.prepare(t.source.path, self.model.input.channels, job.max_pixels)
+                    for t in tasks]
+        seeds = [derive_seed(job.seed, p.inputs["sha256"]) for p in prepared]
+        exps = explain_batch(self.model, [p.tensor for p in prepared], job.method,
+                             targets=[t.target for t in tasks], seeds=seeds,
+                             labels=job.pre.labels, inputs=[p.inputs for p in prepared],
+                             **job.options)
+        done = []
+        for t, p, exp, seed in zip(tasks, prepared, exps, seeds):
+            files = {path.relative_to(out).as_posix(): data for path, data in
+                     exp.files(out, f"{t.source.name}_{job.method}", image=p.image,
+                               box=p.box).items()}
+            row = IndexRow(t.source.name, str(t.source.path), p.inputs["sha256"],
+                           int(exp.target), exp.label or "", float(exp.score), job.method,
+                           job.key, seed, int(exp.n_queries), float(exp.seconds),
+                           tuple(files))
+            done.append(Done(t.source, row, exp, files))
+        return done
+
+
+def make_explain_worker(job: ExplainJob) -> ExplainWorker:
+    """A worker loading the job's model (the picklable ``make_worker`` of other processes)."""
+    return ExplainWorker(job)
+
+
+@dataclass(frozen=True)
 class ImageResult:
     """One image of the run: its row, and its explanation (None when the index had it)."""
 
@@ -63,14 +161,18 @@ class ImageResult:
 def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
                 options: dict[str, Any], *, out_dir: str | os.PathLike, seed: int = 0,
                 target: int | None = None, overwrite: bool = False, progress: bool = False,
-                max_pixels: int | None = None) -> Iterator[ImageResult]:
+                max_pixels: int | None = None, executor: Executor | None = None
+                ) -> Iterator[ImageResult]:
     """Explain every image of ``images`` with ``method`` into ``out_dir``, resuming from its
-    index; yields each image's result in order, and rewrites the index sorted at the end.
+    index; yields the images the index already has, then each image explained now as it is
+    written (in the images' order), and rewrites the index sorted at the end.
 
     ``target`` is the class for images whose list gives none (default: top-1). Files not from
     this run's index are replaced only with ``overwrite``; rows of ``method`` with other
-    settings are refused without it, and redone with it.
+    settings are refused without it, and redone with it. ``executor``: who runs the workers
+    (default: :class:`LocalExecutor`, in this process with ``model``).
     """
+    executor = executor or LocalExecutor()
     out = Path(out_dir)
     index_path = out / INDEX_NAME
     key = settings_hash(model, pre, method, options, seed)
@@ -94,42 +196,41 @@ def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
 
     done = {r.key: r for r in rows if r not in other}
     write_index(index_path, list(done.values()))  # drops unreadable rows before appending
+    todo = []
+    for s in images.sources:
+        want = s.target if s.target is not None else target
+        row = done.get((s.name, method))
+        if (row is not None and row.options_hash == key and row.sha256 == sha256_of(s.path)
+                and want in (None, row.target) and row.complete(out)):
+            yield ImageResult(s, row, None)
+        else:
+            todo.append(Task(s, want))
+    per_call = IMAGES_PER_CALL if get_method(method).batch_fn is not None else 1
+    chunks = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
+    job = ExplainJob(ModelArgs.of(model, getattr(executor, "threads_per_worker", None)), pre,
+                     method, get_method(method).validate(options), str(out), key, seed,
+                     max_pixels)
+    make_worker = functools.partial(ExplainWorker, job, model) \
+        if isinstance(executor, LocalExecutor) else functools.partial(make_explain_worker, job)
+    checked = model_inputs(model.path)
     with appending(index_path) as append, \
-            progress_bar(progress, method, total=len(images.sources)) as bar:
+            progress_bar(progress, method, total=len(todo)) as bar:
         if bar is not None:
             bar.unit = "img"
-        for s in images.sources:
-            sha = sha256_of(s.path)
-            want = s.target if s.target is not None else target
-            row = done.get((s.name, method))
-            if (row is not None and row.options_hash == key and row.sha256 == sha
-                    and want in (None, row.target) and row.complete(out)):
-                yield ImageResult(s, row, None)
-            else:
-                exp, row = _explain_one(model, pre, s, method, options, out, key, seed, want,
-                                        max_pixels)
-                append(row)
-                done[row.key] = row
-                yield ImageResult(s, row, exp)
-            if bar is not None:
-                bar.update(1)
+        for results in executor.map(make_worker, chunks):
+            for r in results:
+                _write(out, r, checked)
+                append(r.row)
+                done[r.row.key] = r.row
+                if bar is not None:
+                    bar.update(1)
+                yield ImageResult(r.source, r.row, r.explanation)
     write_index(index_path, list(done.values()))
 
 
-def _explain_one(model: Model, pre: Preprocessing, s: Source, method: str,
-                 options: dict[str, Any], out: Path, key: str, seed: int, target: int | None,
-                 max_pixels: int | None) -> tuple[Explanation, IndexRow]:
-    """Explain one image, write its files (all or none) and return its index row."""
-    p = pre.prepare(s.path, model.input.channels, max_pixels)
-    image_seed = derive_seed(seed, p.inputs["sha256"])
-    exp = explain(model, p.tensor, method, target=target, seed=image_seed, labels=pre.labels,
-                  inputs=p.inputs, **options)
-    stem = f"{s.name}_{method}"
-    plan = OutputPlan(overwrite=True)  # checked with every other image's files up front
-    plan_files(plan, out, stem, overlay=True, source=str(s.path))
-    plan.check({**model_inputs(model.path), s.path: "an input image"})
-    written = plan.commit(exp.files(out, stem, image=p.image, box=p.box))
-    row = IndexRow(s.name, str(s.path), p.inputs["sha256"], int(exp.target), exp.label or "",
-                   float(exp.score), method, key, image_seed, int(exp.n_queries),
-                   float(exp.seconds), tuple(w.relative_to(out).as_posix() for w in written))
-    return exp, row
+def _write(out: Path, r: Done, inputs: dict[Path, str]) -> None:
+    """Write one image's files, all or none (checked with every other image's up front)."""
+    plan = OutputPlan(overwrite=True)
+    plan_files(plan, out, f"{r.row.name}_{r.row.method}", overlay=True, source=r.row.path)
+    plan.check({**inputs, Path(r.row.path): "an input image"})
+    plan.commit({out / name: data for name, data in r.files.items()})

@@ -357,3 +357,23 @@ def declare_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int | None, .
         if name not in outputs:
             g.value_info.append(helper.make_tensor_value_info(name, types[name], list(dims)))
     return out
+
+
+def fix_input_size(model: onnx.ModelProto, name: str, axes: tuple[int, int],
+                   size: tuple[int, int]) -> onnx.ModelProto:
+    """A copy of ``model`` whose input ``name`` has the spatial ``axes`` fixed at ``size``,
+    every shape inferred again from there (ranks completed as :func:`normalize` does).
+
+    For gradient rules that need static sizes (Resize's and pooling's matrices) on models whose
+    image size is dynamic: detectors and segmentation nets exported for any size.
+    """
+    out = copy_model(model)
+    inp = next(i for i in out.graph.input if i.name == name)
+    for a, v in zip(axes, size):
+        d = inp.type.tensor_type.shape.dim[a]
+        d.Clear()
+        d.dim_value = int(v)
+    del out.graph.value_info[:]  # symbolic sizes: inferred again from the fixed ones
+    out = infer_shapes(out)
+    complete_ranks(out)
+    return out

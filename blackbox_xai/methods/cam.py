@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -30,6 +30,7 @@ import onnx
 
 from ..errors import BlackboxError, InternalError
 from ..graph.inspect import (
+    FLOAT_TYPES,
     CandidateLayer,
     constant_value,
     consumers,
@@ -37,7 +38,7 @@ from ..graph.inspect import (
     reduce_layout,
 )
 from ..perturb import chunk_size_for, chunked, scores_for_masks
-from ..registry import Attribution, Context, Range, register
+from ..registry import Attribution, Context, Range, register, register_batch
 from ..resample import upsample
 
 Array = npt.NDArray[np.float32]
@@ -94,6 +95,16 @@ def _cut(model: Any, layer: str) -> tuple[Any, Any, list[str]]:
 
     def build() -> tuple[Any, Any, list[str]]:
         features, head = split(model.scores_graph()[0], layer)
+        for o in features.graph.output[1:]:
+            t = o.type.tensor_type
+            dims = t.shape.dim if t.HasField("shape") else []
+            batched = bool(dims) and (model.input.batch is not None
+                                      or not dims[0].HasField("dim_value"))
+            if t.elem_type not in FLOAT_TYPES or not batched:
+                raise BlackboxError(
+                    f"the head after layer {layer!r} also reads {o.name!r}, computed before the "
+                    "cut without a batch axis (shape arithmetic), so it cannot run on "
+                    "ablated activations alone; choose a later --layer (see `bbx layers`)")
         return (model.derived((*key, "features"), lambda: features),
                 model.derived((*key, "head"), lambda: head),
                 [o.name for o in features.graph.output])
@@ -113,11 +124,15 @@ class CamInput:
     ctx: Context
     layer: CandidateLayer
     source: Source
+    #: A and g already fetched in a batch (:func:`_batched`): no pass of its own
+    prefetched: tuple[Array, Array | None] | None = None
 
     @cached_property
     def _fetched(self) -> tuple[Array, Array | None, dict[str, Array]]:
         """A (k, h, w), g (k, h, w) or None, and the other tensors the head reads (N = 1),
         with the layer's own raw value under its name."""
+        if self.prefetched is not None:
+            return (*self.prefetched, {})
         model, name = self.ctx.model, self.layer.name
         if self.source == "gradient":
             acts, grads = self.gradients(self.x[None])
@@ -178,6 +193,8 @@ class Weights(NamedTuple):
 
 
 WeightFn = Callable[..., "Weights | Array"]
+#: what a batched method returns: scores (N, K), each input's target, its attribution
+BatchResult = tuple[Array, list[int], list[Attribution]]
 
 
 def _attribution(x: Array, layer: CandidateLayer, result: Weights | Array,
@@ -202,8 +219,8 @@ def _with_layer_help(doc: str) -> str:
 
 
 def register_cam(name: str, *, reference: str, source: Source = "activation", relu: bool = True,
-                 stochastic: bool = False, fast: dict[str, Any] | None = None
-                 ) -> Callable[[WeightFn], Callable[..., Attribution]]:
+                 stochastic: bool = False, fast: dict[str, Any] | None = None,
+                 single_pass: bool = False) -> Callable[[WeightFn], Callable[..., Attribution]]:
     """Register the weight function ``fn(c: CamInput, **options)`` as the CAM method ``name``.
 
     The registered method is ``(query, x, target, *, ctx, layer=None, **options)``: it resolves
@@ -212,6 +229,8 @@ def register_cam(name: str, *, reference: str, source: Source = "activation", re
     arguments are the method's options, with their ranges (``Annotated[int, Range(0)]``) and the
     help of its docstring's ``Args:`` section, where ``layer`` is added. ``source="gradient"``
     marks the method as running the backward graph (``needs_gradient`` in the registry).
+    ``single_pass``: ``fn`` reads only A (and g) of ``x``, so the method also gets a batched
+    form (:func:`_batched`) that fetches them for many inputs in one batch of passes.
     """
 
     def deco(fn: WeightFn) -> Callable[..., Attribution]:
@@ -239,9 +258,39 @@ def register_cam(name: str, *, reference: str, source: Source = "activation", re
         method.__doc__ = _with_layer_help(inspect.getdoc(fn) or "")
         register(name, family="cam", reference=reference, stochastic=stochastic,
                  requires_graph=True, needs_gradient=source == "gradient", fast=fast)(method)
+        if single_pass:
+            register_batch(name)(_batched(fn, source, relu))
         return method
 
     return deco
+
+
+def _batched(fn: WeightFn, source: Source, relu: bool) -> Callable[..., BatchResult]:
+    """The batched form of a one-pass CAM method: the scores, A (and g, each row seeded with
+    its target, the top-1 found in the graph) for all inputs in one batch of passes, then
+    ``fn`` per input on its slice."""
+    from .gradients import batch_gradients
+
+    def batch(xs: Array, targets: list[int | None], *, ctx: Context, layer: str | None = None,
+              **opts: Any) -> BatchResult:
+        resolved = resolve_layer(ctx, layer)
+        if source == "gradient":
+            scores, chosen, (act,), (grad,) = batch_gradients(ctx.model, xs, targets,
+                                                              [resolved.name])
+            acts, grads = channels_first(act, resolved), channels_first(grad, resolved)
+        else:
+            scores, act = ctx.model.layer_activation(xs, resolved.name)
+            acts, grads = channels_first(act, resolved), [None] * len(xs)
+            chosen = [int(t) if t is not None else int(np.argmax(s))
+                      for t, s in zip(targets, scores)]
+        out = []
+        for i, (x, target) in enumerate(zip(xs, chosen)):
+            c = CamInput(typing.cast(QueryFn, None), x, target,
+                         replace(ctx, scores=scores[i]), resolved, source, (acts[i], grads[i]))
+            out.append(_attribution(x, resolved, fn(c, **opts), relu))
+        return scores, chosen, out
+
+    return batch
 
 
 # ---- methods ------------------------------------------------------------------------------------
@@ -336,7 +385,8 @@ def _linear_weight(g: onnx.GraphProto, node: onnx.NodeProto) -> npt.NDArray[np.f
     return (w if trans_b else w.T).astype(np.float32)
 
 
-@register_cam("cam", reference="Zhou et al. 2016, arXiv:1512.04150", relu=False)
+@register_cam("cam", reference="Zhou et al. 2016, arXiv:1512.04150", relu=False,
+              single_pass=True)
 def cam(c: CamInput) -> Weights:
     """CAM: M = sum_k w_k^c A_k with w the linear layer after global average pooling (no ReLU).
 
@@ -349,7 +399,8 @@ def cam(c: CamInput) -> Weights:
     return Weights(w, c.act)  # A is fetched here, after a head CAM cannot read was refused
 
 
-@register_cam("gradcam", reference="Selvaraju et al. 2017, arXiv:1610.02391", source="gradient")
+@register_cam("gradcam", reference="Selvaraju et al. 2017, arXiv:1610.02391", source="gradient",
+              single_pass=True)
 def gradcam(c: CamInput) -> Weights:
     """Grad-CAM: alpha_k = mean_ij g_kij, M = ReLU(sum_k alpha_k A_k). One forward+backward."""
     return Weights(c.grad.mean(axis=(1, 2)), c.act)
@@ -364,7 +415,7 @@ def gradcampp_weights(act: Array, g1: Array, g2: Array, g3: Array) -> Array:
 
 
 @register_cam("gradcampp", reference="Chattopadhay et al. 2018, arXiv:1710.11063",
-              source="gradient")
+              source="gradient", single_pass=True)
 def gradcampp(c: CamInput) -> Weights:
     """Grad-CAM++: w_k = sum_ij a_kij ReLU(g_kij), a = g^2 / (2 g^2 + sum A g^3). One pass.
 
@@ -471,7 +522,8 @@ def smooth_gradcampp(c: CamInput, *, n_samples: Annotated[int, Range(0)] = 4,
                                      (gs**3).mean(axis=0)), a)
 
 
-@register_cam("xgradcam", reference="Fu et al. 2020, arXiv:2008.02312", source="gradient")
+@register_cam("xgradcam", reference="Fu et al. 2020, arXiv:2008.02312", source="gradient",
+              single_pass=True)
 def xgradcam(c: CamInput) -> Weights:
     """XGrad-CAM: w_k = sum_ij (A_kij / sum_ab A_kab) g_kij, M = ReLU(sum_k w_k A_k)."""
     act = c.act
@@ -480,7 +532,8 @@ def xgradcam(c: CamInput) -> Weights:
     return Weights((norm * c.grad).sum(axis=(1, 2)), act)
 
 
-@register_cam("layercam", reference="Jiang et al. 2021, IEEE TIP 30:5875", source="gradient")
+@register_cam("layercam", reference="Jiang et al. 2021, IEEE TIP 30:5875", source="gradient",
+              single_pass=True)
 def layercam(c: CamInput) -> Array:
     """Layer-CAM: M = ReLU(sum_k ReLU(g_kij) A_kij); spatial weights, so shallow layers work."""
     return (np.maximum(c.grad, 0) * c.act).sum(axis=0)
@@ -527,7 +580,8 @@ def ablationcam(c: CamInput) -> Weights:
     return Weights(w.astype(np.float32), act)
 
 
-@register_cam("eigencam", reference="Muhammad & Yeasin 2020, arXiv:2008.00299")
+@register_cam("eigencam", reference="Muhammad & Yeasin 2020, arXiv:2008.00299",
+              single_pass=True)
 def eigencam(c: CamInput) -> Array:
     """Eigen-CAM: ReLU of A projected on its first principal component; class-agnostic.
 

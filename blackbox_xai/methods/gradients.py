@@ -6,11 +6,13 @@ from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
+import onnx
+from onnx import helper, numpy_helper
 
 from ..errors import BlackboxError
 from ..model import one_hot
 from ..perturb import Baseline, chunk_size_for, chunked, make_baseline
-from ..registry import Attribution, Context, Range, register
+from ..registry import Attribution, Context, Range, register, register_batch
 
 
 def _grad(ctx: Context, xs: npt.NDArray[np.float32], target: int
@@ -35,6 +37,81 @@ def gradient_x_input(query, x: npt.NDArray[np.float32], target: int, *, ctx: Con
     """Gradient x input: M = sum over channels of (d f_c / d x) * x. One pass."""
     _, g = _grad(ctx, x[None], target)
     return Attribution((g[0] * x).sum(axis=0), {"attributions": g[0] * x})
+
+
+#: inputs of :func:`batch_gradients`' graph: the given seed rows, and 1 where a row's target
+#: is its top-1 class instead (then its seed is one-hot(argmax scores), found in the graph)
+SEED_GIVEN, USE_TOP1 = "seed_given", "use_top1"
+
+
+def _top1_backward(proto: onnx.ModelProto, scores: str, k: int) -> onnx.ModelProto:
+    """The backward graph ``proto`` (input ``seed``) with ``seed = seed_given + use_top1 *
+    one_hot(argmax(scores))`` computed in the graph; the backward nodes come after every
+    forward node, so the new nodes go before the first reader of ``seed``."""
+    g = proto.graph
+    seed = next(i for i in g.input if i.name == "seed")
+    elem = seed.type.tensor_type.elem_type
+    seed.name = SEED_GIVEN
+    g.input.append(helper.make_tensor_value_info(USE_TOP1, elem, ["N", 1]))
+    g.initializer.extend([numpy_helper.from_array(np.array([k], np.int64), "top1_depth"),
+                          helper.make_tensor("top1_values", elem, [2], [0.0, 1.0])])
+    nodes = [helper.make_node("ArgMax", [scores], ["top1_index"], axis=-1, keepdims=0),
+             helper.make_node("OneHot", ["top1_index", "top1_depth", "top1_values"],
+                              ["top1_one_hot"], axis=-1),
+             helper.make_node("Mul", ["top1_one_hot", USE_TOP1], ["top1_seed"]),
+             helper.make_node("Add", [SEED_GIVEN, "top1_seed"], ["seed"])]
+    first = next(i for i, n in enumerate(g.node) if "seed" in n.input)
+    for offset, n in enumerate(nodes):
+        g.node.insert(first + offset, n)
+    return proto
+
+
+def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None],
+                    wrt: list[str]) -> tuple[npt.NDArray[np.float32], list[int],
+                                             list[npt.NDArray[np.float32]],
+                                             list[npt.NDArray[np.float32]]]:
+    """Scores (N, K), each row's target (its top-1 where ``targets`` has None), and the
+    forward values and ``d score_target / d t`` of the ``wrt`` tensors (as laid out in the
+    graph; the model's input in NCHW), in one batch of backward-graph passes: the top-1 seeds
+    are made in the graph from the pass's own scores, so no forward pass comes first.
+    """
+    out_name = model.scores_output()
+    size = model.dynamic_size(xs)
+    session = model.derived(
+        ("backward-top1", model.score, tuple(wrt), size),
+        lambda: _top1_backward(model.backward_graph(wrt, size=size), out_name, model.num_classes))
+    n, given = len(xs), [t is not None for t in targets]
+    seed = np.zeros((n, model.num_classes), np.float32)
+    seed[np.flatnonzero(given), [t for t in targets if t is not None]] = 1
+    use_top1 = (~np.array(given, bool)).astype(np.float32)[:, None]
+    values = [w for w in wrt if w != model.input.name]
+    outs = model.run_batched(session, {model.input.name: xs, SEED_GIVEN: seed,
+                                       USE_TOP1: use_top1},
+                             [out_name, *values, *(f"{w}_grad" for w in wrt)])
+    scores = outs[0].reshape(n, -1)
+    forward = {**dict(zip(values, outs[1:1 + len(values)])), model.input.name: xs}
+    grads = outs[1 + len(values):]
+    if model.input.layout == "NHWC":
+        grads = [g.transpose(0, 3, 1, 2) if w == model.input.name else g
+                 for w, g in zip(wrt, grads)]
+    resolved = [int(t) if t is not None else int(np.argmax(s)) for t, s in zip(targets, scores)]
+    return scores, resolved, [forward[w] for w in wrt], grads
+
+
+@register_batch("saliency")
+def _saliency_batch(xs: npt.NDArray[np.float32], targets: list[int | None], *, ctx: Context
+                    ) -> tuple[npt.NDArray[np.float32], list[int], list[Attribution]]:
+    scores, resolved, _, (g,) = batch_gradients(ctx.model, xs, targets, [ctx.model.input.name])
+    return scores, resolved, [Attribution(np.abs(gi).max(axis=0), {"gradient": gi}) for gi in g]
+
+
+@register_batch("gradient-x-input")
+def _gradient_x_input_batch(xs: npt.NDArray[np.float32], targets: list[int | None], *,
+                            ctx: Context
+                            ) -> tuple[npt.NDArray[np.float32], list[int], list[Attribution]]:
+    scores, resolved, _, (g,) = batch_gradients(ctx.model, xs, targets, [ctx.model.input.name])
+    return scores, resolved, [Attribution((gi * x).sum(axis=0), {"attributions": gi * x})
+                              for gi, x in zip(g, xs)]
 
 
 Rule = Literal["gauss-legendre", "midpoint", "trapezoid"]

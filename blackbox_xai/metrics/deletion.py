@@ -3,8 +3,8 @@
 Order the pixels by the map, most important first. *Deletion* sets them to 0 (in model-input
 space), ``pixels_per_step`` at a time, starting from ``x``; *insertion* copies them from ``x``
 onto a blurred copy of ``x``. The curve is the softmax probability of the target class after
-each step; its area (trapezoid rule over the fraction of pixels changed, on [0, 1]) is the
-score. Lower deletion AUC and higher insertion AUC mean a more faithful map.
+each step (for a detection target: its matched score; for a region: its summed logits); its
+area (trapezoid rule over the fraction of pixels changed, on [0, 1]) is the score. Lower deletion AUC and higher insertion AUC mean a more faithful map.
 
 RISE protocol: 224 * 8 = 1792 pixels per step at 224 x 224 (28 steps, 29 points per curve),
 scaled with the area here (``round(H * W / 28)``); the blur is RISE's own kernel (an 11 x 11
@@ -20,9 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import convolve, gaussian_filter
 
+from ..decode import Decoder
 from ..errors import BlackboxError
 from ..model import softmax
 from ..perturb import QueryFn, chunk_size_for, chunked, scores_for_masks
+from ..targets import Detection, Region, score_query
 
 RISE_STEPS = 28  # 224 * 224 / 1792
 Array = npt.NDArray[np.float32]
@@ -85,17 +87,25 @@ def _auto_softmax(query: QueryFn) -> bool:
     return not getattr(getattr(query, "fn", query), "returns_probabilities", False)
 
 
-def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.ArrayLike, target: int,
-                       *, pixels_per_step: int | None = None, apply_softmax: bool | None = None,
-                       substrate: npt.ArrayLike | None = None, chunk: int | None = None
+def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.ArrayLike,
+                       target: int | Detection | Region, *, pixels_per_step: int | None = None,
+                       apply_softmax: bool | None = None, substrate: npt.ArrayLike | None = None,
+                       chunk: int | None = None, decoder: str | Decoder | None = None
                        ) -> CurveResult:
-    """Deletion and insertion curves and AUCs of ``saliency_map`` for class ``target``.
+    """Deletion and insertion curves and AUCs of ``saliency_map`` for ``target``.
 
     Args:
-        query: a :class:`~blackbox_xai.model.Model` or any function (N, C, H, W) -> (N, K).
+        query: a :class:`~blackbox_xai.model.Model` or any function (N, C, H, W) -> (N, K);
+            for a Detection, a detector (``task="detect"`` or a function returning the raw
+            head outputs); for a Region, a segmentation net (``task="segment"``).
         x: one preprocessed input, (C, H, W) or (1, C, H, W).
         saliency_map: (H, W); higher = more important. Ties keep raster order.
-        target: the class whose probability is tracked.
+        target: the class whose probability is tracked; or a
+            :class:`~blackbox_xai.targets.Detection`: the curve is its matched score, the
+            D-RISE similarity max_a IoU x cos x objectness of the perturbed input's proposals
+            (:class:`~blackbox_xai.targets.DetectionScore`; ``decoder`` as in ``explain``); or
+            a :class:`~blackbox_xai.targets.Region`: its summed class logits. Those scores are
+            tracked as they are (no softmax).
         pixels_per_step: pixels changed per step (default ``round(H * W / 28)``: 1792 at 224).
         apply_softmax: softmax the scores first; ``None`` (default) does unless the query is a
             Model whose scores already are probabilities (``score="prob"`` or a softmax output).
@@ -107,6 +117,11 @@ def deletion_insertion(query: QueryFn, x: npt.ArrayLike, saliency_map: npt.Array
     from ..api import as_single_input
 
     x = as_single_input(x)
+    if isinstance(target, (Detection, Region)):
+        if apply_softmax:
+            raise BlackboxError("apply_softmax=True: a detection's or a region's score is "
+                                "tracked as it is, it is not one of several class scores")
+        query, target, apply_softmax = score_query(query, target, x, decoder), 0, False
     _, h, w = x.shape
     from .pointing import finite_map
 

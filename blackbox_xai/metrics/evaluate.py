@@ -211,21 +211,37 @@ def evaluate(model: Model | QueryFn, inputs: Sequence[str | os.PathLike | npt.Ar
     labels = recipe_labels if labels is None else labels
     rows = []
     for name, x, ann in zip(names, tensors, annotations):
-        scores = model(x[None])[0]
-        probs = model.probabilities(scores) if isinstance(model, Model) else softmax(scores)
-        top1 = int(np.argmax(scores))
-        for m in methods:
-            exp = explain(model, x, m, target=ann.label if target == "label" else top1,
-                          seed=seed, progress=progress, labels=labels, **options.get(m, {}))
-            curves = deletion_insertion(model, x, exp.map, exp.target,
-                                        pixels_per_step=pixels_per_step)
-            hit = energy = None
-            if ann is not None:
-                hit = pointing_hit(exp.map, ann.boxes, tolerance)
-                energy = energy_pointing(exp.map, ann.boxes)
-            rows.append(EvaluationRow(
-                name, m, exp.target, exp.label or "", float(curves.deletion_curve[0]),
-                curves.deletion_auc, curves.insertion_auc, hit, energy, completeness_gap(exp),
-                exp.n_queries, curves.n_queries, exp.seconds, top1, float(probs[top1]),
-                curves, exp))
+        rows += evaluate_one(model, x, methods, name=name, annotation=ann, target=target,
+                             seed=seed, options=options, pixels_per_step=pixels_per_step,
+                             tolerance=tolerance, labels=labels, progress=progress)
     return EvaluationResult(methods, rows, seed, target, tolerance)
+
+
+def evaluate_one(model: Model | QueryFn, x: npt.NDArray[np.float32], methods: Sequence[str], *,
+                 name: str, annotation: Annotation | None = None, target: Target = "top1",
+                 seed: int | None = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
+                 pixels_per_step: int | None = None, tolerance: float = TOLERANCE,
+                 labels: Sequence[str] | None = None, progress: bool = False
+                 ) -> list[EvaluationRow]:
+    """One (C, H, W) input's rows, one per method (see :func:`evaluate`, which checks the
+    arguments: ``target="label"`` needs an annotation with a label)."""
+    options = options or {}
+    ann = annotation
+    scores = model(x[None])[0]
+    probs = model.probabilities(scores) if isinstance(model, Model) else softmax(scores)
+    top1 = int(np.argmax(scores))
+    rows = []
+    goal = ann.label if target == "label" and ann is not None else top1
+    for m in methods:
+        exp = explain(model, x, m, target=goal, seed=seed, progress=progress, labels=labels,
+                      **options.get(m, {}))
+        curves = deletion_insertion(model, x, exp.map, exp.target, pixels_per_step=pixels_per_step)
+        hit = energy = None
+        if ann is not None:
+            hit = pointing_hit(exp.map, ann.boxes, tolerance)
+            energy = energy_pointing(exp.map, ann.boxes)
+        rows.append(EvaluationRow(
+            name, m, exp.target, exp.label or "", float(curves.deletion_curve[0]),
+            curves.deletion_auc, curves.insertion_auc, hit, energy, completeness_gap(exp),
+            exp.n_queries, curves.n_queries, exp.seconds, top1, float(probs[top1]), curves, exp))
+    return rows

@@ -2,7 +2,9 @@
 
 Boxes are ``(x0, y0, x1, y1)`` in the map's pixels (the model's input, after resize and crop),
 ``x1``/``y1`` exclusive: pixel ``(row, col)`` is inside when ``x0 <= col < x1`` and
-``y0 <= row < y1``. An image may have several boxes (a hit on any counts).
+``y0 <= row < y1``. An image may have several boxes (a hit on any counts). A
+:class:`~blackbox_xai.targets.Detection` (box in the input's pixels) stands for its own box:
+the map of a detection is scored against the box it explains.
 
 Box files, keyed by image file name:
 
@@ -24,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import BlackboxError
+from ..targets import Detection
 
 Box = tuple[float, float, float, float]
 TOLERANCE = 15
@@ -36,8 +39,15 @@ class Annotation:
     boxes: tuple[Box, ...]
     label: int | None = None
 
+    @classmethod
+    def of_detection(cls, detection: Detection) -> Annotation:
+        """A detection's own box and class as the ground truth of its map."""
+        return cls((detection.box,), detection.label)
 
-def _as_boxes(box: Box | Sequence[Box]) -> list[Box]:
+
+def _as_boxes(box: Box | Sequence[Box] | Detection) -> list[Box]:
+    if isinstance(box, Detection):
+        return [box.box]
     try:
         arr = np.asarray(box, np.float64)
     except (TypeError, ValueError):
@@ -53,7 +63,8 @@ def _as_boxes(box: Box | Sequence[Box]) -> list[Box]:
     return [tuple(float(v) for v in b) for b in arr]
 
 
-def box_mask(shape: tuple[int, int], box: Box | Sequence[Box]) -> npt.NDArray[np.bool_]:
+def box_mask(shape: tuple[int, int], box: Box | Sequence[Box] | Detection
+             ) -> npt.NDArray[np.bool_]:
     """Boolean (H, W) mask of the pixels inside any of the boxes."""
     h, w = shape
     rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
@@ -84,7 +95,7 @@ def max_location(saliency_map: npt.ArrayLike) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def pointing_hit(saliency_map: npt.ArrayLike, box: Box | Sequence[Box],
+def pointing_hit(saliency_map: npt.ArrayLike, box: Box | Sequence[Box] | Detection,
                  tolerance: float = TOLERANCE) -> bool:
     """Pointing game: a hit when some pixel within ``tolerance`` pixels (Euclidean) of the map's
     maximum lies in a box, i.e. the maximum is at most ``tolerance`` from the box."""
@@ -98,7 +109,7 @@ def pointing_hit(saliency_map: npt.ArrayLike, box: Box | Sequence[Box],
     return False
 
 
-def energy_pointing(saliency_map: npt.ArrayLike, box: Box | Sequence[Box]) -> float:
+def energy_pointing(saliency_map: npt.ArrayLike, box: Box | Sequence[Box] | Detection) -> float:
     """Energy-based pointing (Score-CAM): the share of the map's positive mass inside the boxes.
 
     NaN when the map has no positive value.

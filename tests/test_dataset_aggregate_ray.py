@@ -1,0 +1,56 @@
+"""``compare --out`` and ``evaluate --out`` on a local Ray instance (2 CPUs): the same rows,
+summary and table as the local executor."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import model_path
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+# one xdist worker runs every Ray test (--dist loadgroup): one Ray instance at a time
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("local_ray")]
+
+TINY = model_path("tiny_cnn")
+NORM = ["--mean", "0.5", "--std", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        img = np.kron(rng.random((4, 5, 3)), np.ones((8, 8, 1))) * 255
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_compare_on_ray_gives_the_local_rows_and_summary(run, data, tmp_path):
+    args = ["compare", TINY, data, "--against", model_path("tiny_cnn_fp16"), "--method",
+            "gradcam", "--max-drift-rate", "1", "--max-flip-rate", "1", *NORM]
+    assert run(*args, "--out", tmp_path / "local").exit_code == 0
+    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "2")
+    assert r.exit_code == 0, r.output
+    assert rows(tmp_path / "ray" / "compare.csv") == rows(tmp_path / "local" / "compare.csv")
+    summary = [json.loads((tmp_path / d / "summary.json").read_text())["summary"]
+               for d in ("local", "ray")]
+    assert summary[0] == summary[1]
+
+
+def test_evaluate_on_ray_gives_the_local_rows(run, data, tmp_path):
+    args = ["evaluate", TINY, data, "--methods", "gradcam,occlusion", "-o", "window=8",
+            "-o", "stride=8", *NORM]
+    assert run(*args, "--out", tmp_path / "local").exit_code == 0
+    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "2")
+    assert r.exit_code == 0, r.output
+    assert rows(tmp_path / "ray" / "evaluate.csv") == rows(tmp_path / "local" / "evaluate.csv")

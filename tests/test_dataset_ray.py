@@ -1,0 +1,91 @@
+"""The Ray executor on a local Ray instance (2 CPUs): the same maps, index rows and folder as
+the local executor, and an interrupted run resumed equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import model_path
+from PIL import Image
+
+from blackbox_xai.dataset import run as dataset_run
+from blackbox_xai.dataset.ray_executor import RayExecutor
+from blackbox_xai.dataset.run import run_dataset
+from blackbox_xai.dataset.sources import expand
+from blackbox_xai.model import load_model
+from blackbox_xai.preprocess import Preprocessing
+
+ray = pytest.importorskip("ray")
+# one xdist worker runs every test here (--dist loadgroup): one Ray instance at a time
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("local_ray")]
+
+MODEL = model_path("tiny_cnn")
+RISE = ("--n-masks", "16", "--grid", "4")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(11)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (30 + 3 * i, 36, 3), dtype=np.uint8)).save(
+            folder / f"img{i}.png")
+    return folder
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "index.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def explained(output: str) -> list[str]:
+    """The images a run printed as explained (Ray's own log lines aside)."""
+    return [line.split(":")[0] for line in output.splitlines() if line.startswith("img")]
+
+
+def same_folders(a: Path, b: Path) -> None:
+    """Same files, byte-identical maps, same index rows but for their times."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) and len(names) > 6
+    for name in names:
+        if name.endswith(".npy"):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert rows(a) == rows(b)
+
+
+@pytest.mark.parametrize("method", [("gradcam",), ("rise", *RISE)], ids=["gradcam", "rise"])
+def test_ray_gives_what_the_local_executor_gives(run, data, tmp_path, monkeypatch, method):
+    monkeypatch.setattr(dataset_run, "IMAGES_PER_CALL", 2)  # 3 chunks for 2 workers
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    r = run("explain", *method[:1], MODEL, data, *method[1:], "--seed", "5", "--out", local)
+    assert r.exit_code == 0, r.output
+    r = run("explain", *method[:1], MODEL, data, *method[1:], "--seed", "5", "--out", remote,
+            "--executor", "ray", "--ray-workers", "2")
+    assert r.exit_code == 0, r.output
+    assert explained(r.output) == [f"img{i}" for i in range(6)]
+    same_folders(local, remote)
+
+
+def test_an_interrupted_ray_run_resumes_to_the_uninterrupted_result(run, data, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert run("explain", "gradcam", MODEL, data, "--out", whole).exit_code == 0
+    model = load_model(MODEL)
+    pre = Preprocessing.for_model(MODEL, model.input.chw[1:], channels=model.input.channels,
+                                  num_classes=model.num_classes, warn_if_guessed=False)
+    images = expand([str(data)])
+    executor = RayExecutor(workers=2)
+    stream = run_dataset(model, pre, images, "gradcam", {}, out_dir=out, executor=executor)
+    first = [next(stream) for _ in range(3)]  # then the run is killed
+    stream.close()
+    assert [r.row.name for r in first] == ["img0", "img1", "img2"]
+    lines = (out / "index.csv").read_text().splitlines(keepends=True)
+    assert len(lines) == 4  # the header and the three rows written before the interruption
+    (out / "index.csv").write_text("".join(lines[:-1]) + lines[-1][:30])  # a row cut short
+    (out / "img0_gradcam.npy").unlink()  # an image half written
+    r = run("explain", "gradcam", MODEL, data, "--out", out, "--executor", "ray")
+    assert r.exit_code == 0, r.output
+    assert explained(r.output) == ["img0", "img2", "img3", "img4", "img5"]
+    same_folders(whole, out)
