@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from .registry import Context, MethodSpec
 from .targets import Detection, DetectionRawScore, DetectionScore, Detector, Region, RegionScore
 
 QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+log = logging.getLogger(__name__)
 
 
 class CountingQuery:
@@ -167,6 +169,10 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
     if not np.isfinite(amap).all():
         raise InternalError(f"{method} returned a map with {int((~np.isfinite(amap)).sum())} NaN "
                             "or infinite values (a bug in blackbox-xai: please report it)")
+    if not amap.any():
+        log.warning("%s: the map is 0 everywhere (nothing passed the method's ReLU or clipping), "
+                    "so it shows no evidence for this target; try another method%s", method,
+                    " or --layer" if spec.family == "cam" else "")
     extras, label = attribution.extras, labels[tgt] if labels is not None else None
     if scorer is not None:
         kind = "region" if isinstance(scorer, RegionScore) else "detection"

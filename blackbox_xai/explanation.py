@@ -6,6 +6,7 @@ import io
 import json
 import os
 import platform
+from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from .outputs import OutputPlan, model_inputs
 
 SCHEMA_VERSION = 2  # 2: extras_arrays (dtype and shape of array extras)
 _INLINE_LIMIT = 4096  # extras arrays larger than this go to the .npz
+#: the files of an explanation (``--save``): the raw map, the manifest (with the .extras.npz of
+#: large extras), the map as a picture with its legend, the map over the image
+FILE_KINDS = ("npy", "json", "png", "overlay")
 
 
 def versions() -> dict[str, str]:
@@ -75,24 +79,28 @@ class Explanation:
                               for k, v in self.extras.items() if isinstance(v, np.ndarray)}
         return _jsonable(d)
 
-    def files(self, out_dir: str | os.PathLike, stem: str, *, image=None, box=None
-              ) -> dict[Path, bytes]:
-        """The contents of the files :meth:`save` writes (see :func:`plan_files`), by path."""
+    def files(self, out_dir: str | os.PathLike, stem: str, *, image=None, box=None,
+              kinds: Collection[str] = FILE_KINDS) -> dict[Path, bytes]:
+        """The contents of the files :meth:`save` writes (see :func:`plan_files`), by path;
+        only those of ``kinds`` (:data:`FILE_KINDS`)."""
         from .viz import heatmap_image, is_signed_method, overlay_image
 
         out = Path(out_dir)
         payloads: dict[Path, bytes] = {}
-        buf = io.BytesIO()
-        np.save(buf, self.map)
-        payloads[out / f"{stem}.npy"] = buf.getvalue()
-        payloads[out / f"{stem}.json"] = json.dumps(self.manifest(), indent=2).encode()
+        if "npy" in kinds:
+            buf = io.BytesIO()
+            np.save(buf, self.map)
+            payloads[out / f"{stem}.npy"] = buf.getvalue()
+        if "json" in kinds:
+            payloads[out / f"{stem}.json"] = json.dumps(self.manifest(), indent=2).encode()
         signed = is_signed_method(self.method)
-        payloads[out / f"{stem}.png"] = _png(heatmap_image(self.map, signed=signed))
-        if image is not None:
+        if "png" in kinds:
+            payloads[out / f"{stem}.png"] = _png(heatmap_image(self.map, signed=signed))
+        if image is not None and "overlay" in kinds:
             payloads[out / f"{stem}_overlay.png"] = _png(overlay_image(image, self.map, box=box,
                                                                        signed=signed))
         big = {k: v for k, v in self.extras.items() if _in_npz(v)}
-        if big:
+        if big and "json" in kinds:
             buf = io.BytesIO()
             np.savez_compressed(buf, **big)
             payloads[out / f"{stem}.extras.npz"] = buf.getvalue()
@@ -154,14 +162,26 @@ class Explanation:
 
 
 def plan_files(plan: OutputPlan, out_dir: str | os.PathLike, stem: str, *, overlay: bool,
-               source: str | None = None) -> None:
-    """Add to ``plan`` every file :meth:`Explanation.save` may write for ``stem``."""
+               source: str | None = None, kinds: Collection[str] = FILE_KINDS) -> None:
+    """Add to ``plan`` every file :meth:`Explanation.save` may write for ``stem`` (of ``kinds``)."""
     out = Path(out_dir)
-    for name in (f"{stem}.npy", f"{stem}.json", f"{stem}.png"):
-        plan.add(out / name, source=source)
-    if overlay:
+    for kind, name in (("npy", f"{stem}.npy"), ("json", f"{stem}.json"), ("png", f"{stem}.png")):
+        if kind in kinds:
+            plan.add(out / name, source=source)
+    if overlay and "overlay" in kinds:
         plan.add(out / f"{stem}_overlay.png", source=source)
-    plan.add(out / f"{stem}.extras.npz", source=source, optional=True)  # large extras only
+    if "json" in kinds:
+        plan.add(out / f"{stem}.extras.npz", source=source, optional=True)  # large extras only
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``--save``'s comma-separated file kinds, checked, in :data:`FILE_KINDS` order."""
+    asked = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = sorted(asked - set(FILE_KINDS))
+    if unknown or not asked:
+        raise BlackboxError(f"--save {text!r}: use a comma-separated subset of "
+                            f"{','.join(FILE_KINDS)}")
+    return tuple(k for k in FILE_KINDS if k in asked)
 
 
 def _in_npz(v: Any) -> bool:

@@ -312,3 +312,28 @@ def test_the_ray_executor_without_ray_is_one_line(run, data, tmp_path, monkeypat
     assert errors(r.output) == ("error: --executor ray needs the ray extra: pip install "
                                 "'blackbox-xai[ray]'")
     assert not (tmp_path / "out").exists()
+
+
+def test_save_npy_writes_only_the_maps_and_a_changed_choice_is_another_setting(run, data,
+                                                                                tmp_path):
+    """--save npy: one .npy per image and the index (targets, scores, seeds), maps equal to a
+    full run's; a rerun resumes; --save with other kinds over it needs --overwrite."""
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    assert run("explain", "gradcam", MODEL, data, "--out", full).exit_code == 0
+    r = run("explain", "gradcam", MODEL, data, "--out", lean, "--save", "npy")
+    assert r.exit_code == 0, r.output
+    written = [p.name for p in lean.rglob("*") if p.is_file() and p.name != "index.parquet"]
+    assert sorted(written) == sorted(
+        ["index.csv", *(f"{n.split('/')[-1]}_gradcam.npy" for n in NAMES)])
+    for a, b in zip(rows(full), rows(lean)):
+        assert b["files"] == f"{b['name']}_gradcam.npy"
+        assert (a["target"], a["score"], a["seed"]) == (b["target"], b["score"], b["seed"])
+        np.testing.assert_array_equal(np.load(full / f"{a['name']}_gradcam.npy"),
+                                      np.load(lean / f"{b['name']}_gradcam.npy"))
+    again = run("explain", "gradcam", MODEL, data, "--out", lean, "--save", "npy")
+    assert again.exit_code == 0 and printed(again.output) == []  # every image resumed
+    other = run("explain", "gradcam", MODEL, data, "--out", lean, "--save", "npy,png")
+    assert other.exit_code == 2 and "other settings" in errors(other.output)
+    bad = run("explain", "gradcam", MODEL, data, "--out", tmp_path / "bad", "--save", "npy,pdf")
+    assert bad.exit_code == 2 and "--save 'npy,pdf'" in errors(bad.output)
+    assert not (tmp_path / "bad").exists()

@@ -125,3 +125,24 @@ def test_save_never_replaces_the_recorded_model_or_image(tmp_path):
         exp.save(tmp_path, "img", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "m.onnx"]
     assert (tmp_path / "img.png").read_bytes() == b"image"
+
+
+def test_a_map_that_is_zero_everywhere_is_reported(caplog):
+    """A constant model: occluding anything changes nothing, so the map is 0 everywhere, and
+    the user is told it shows no evidence (the map itself is the method's true answer)."""
+    import logging
+
+    from blackbox_xai import explain
+
+    def constant(x):
+        return np.tile(np.array([[1.0, 2.0]], np.float32), (len(x), 1))
+
+    with caplog.at_level(logging.WARNING, logger="blackbox_xai"):
+        exp = explain(constant, np.zeros((3, 16, 16), np.float32), "occlusion", window=8, stride=8)
+    assert not exp.map.any()
+    assert "the map is 0 everywhere" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="blackbox_xai"):
+        explain(lambda x: x.reshape(len(x), -1)[:, :2] * 1.0, np.ones((3, 16, 16), np.float32),
+                "occlusion", window=8, stride=8, target=0)
+    assert "0 everywhere" not in caplog.text

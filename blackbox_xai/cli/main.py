@@ -15,6 +15,7 @@ import click
 import numpy as np
 
 from ..errors import UnknownNameError, did_you_mean
+from ..explanation import FILE_KINDS, parse_kinds
 from ..outputs import OutputPlan, model_inputs
 from .common import (
     FiniteFloatRange,
@@ -307,6 +308,9 @@ def make_explain_command(spec) -> click.Command:
     @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
                   help="Write .npy/.json/.png per image here (default: write nothing).")
+    @click.option("--save", "save", default=",".join(FILE_KINDS), show_default=True,
+                  metavar="KINDS", help="The files written per image with --out: npy (the map), "
+                  "json (the manifest), png (the map), overlay (the map over the image).")
     @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
     @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
     @executor_options
@@ -314,7 +318,7 @@ def make_explain_command(spec) -> click.Command:
     @preprocess_options
     @friendly_errors
     def run(model_path, images, target, detection, box, class_, region, mask_file, conf, iou,
-            decoder, box_format, normalized_boxes, seed, out_dir,
+            decoder, box_format, normalized_boxes, seed, out_dir, save,
             overwrite, progress, device, score, output_name, batch_size, threads, layout,
             preprocess, executor, **options):
         from ..api import explain
@@ -322,6 +326,7 @@ def make_explain_command(spec) -> click.Command:
         from ..targets import Detector
 
         spec.validate(options)  # bad option values cost no model loading
+        kinds = parse_kinds(save)
         detecting = detection is not None or box is not None
         segmenting = not detecting and (class_ is not None or region is not None
                                         or mask_file is not None)
@@ -345,7 +350,7 @@ def make_explain_command(spec) -> click.Command:
             model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
             _explain_dataset(model, spec.name, images, options, out_dir, seed=seed, target=target,
                              overwrite=overwrite, progress=progress, flags=preprocess,
-                             executor=chosen)
+                             executor=chosen, kinds=kinds)
             return
         if executor != EXECUTOR_DEFAULTS:
             raise UserError("--executor, --ray-address, --ray-workers and --gpus-per-worker are "
@@ -354,7 +359,8 @@ def make_explain_command(spec) -> click.Command:
         plan = OutputPlan(overwrite)
         if out_dir is not None:
             for img in images.paths:
-                plan_files(plan, out_dir, f"{Path(img).stem}_{spec.name}", overlay=True, source=img)
+                plan_files(plan, out_dir, f"{Path(img).stem}_{spec.name}", overlay=True, source=img,
+                           kinds=kinds)
             plan.check({**model_inputs(model_path), **{img: "an input image" for img in images.paths}})
         model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
                            task="detect" if detecting else "segment" if segmenting else "classify")
@@ -378,7 +384,7 @@ def make_explain_command(spec) -> click.Command:
                        f"{exp.score:.4g}, {exp.n_queries} queries, {exp.seconds:.2f} s")
             if out_dir is not None:
                 payloads.update(exp.files(out_dir, f"{p.path.stem}_{spec.name}", image=p.image,
-                                          box=p.box))
+                                          box=p.box, kinds=kinds))
         if out_dir is not None:
             files = plan.commit(payloads)
             logging.getLogger("blackbox_xai").info("wrote %d files to %s", len(files), out_dir)
@@ -423,7 +429,7 @@ def executor_options(fn):
 
 def _explain_dataset(model, method: str, images, options: dict, out_dir: str, *, seed: int,
                      target: int | None, overwrite: bool, progress: bool | None, flags: dict,
-                     executor=None) -> None:
+                     executor=None, kinds: tuple[str, ...] = FILE_KINDS) -> None:
     """``explain METHOD MODEL DIR --out OUT``: one line per image explained, the index at OUT."""
     from ..dataset.run import run_dataset
 
@@ -431,7 +437,7 @@ def _explain_dataset(model, method: str, images, options: dict, out_dir: str, *,
     done = skipped = 0
     for r in run_dataset(model, recipe(model, flags), images, method, options, out_dir=out_dir,
                          seed=seed, target=target, overwrite=overwrite, progress=show,
-                         max_pixels=flags["max_pixels"], executor=executor):
+                         max_pixels=flags["max_pixels"], executor=executor, kinds=kinds):
         if r.explanation is None:
             skipped += 1
             continue

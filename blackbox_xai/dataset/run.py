@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import explain_batch
-from ..explanation import Explanation, plan_files
+from ..explanation import FILE_KINDS, Explanation, plan_files
 from ..methods import get_method
 from ..model import Model, load_model, sha256_of
 from ..outputs import OutputPlan, model_inputs
@@ -94,6 +94,7 @@ class ExplainJob:
     key: str  # the settings hash
     seed: int
     max_pixels: int | None
+    kinds: tuple[str, ...] = FILE_KINDS  # the files written per image (--save)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Done:
     row: IndexRow
     explanation: Explanation
     files: dict[str, bytes]
+    kinds: tuple[str, ...] = FILE_KINDS
 
 
 class ExplainWorker:
@@ -135,12 +137,12 @@ class ExplainWorker:
         for t, p, exp, seed in zip(tasks, prepared, exps, seeds):
             files = {path.relative_to(out).as_posix(): data for path, data in
                      exp.files(out, f"{t.source.name}_{job.method}", image=p.image,
-                               box=p.box).items()}
+                               box=p.box, kinds=job.kinds).items()}
             row = IndexRow(t.source.name, str(t.source.path), p.inputs["sha256"],
                            int(exp.target), exp.label or "", float(exp.score), job.method,
                            job.key, seed, int(exp.n_queries), float(exp.seconds),
                            tuple(files))
-            done.append(Done(t.source, row, exp, files))
+            done.append(Done(t.source, row, exp, files, job.kinds))
         return done
 
 
@@ -161,8 +163,8 @@ class ImageResult:
 def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
                 options: dict[str, Any], *, out_dir: str | os.PathLike, seed: int = 0,
                 target: int | None = None, overwrite: bool = False, progress: bool = False,
-                max_pixels: int | None = None, executor: Executor | None = None
-                ) -> Iterator[ImageResult]:
+                max_pixels: int | None = None, executor: Executor | None = None,
+                kinds: tuple[str, ...] = FILE_KINDS) -> Iterator[ImageResult]:
     """Explain every image of ``images`` with ``method`` into ``out_dir``, resuming from its
     index; yields the images the index already has, then each image explained now as it is
     written (in the images' order), and rewrites the index sorted at the end.
@@ -170,12 +172,17 @@ def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
     ``target`` is the class for images whose list gives none (default: top-1). Files not from
     this run's index are replaced only with ``overwrite``; rows of ``method`` with other
     settings are refused without it, and redone with it. ``executor``: who runs the workers
-    (default: :class:`LocalExecutor`, in this process with ``model``).
+    (default: :class:`LocalExecutor`, in this process with ``model``). ``kinds``: the files
+    written per image (:data:`~blackbox_xai.explanation.FILE_KINDS`; ``("npy",)`` keeps only
+    the maps, the index holding each image's target, score and seed); another choice is
+    another setting.
     """
     executor = executor or LocalExecutor()
     out = Path(out_dir)
     index_path = out / INDEX_NAME
     key = settings_hash(model, pre, method, options, seed)
+    if kinds != FILE_KINDS:
+        key = hashlib.sha256(f"{key}:{','.join(kinds)}".encode()).hexdigest()[:16]
     try:
         rows = read_index(index_path)
     except DatasetError:
@@ -190,7 +197,8 @@ def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
     inputs = {**model_inputs(model.path), **{s.path: "an input image" for s in images.sources}}
     plan = OutputPlan(overwrite or resuming)  # an index's own files are this run's to replace
     for s in images.sources:
-        plan_files(plan, out, f"{s.name}_{method}", overlay=True, source=str(s.path))
+        plan_files(plan, out, f"{s.name}_{method}", overlay=True, source=str(s.path),
+                   kinds=kinds)
     plan.add(index_path)
     plan.check(inputs)
 
@@ -209,7 +217,7 @@ def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
     chunks = [todo[i:i + per_call] for i in range(0, len(todo), per_call)]
     job = ExplainJob(ModelArgs.of(model, getattr(executor, "threads_per_worker", None)), pre,
                      method, get_method(method).validate(options), str(out), key, seed,
-                     max_pixels)
+                     max_pixels, kinds)
     make_worker = functools.partial(ExplainWorker, job, model) \
         if isinstance(executor, LocalExecutor) else functools.partial(make_explain_worker, job)
     checked = model_inputs(model.path)
@@ -231,6 +239,7 @@ def run_dataset(model: Model, pre: Preprocessing, images: ImageSet, method: str,
 def _write(out: Path, r: Done, inputs: dict[Path, str]) -> None:
     """Write one image's files, all or none (checked with every other image's up front)."""
     plan = OutputPlan(overwrite=True)
-    plan_files(plan, out, f"{r.row.name}_{r.row.method}", overlay=True, source=r.row.path)
+    plan_files(plan, out, f"{r.row.name}_{r.row.method}", overlay=True, source=r.row.path,
+               kinds=r.kinds)
     plan.check({**inputs, Path(r.row.path): "an input image"})
     plan.commit({out / name: data for name, data in r.files.items()})

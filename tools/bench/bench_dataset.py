@@ -13,6 +13,7 @@ brightness) into a temporary folder. On the shipped EfficientNet-Lite0:
   ONNX Runtime runs at the model's batch size, probed on this machine, printed);
 * ``run, batched``: ``bbx explain gradcam MODEL DIR --out OUT``'s whole run (decode, explain,
   write .npy/.json/.png/overlay and the index), local executor;
+* ``run, batched, --save npy``: the same writing only the maps (and the index);
 * ``run, one at a time``: the same with one image per call (what a dataset run did before);
 * ``run, ray``: the same job on a local Ray with ``--ray-workers`` actors (Ray started before
   the clock; its start-up time is printed apart);
@@ -44,6 +45,7 @@ from blackbox_xai.api import explain_batch
 from blackbox_xai.dataset import run as dataset_run
 from blackbox_xai.dataset.executor import LocalExecutor
 from blackbox_xai.dataset.sources import expand
+from blackbox_xai.explanation import FILE_KINDS
 from blackbox_xai.methods.cam import resolve_layer
 from blackbox_xai.model import one_hot
 from blackbox_xai.preprocess import Preprocessing
@@ -111,12 +113,13 @@ def raw_and_compute(model, pre: Preprocessing, folder: Path, per_call: int
     return {**raw, "raw": max(raw.values()), "compute": rate(len(xs), time.perf_counter() - t0)}
 
 
-def whole_run(model, pre: Preprocessing, folder: Path, out: Path, executor) -> float:
-    """Images/s of a dataset run into a fresh ``out``."""
+def whole_run(model, pre: Preprocessing, folder: Path, out: Path, executor,
+              kinds: tuple[str, ...] = FILE_KINDS) -> float:
+    """Images/s of a dataset run into a fresh ``out``, writing ``kinds`` (``--save``)."""
     images = expand([str(folder)])
     t0 = time.perf_counter()
     for _ in dataset_run.run_dataset(model, pre, images, "gradcam", {}, out_dir=out,
-                                     executor=executor):
+                                     executor=executor, kinds=kinds):
         pass
     return rate(len(images.sources), time.perf_counter() - t0)
 
@@ -147,6 +150,8 @@ def main() -> None:
         figures.update(raw_and_compute(model, pre, folder, per_call))
         figures["run, batched"] = whole_run(model, pre, folder, tmp_path / "local",
                                             LocalExecutor())
+        figures["run, batched, --save npy"] = whole_run(model, pre, folder, tmp_path / "npy",
+                                                        LocalExecutor(), ("npy",))
         dataset_run.IMAGES_PER_CALL = 1
         figures["run, one at a time"] = whole_run(model, pre, folder, tmp_path / "single",
                                                   LocalExecutor())
