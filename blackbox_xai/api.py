@@ -127,6 +127,25 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
     spec = get_method(method)
     opts = spec.validate(options)
     x = as_single_input(x)
+    if spec.batch_fn is not None and isinstance(model, Model) \
+            and not isinstance(target, (Detection, Region)):
+        # one pass: the batched form finds the top-1 in the graph, no forward pass first
+        return explain_batch(model, [x], method, targets=[target], seeds=[seed], labels=labels,
+                             inputs=[inputs], **options)[0]
+    return explain_unbatched(model, x, method, target=target, seed=seed, progress=progress,
+                             labels=labels, inputs=inputs, decoder=decoder, **opts)
+
+
+def explain_unbatched(model: Model | QueryFn, x: npt.NDArray[np.float32], method: str, *,
+                      target: int | Detection | Region | None, seed: int | None,
+                      progress: bool = False, labels: Sequence[str] | None = None,
+                      inputs: dict[str, Any] | None = None, decoder: str | Decoder | None = None,
+                      **options: Any) -> Explanation:
+    """:func:`explain` without the batched form: a forward pass for the scores and the top-1,
+    then the method's own function (the reference its batched form is tested against)."""
+    spec = get_method(method)
+    opts = spec.validate(options)
+    x = as_single_input(x)
     real_model = model if isinstance(model, Model) else None
     described = real_model
     scorer: DetectionScore | DetectionRawScore | RegionScore | None = None
@@ -169,10 +188,7 @@ def explain(model: Model | QueryFn, x: npt.ArrayLike, method: str, *,
     if not np.isfinite(amap).all():
         raise InternalError(f"{method} returned a map with {int((~np.isfinite(amap)).sum())} NaN "
                             "or infinite values (a bug in blackbox-xai: please report it)")
-    if not amap.any():
-        log.warning("%s: the map is 0 everywhere (nothing passed the method's ReLU or clipping), "
-                    "so it shows no evidence for this target; try another method%s", method,
-                    " or --layer" if spec.family == "cam" else "")
+    _warn_if_zero(amap, spec)
     extras, label = attribution.extras, labels[tgt] if labels is not None else None
     if scorer is not None:
         kind = "region" if isinstance(scorer, RegionScore) else "detection"
@@ -244,8 +260,17 @@ def explain_batch(model: Model, xs: Sequence[npt.ArrayLike], method: str, *,
         if not np.isfinite(amap).all():
             raise InternalError(f"{method} returned a map with {int((~np.isfinite(amap)).sum())} "
                                 "NaN or infinite values (a bug in blackbox-xai: please report it)")
+        _warn_if_zero(amap, spec)
         out.append(Explanation(
             map=amap, method=method, target=tgt, score=float(s0[tgt]), n_queries=n_queries,
             seconds=seconds, seed=seed, options=opts, extras=a.extras,
             label=labels[tgt] if labels is not None else None, model=described, inputs=record))
     return out
+
+
+def _warn_if_zero(amap: npt.NDArray[np.float32], spec: MethodSpec) -> None:
+    """Say so when a map is 0 everywhere: the method's true answer, but it shows nothing."""
+    if not amap.any():
+        log.warning("%s: the map is 0 everywhere (nothing passed the method's ReLU or clipping), "
+                    "so it shows no evidence for this target; try another method%s", spec.name,
+                    " or --layer" if spec.family == "cam" else "")

@@ -25,8 +25,9 @@ from ..errors import BlackboxError
 from ..graph.expose import expose
 from ..graph.inspect import AttentionBlocks, attention_blocks
 from ..model import one_hot
-from ..registry import Attribution, Context, Range, register
+from ..registry import Attribution, Context, Range, register, register_batch
 from ..resample import upsample
+from .gradients import batch_gradients
 
 Array = npt.NDArray[np.float32]
 HeadFusion = Literal["mean", "max", "min"]
@@ -114,12 +115,34 @@ def gradient_rollout(query, x: Array, target: int, *, ctx: Context) -> Attributi
     extras: rollout (h, w), attention (tensor names), extra_tokens.
     """
     blocks = _blocks(ctx)
-    model, tokens = ctx.model, blocks.grid.tokens
-    seed = one_hot(1, model.num_classes, target)
-    _, attentions, grads = model.gradients(x[None], seed, list(blocks.names),
-                                           progress=ctx.progress)
+    seed = one_hot(1, ctx.model.num_classes, target)
+    _, attentions, grads = ctx.model.gradients(x[None], seed, list(blocks.names),
+                                               progress=ctx.progress)
+    return _gradient_rollout(x, blocks, attentions, grads)
+
+
+def _gradient_rollout(x: Array, blocks: AttentionBlocks, attentions: list[Array],
+                      grads: list[Array]) -> Attribution:
+    """The gradient rollout of one input from its blocks' A_b and dy/dA_b."""
+    tokens = blocks.grid.tokens
     rollout = np.eye(tokens)
     for a, g in zip(attentions, grads):
         fused = np.maximum(_heads(g, tokens) * _heads(a, tokens), 0).mean(axis=0)
         rollout = rollout + fused @ rollout
     return _attribution(x, blocks, rollout)
+
+
+@register_batch("gradient-rollout")
+def _gradient_rollout_batch(xs: Array, targets: list[int | None], *, ctx: Context
+                            ) -> tuple[Array, list[int], list[Attribution]]:
+    """Every input's A_b and dy/dA_b in one batch of backward-graph passes, each seeded in
+    the graph with its target or its own top-1 (no forward pass first)."""
+    blocks = _blocks(ctx)
+    scores, resolved, attentions, grads = batch_gradients(ctx.model, xs, targets,
+                                                          list(blocks.names))
+    n = len(xs)  # each tensor's first axis is N, or N * heads (batch-major)
+    split_a = [a.reshape(n, -1, *a.shape[1:]) for a in attentions]
+    split_g = [g.reshape(n, -1, *g.shape[1:]) for g in grads]
+    return scores, resolved, [_gradient_rollout(x, blocks, [a[i] for a in split_a],
+                                                [g[i] for g in split_g])
+                              for i, x in enumerate(xs)]

@@ -182,7 +182,7 @@ def test_gradient_rollout_equals_numpy_from_finite_differences(stem, x):
         r = r + a_bar @ r
     expected = patch_row(r, EXTRA[stem])
     exp = explain(model, x, "gradient-rollout", target=TARGET)
-    assert exp.n_queries == 2
+    assert exp.n_queries == 1  # one pass of the backward graph: its batched form
     np.testing.assert_allclose(exp.extras["rollout"], expected, rtol=0,
                                atol=2e-3 * np.abs(expected).max())
     assert exp.extras["rollout"].std() > 1e-3  # not a constant map
@@ -244,3 +244,19 @@ def test_cli_refusal_on_a_cnn_is_one_line(run, tmp_path):
     assert r.exit_code == 2, r.output
     assert next(ln for ln in r.output.splitlines() if "attention" in ln).startswith("error")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("stem", ["vit_tiny", "deit_tiny", "vit_tiny_dynamo"])
+def test_batched_gradient_rollout_equals_the_unbatched_path(stem):
+    """Three inputs in one batch (targets given and top-1 found in the graph) against the
+    unbatched path (a forward pass for the target, then the backward pass of one input)."""
+    from blackbox_xai.api import explain_batch, explain_unbatched
+
+    model = load_model(path(stem), device="cpu")
+    xs = np.random.default_rng(9).standard_normal((3, *model.example_chw())).astype(np.float32)
+    targets = [None, 2, None]
+    batch = explain_batch(model, list(xs), "gradient-rollout", targets=targets, seeds=[0] * 3)
+    for x, t, b in zip(xs, targets, batch):
+        one = explain_unbatched(model, x, "gradient-rollout", target=t, seed=0)
+        assert (b.target, b.n_queries, one.n_queries) == (one.target, 1, 2)
+        np.testing.assert_allclose(b.map, one.map, rtol=1e-5, atol=1e-6 * np.abs(one.map).max())
