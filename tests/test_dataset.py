@@ -226,14 +226,14 @@ def test_list_errors_are_dataset_errors(tmp_path):
 
 
 BATCHED = ["cam", "eigencam", "gradcam", "gradcampp", "gradient-x-input", "layercam", "saliency",
-           "xgradcam"]  # on the test CNN; gradient-rollout (transformers) in test_attention.py
+           "xgradcam"]  # on the test CNN; the two rollouts (transformers) in test_attention.py
 
 
 def test_the_single_pass_methods_have_a_batched_form():
     from blackbox_xai.methods import all_methods
 
     assert [n for n, s in all_methods().items() if s.batch_fn is not None] == sorted(
-        [*BATCHED, "gradient-rollout"])
+        [*BATCHED, "attention-rollout", "gradient-rollout"])
 
 
 @pytest.mark.parametrize("method", BATCHED)

@@ -87,10 +87,25 @@ def attention_rollout(query, x: Array, target: int, *, ctx: Context,
         discard_ratio: fraction of each fused attention's lowest entries set to 0 (0: none).
     """
     blocks = _blocks(ctx)
+    _, attentions = _exposed_attention(ctx, blocks, x[None])
+    return _attention_rollout(x, blocks, attentions, head_fusion, discard_ratio)
+
+
+def _exposed_attention(ctx: Context, blocks: AttentionBlocks, xs: Array
+                       ) -> tuple[Array, list[Array]]:
+    """Scores (N, K) and every block's attention of ``xs``, in one pass of the model with the
+    Softmax outputs exposed."""
     model, names = ctx.model, list(blocks.names)
     session = model.derived(("expose", model.score, tuple(names)),
                             lambda: expose(model.scores_graph()[0], names))
-    attentions = model.run_batched(session, {model.input.name: x[None]}, names)
+    scores, *attentions = model.run_batched(session, {model.input.name: xs},
+                                            [model.scores_output(), *names])
+    return scores.reshape(len(xs), -1), attentions
+
+
+def _attention_rollout(x: Array, blocks: AttentionBlocks, attentions: list[Array],
+                       head_fusion: HeadFusion, discard_ratio: float) -> Attribution:
+    """The attention rollout of one input from its blocks' A_b."""
     tokens = blocks.grid.tokens
     fuse = {"mean": np.mean, "max": np.max, "min": np.min}[head_fusion]
     rollout = np.eye(tokens)
@@ -99,6 +114,24 @@ def attention_rollout(query, x: Array, target: int, *, ctx: Context,
         m = (fused + np.eye(tokens)) / 2
         rollout = (m / m.sum(axis=1, keepdims=True)) @ rollout
     return _attribution(x, blocks, rollout)
+
+
+def _per_input(tensors: list[Array], n: int) -> list[list[Array]]:
+    """Batched tensors whose first axis is N or N * heads (batch-major), split per input."""
+    split = [t.reshape(n, -1, *t.shape[1:]) for t in tensors]
+    return [[t[i] for t in split] for i in range(n)]
+
+
+@register_batch("attention-rollout")
+def _attention_rollout_batch(xs: Array, targets: list[int | None], *, ctx: Context,
+                             head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0
+                             ) -> tuple[Array, list[int], list[Attribution]]:
+    """One pass with the attention exposed; its own scores give the top-1 targets."""
+    blocks = _blocks(ctx)
+    scores, attentions = _exposed_attention(ctx, blocks, xs)
+    resolved = [int(t) if t is not None else int(np.argmax(s)) for t, s in zip(targets, scores)]
+    return scores, resolved, [_attention_rollout(x, blocks, a, head_fusion, discard_ratio)
+                              for x, a in zip(xs, _per_input(attentions, len(xs)))]
 
 
 @register("gradient-rollout", family="attention", requires_graph=True, needs_gradient=True,
@@ -140,9 +173,6 @@ def _gradient_rollout_batch(xs: Array, targets: list[int | None], *, ctx: Contex
     blocks = _blocks(ctx)
     scores, resolved, attentions, grads = batch_gradients(ctx.model, xs, targets,
                                                           list(blocks.names))
-    n = len(xs)  # each tensor's first axis is N, or N * heads (batch-major)
-    split_a = [a.reshape(n, -1, *a.shape[1:]) for a in attentions]
-    split_g = [g.reshape(n, -1, *g.shape[1:]) for g in grads]
-    return scores, resolved, [_gradient_rollout(x, blocks, [a[i] for a in split_a],
-                                                [g[i] for g in split_g])
-                              for i, x in enumerate(xs)]
+    n = len(xs)
+    return scores, resolved, [_gradient_rollout(x, blocks, a, g) for x, a, g in
+                              zip(xs, _per_input(attentions, n), _per_input(grads, n))]

@@ -102,7 +102,7 @@ def test_rollout_equals_numpy_from_the_exposed_attention(vit, x, fusion, discard
     expected = patch_row(rollout_numpy(attentions, fusion, discard), EXTRA[stem])
     before = model.n_queries
     exp = explain(model, x, "attention-rollout", head_fusion=fusion, discard_ratio=discard)
-    assert model.n_queries - before == 2 and exp.n_queries == 2  # scores, then the attention
+    assert model.n_queries - before == 1 and exp.n_queries == 1  # scores and attention: one pass
     np.testing.assert_allclose(exp.extras["rollout"], expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(exp.map, upsample(expected, (32, 32)), rtol=1e-5, atol=1e-7)
     assert exp.map.shape == (32, 32) and exp.map.dtype == np.float32
@@ -246,17 +246,18 @@ def test_cli_refusal_on_a_cnn_is_one_line(run, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("method", ["gradient-rollout", "attention-rollout"])
 @pytest.mark.parametrize("stem", ["vit_tiny", "deit_tiny", "vit_tiny_dynamo"])
-def test_batched_gradient_rollout_equals_the_unbatched_path(stem):
-    """Three inputs in one batch (targets given and top-1 found in the graph) against the
-    unbatched path (a forward pass for the target, then the backward pass of one input)."""
+def test_batched_rollouts_equal_the_unbatched_path(stem, method):
+    """Three inputs in one batch (targets given and top-1 found from the pass's own scores)
+    against the unbatched path (a forward pass for the target, then the method's pass)."""
     from blackbox_xai.api import explain_batch, explain_unbatched
 
     model = load_model(path(stem), device="cpu")
     xs = np.random.default_rng(9).standard_normal((3, *model.example_chw())).astype(np.float32)
     targets = [None, 2, None]
-    batch = explain_batch(model, list(xs), "gradient-rollout", targets=targets, seeds=[0] * 3)
+    batch = explain_batch(model, list(xs), method, targets=targets, seeds=[0] * 3)
     for x, t, b in zip(xs, targets, batch):
-        one = explain_unbatched(model, x, "gradient-rollout", target=t, seed=0)
+        one = explain_unbatched(model, x, method, target=t, seed=0)
         assert (b.target, b.n_queries, one.n_queries) == (one.target, 1, 2)
         np.testing.assert_allclose(b.map, one.map, rtol=1e-5, atol=1e-6 * np.abs(one.map).max())
