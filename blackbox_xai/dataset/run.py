@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from .sources import DatasetError, ImageSet, Source
 
 #: images per worker call (and per ONNX Runtime batch) for a method with a batched form
 IMAGES_PER_CALL = 16
+#: threads decoding and resizing a call's images (PIL releases the GIL while it does)
+DECODE_THREADS = 2
 
 
 def derive_seed(seed: int, sha256: str) -> int:
@@ -126,8 +129,9 @@ class ExplainWorker:
 
     def __call__(self, tasks: list[Task]) -> list[Done]:
         job, out = self.job, Path(self.job.out)
-        prepared = [job.pre.prepare(t.source.path, self.model.input.channels, job.max_pixels)
-                    for t in tasks]
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:  # PIL decodes without the GIL
+            prepared = list(pool.map(lambda t: job.pre.prepare(
+                t.source.path, self.model.input.channels, job.max_pixels), tasks))
         seeds = [derive_seed(job.seed, p.inputs["sha256"]) for p in prepared]
         exps = explain_batch(self.model, [p.tensor for p in prepared], job.method,
                              targets=[t.target for t in tasks], seeds=seeds,
