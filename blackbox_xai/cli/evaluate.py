@@ -33,7 +33,7 @@ from .common import (
     print_table,
     recipe,
 )
-from .main import EXECUTOR_DEFAULTS, executor_options
+from .main import EXECUTOR_DEFAULTS, _detection_target, detection_options, executor_options
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -281,12 +281,18 @@ def _figures(result: EvaluationResult, prepared: Sequence[Prepared], stems: Sequ
                    "deletion AUC).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a TTY).")
+@click.option("--detection", type=click.IntRange(0), default=None,
+              help="A detector: explain and score each image's detection number I (`bbx "
+                   "detect`'s list); the curves track its matched score, the pointing game "
+                   "uses its box unless --boxes gives one.")
+@detection_options
 @model_options
 @executor_options
 @preprocess_options
 @friendly_errors
 def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_path, target_mode, seed,
                  pixels_per_step, tolerance, out_dir, worst_k, report_path, overwrite, progress,
+                 detection, conf, iou, decoder, box_format, normalized_boxes,
                  device, score, output_name, batch_size, threads, layout, executor,
                  preprocess) -> None:
     """Explain IMAGES with each method and score the maps' faithfulness.
@@ -315,6 +321,10 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
     image_set, images = images, images.paths
     methods = _parse_methods(methods_text)
     opts = method_options(methods, option_pairs, fast)
+    if detection is not None and (target_mode == "label" or (out_dir is not None
+                                                             and image_set.dataset)):
+        raise UserError("--detection explains each image's own detection: not with --target "
+                        "label, and image by image (not a dataset run with --out)")
     boxes = load_boxes(boxes_path) if boxes_path else None
     annotations = match_annotations(boxes, images, target_mode)  # bad labels cost no model
     chosen = _executor(executor, out_dir is not None and image_set.dataset)
@@ -336,13 +346,23 @@ def evaluate_cmd(model_path, images, methods_text, option_pairs, fast, boxes_pat
         planned.append(Path(report_path))
     plan = _planned(planned, overwrite, _input_files([model_path], images, boxes_path))
 
-    model = open_model(model_path, device, score, output_name, batch_size, threads, layout)
+    model = open_model(model_path, device, score, output_name, batch_size, threads, layout,
+                       task="classify" if detection is None else "detect")
     pre, prepared = prepare_images(model, images, preprocess)
+    detections, found_by = None, decoder
+    if detection is not None:
+        from ..targets import Detector
+
+        detector = Detector(model, decoder, box_format=box_format, normalized=normalized_boxes)
+        detections = [_detection_target(detector, p, detection, None, None, conf, iou)
+                      for p in prepared]
+        found_by = detector.decoder or decoder
     result = evaluate(model, [p.tensor for p in prepared], methods,
                       names=[p.path.name for p in prepared], boxes=annotations,
                       target=target_mode, seed=seed, options=opts,
                       pixels_per_step=pixels_per_step, tolerance=tolerance, labels=pre.labels,
-                      progress=sys.stderr.isatty() if progress is None else progress)
+                      progress=sys.stderr.isatty() if progress is None else progress,
+                      detections=detections, decoder=found_by)
     rows = [r.as_dict() for r in result.rows]
     summary = [asdict(s) for s in result.summary()]
     _print_metrics(rows, EVAL_COLUMNS)

@@ -19,11 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ..api import as_single_input, explain
+from ..decode import Decoder
 from ..errors import BlackboxError
 from ..explanation import Explanation
 from ..methods import get_method
 from ..model import Model, softmax
 from ..perturb import QueryFn
+from ..targets import Detection
 from .completeness import completeness_gap
 from .deletion import CurveResult, deletion_insertion
 from .pointing import TOLERANCE, Annotation, annotation_for, energy_pointing, pointing_hit
@@ -170,7 +172,9 @@ def evaluate(model: Model | QueryFn, inputs: Sequence[str | os.PathLike | npt.Ar
              boxes: Boxes | None = None, target: Target = "top1", seed: int | None = 0,
              options: Mapping[str, Mapping[str, Any]] | None = None,
              pixels_per_step: int | None = None, tolerance: float = TOLERANCE,
-             labels: Sequence[str] | None = None, progress: bool = False) -> EvaluationResult:
+             labels: Sequence[str] | None = None, progress: bool = False,
+             detections: Sequence[Detection] | None = None,
+             decoder: str | Decoder | None = None) -> EvaluationResult:
     """Explain every input with every method and score each map's faithfulness.
 
     Args:
@@ -191,6 +195,10 @@ def evaluate(model: Model | QueryFn, inputs: Sequence[str | os.PathLike | npt.Ar
         tolerance: the pointing game's tolerance in pixels.
         labels: class names (default: the recipe's, for image paths).
         progress: progress bars on stderr.
+        detections: a detector's :class:`~blackbox_xai.targets.Detection` per input to explain
+            instead of a class (``model`` loaded with ``task="detect"``): the curves track its
+            matched score, the pointing game uses its own box when ``boxes`` gives none.
+        decoder: the detector's output layout (default: chosen from the output shapes).
     """
     methods = list(dict.fromkeys(methods))
     options = dict(options or {})
@@ -209,11 +217,15 @@ def evaluate(model: Model | QueryFn, inputs: Sequence[str | os.PathLike | npt.Ar
     annotations = match_annotations(boxes, keys, target)
     tensors, recipe_labels = _as_tensors(model, inputs)
     labels = recipe_labels if labels is None else labels
+    if detections is not None and len(detections) != len(inputs):
+        raise BlackboxError(f"{len(detections)} detections for {len(inputs)} inputs")
     rows = []
-    for name, x, ann in zip(names, tensors, annotations):
+    for i, (name, x, ann) in enumerate(zip(names, tensors, annotations)):
         rows += evaluate_one(model, x, methods, name=name, annotation=ann, target=target,
                              seed=seed, options=options, pixels_per_step=pixels_per_step,
-                             tolerance=tolerance, labels=labels, progress=progress)
+                             tolerance=tolerance, labels=labels, progress=progress,
+                             detection=detections[i] if detections is not None else None,
+                             decoder=decoder)
     return EvaluationResult(methods, rows, seed, target, tolerance)
 
 
@@ -221,12 +233,18 @@ def evaluate_one(model: Model | QueryFn, x: npt.NDArray[np.float32], methods: Se
                  name: str, annotation: Annotation | None = None, target: Target = "top1",
                  seed: int | None = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
                  pixels_per_step: int | None = None, tolerance: float = TOLERANCE,
-                 labels: Sequence[str] | None = None, progress: bool = False
+                 labels: Sequence[str] | None = None, progress: bool = False,
+                 detection: Detection | None = None, decoder: str | Decoder | None = None
                  ) -> list[EvaluationRow]:
     """One (C, H, W) input's rows, one per method (see :func:`evaluate`, which checks the
     arguments: ``target="label"`` needs an annotation with a label)."""
     options = options or {}
     ann = annotation
+    if detection is not None:
+        return [_detection_row(model, x, m, detection, name=name, annotation=ann, seed=seed,
+                               options=options.get(m, {}), pixels_per_step=pixels_per_step,
+                               tolerance=tolerance, labels=labels, progress=progress,
+                               decoder=decoder) for m in methods]
     scores = model(x[None])[0]
     probs = model.probabilities(scores) if isinstance(model, Model) else softmax(scores)
     top1 = int(np.argmax(scores))
@@ -245,3 +263,24 @@ def evaluate_one(model: Model | QueryFn, x: npt.NDArray[np.float32], methods: Se
             curves.deletion_auc, curves.insertion_auc, hit, energy, completeness_gap(exp),
             exp.n_queries, curves.n_queries, exp.seconds, top1, float(probs[top1]), curves, exp))
     return rows
+
+
+def _detection_row(model: Model | QueryFn, x: npt.NDArray[np.float32], method: str,
+                   detection: Detection, *, name: str, annotation: Annotation | None,
+                   seed: int | None, options: Mapping[str, Any], pixels_per_step: int | None,
+                   tolerance: float, labels: Sequence[str] | None, progress: bool,
+                   decoder: str | Decoder | None) -> EvaluationRow:
+    """One detection explained by ``method``: the curves follow its matched score (D-RISE
+    similarity, no softmax), the boxes are the annotation's, else the detection's own; the
+    ``prob`` and ``top1`` columns hold the detection's class and confidence."""
+    exp = explain(model, x, method, target=detection, seed=seed, progress=progress,
+                  labels=labels, decoder=decoder, **options)
+    curves = deletion_insertion(model, x, exp.map, detection, pixels_per_step=pixels_per_step,
+                                decoder=decoder)
+    boxes = annotation.boxes if annotation is not None else detection
+    confidence = float(detection.score) if detection.score is not None else float("nan")
+    return EvaluationRow(
+        name, method, exp.target, exp.label or "", confidence, curves.deletion_auc,
+        curves.insertion_auc, pointing_hit(exp.map, boxes, tolerance),
+        energy_pointing(exp.map, boxes), completeness_gap(exp), exp.n_queries, curves.n_queries,
+        exp.seconds, detection.label, confidence, curves, exp)
