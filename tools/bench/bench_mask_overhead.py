@@ -61,27 +61,25 @@ class OrtTimer:
     """Accumulate the wall time spent in every ``InferenceSession.run`` (patched on the class)."""
 
     def __init__(self) -> None:
-        self.seconds, self._run = 0.0, ort.InferenceSession.run
+        self.seconds = 0.0
+        for name in ("run", "run_with_iobinding"):
+            self._time(name)
+
+    def _time(self, name: str) -> None:
+        """Patch ``InferenceSession.<name>`` (when it exists) to add its time to ``seconds``."""
+        original = getattr(ort.InferenceSession, name, None)
+        if original is None:
+            return
         timer = self
 
         def timed(session, *args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return timer._run(session, *args, **kwargs)
+                return original(session, *args, **kwargs)
             finally:
                 timer.seconds += time.perf_counter() - t0
 
-        ort.InferenceSession.run = timed
-        self._iob = getattr(ort.InferenceSession, "run_with_iobinding", None)
-        if self._iob is not None:
-            def timed_iob(session, *args, **kwargs):
-                t0 = time.perf_counter()
-                try:
-                    return timer._iob(session, *args, **kwargs)
-                finally:
-                    timer.seconds += time.perf_counter() - t0
-
-            ort.InferenceSession.run_with_iobinding = timed_iob
+        setattr(ort.InferenceSession, name, timed)
 
     def lap(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
