@@ -64,6 +64,7 @@ ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
 REGION = "bbx_region"  # the (N, 1) score output of a region view (Model.region_view)
+SIZED_SESSIONS = 4  # sessions kept per derived graph specialised to image sizes (Model.sized)
 DETECTION = "bbx_detection"  # the (N, 1) score output of a detection view (Model.detection_view)
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
@@ -468,8 +469,8 @@ class Model:
         kind = kind or self.score
         out_name = self.scores_output(kind)
         size = self.dynamic_size(x)
-        session = self.derived(("backward", kind, tuple(wrt), size),
-                               lambda: self.backward_graph(wrt, kind, size))
+        session = self.sized(("backward", kind, tuple(wrt)), size,
+                             lambda: self.backward_graph(wrt, kind, size))
         grads = [f"{w}_grad" for w in wrt]
         values = [w for w in wrt if w != self.input.name]
         outs = self.run_batched(session, {self.input.name: x, "seed": seed},
@@ -537,6 +538,18 @@ class Model:
                                                     self.threads, generated="rewritten graph")
         return self._sessions[key]
 
+    def sized(self, key: tuple, size: tuple[int, int] | None, build) -> ort.InferenceSession:
+        """:meth:`derived` for a graph specialised to an image ``size`` (None: not
+        specialised); the :data:`SIZED_SESSIONS` most recent sizes are kept per ``key``, so a
+        dataset of many image sizes does not grow memory without bound."""
+        full = (*key, size)
+        if size is not None and full not in self._sessions:
+            others = [k for k in self._sessions
+                      if isinstance(k, tuple) and len(k) == len(full) and k[:-1] == key]
+            for k in others[:max(0, len(others) - SIZED_SESSIONS + 1)]:  # oldest first
+                del self._sessions[k]
+        return self.derived(full, build)
+
     def perturbed_scores(self, kind: Kind, feeds: Mapping[str, npt.NDArray],
                          constants: Mapping[str, npt.NDArray], progress=None
                          ) -> npt.NDArray[np.float32]:
@@ -578,6 +591,13 @@ class Model:
                 self._batch_size = self.probe_batch_size()
                 remember("batch_sizes", key, self._batch_size)
         return self._batch_size
+
+    @property
+    def batch_size_option(self) -> int | Literal["auto"]:
+        """The batch size as it was asked for (``load_model``'s ``batch_size``; a model's
+        fixed batch counts as asked), or "auto" when it is probed: what opens this model again
+        in another process."""
+        return "auto" if self._batch_size is None else self._batch_size
 
     def set_batch_size(self, batch_size: int | Literal["auto"]) -> None:
         if batch_size == "auto":

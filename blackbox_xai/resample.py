@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -44,3 +44,18 @@ def upsample(maps: npt.NDArray[np.floating], size: tuple[int, int]) -> npt.NDArr
     rows = bilinear_matrix(h, size[0]).astype(np.float32)
     cols = bilinear_matrix(w, size[1]).astype(np.float32)
     return np.einsum("Hh,...hw,Ww->...HW", rows, maps.astype(np.float32), cols, optimize=True)
+
+
+@cache
+def _blas():  # -> threadpoolctl.ThreadpoolController
+    """threadpoolctl's handle on the loaded BLAS, found once (finding it takes 20-100 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which NumPy's BLAS runs on one thread. Mask and upsampling products run
+    between ONNX Runtime calls; a BLAS pool woken there fights ONNX Runtime's threads (D-RISE's
+    masks took 76-744 ms per batch of 32 that way on 2 cores, 4-10 ms on one thread)."""
+    return _blas().limit(limits=1, user_api="blas")

@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 from export_efficientnet_lite0 import Classifier
-from parity import minmax, pearson, rel_maxdiff
+from parity import minmax, pearson, rel_maxdiff, versions
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.explanation import Explanation
@@ -486,14 +486,6 @@ def check_gradient(name: str, photo: str, model: Model, torch_model: torch.nn.Mo
 
 # --------------------------------------------------------------------------- main
 
-def versions() -> str:
-    """The versions the table was made with."""
-    from importlib.metadata import version
-
-    names = ("torch", "grad-cam", "captum", "onnxruntime", "opencv-python-headless", "numpy")
-    return "versions: " + ", ".join(f"{n} {version(n)}" for n in names)
-
-
 def format_table(rows: list[Row]) -> str:
     """The rows as a GitHub markdown table."""
     lines = [("| method | photo | reference | space | Pearson r | max rel diff (raw) "
@@ -519,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(ONNX_PATH, device="cpu")
     prep = Preprocessing.for_model(ONNX_PATH, (224, 224))
     rows: list[Row] = []
-    header = [versions()]
+    header = [versions(("torch", "grad-cam", "captum", "onnxruntime", "opencv-python-headless", "numpy"))]
     print(header[0], flush=True)
     for photo in args.photos:
         x_np = prep.prepare(ROOT / "examples" / f"{photo}.jpg").tensor

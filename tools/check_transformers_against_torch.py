@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import pytorch_grad_cam as pgc
 from make_transformer_models import SIZE, torch_models
-from parity import minmax, pearson, rel_maxdiff
+from parity import minmax, pearson, rel_maxdiff, versions
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from blackbox_xai import explain, load_model
@@ -380,13 +380,6 @@ def check_model(stem: str) -> tuple[list[Row], list[str]]:
     return rows, header
 
 
-def versions() -> str:
-    from importlib.metadata import version
-
-    names = ("torch", "torchvision", "timm", "grad-cam", "onnxruntime", "numpy")
-    return "versions: " + ", ".join(f"{n} {version(n)}" for n in names)
-
-
 def format_table(rows: list[Row]) -> str:
     lines = [("| model | method | input | reference | space | Pearson r | max rel diff (raw) "
               "| max diff (min-max, 32) | verdict | note |"),
@@ -433,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows: list[Row] = []
-    header = [versions()]
+    header = [versions(("torch", "torchvision", "timm", "grad-cam", "onnxruntime", "numpy"))]
     print(header[0], flush=True)
     for stem in args.models:
         new, head = check_model(stem)

@@ -24,3 +24,10 @@ def rel_maxdiff(ours: np.ndarray, ref: np.ndarray) -> float:
     """max |ours - ref| / max |ref| (the reference's scale; 1 when it is all zero)."""
     scale = float(np.abs(ref).max())
     return float(np.abs(np.asarray(ours, np.float64) - ref).max() / (scale if scale > 0 else 1.0))
+
+
+def versions(names: tuple[str, ...]) -> str:
+    """``versions: name X.Y, ...`` of the installed distributions ``names`` (a table's header)."""
+    from importlib.metadata import version
+
+    return "versions: " + ", ".join(f"{n} {version(n)}" for n in names)

@@ -75,10 +75,9 @@ class ModelArgs:
     @classmethod
     def of(cls, model: Model, threads: int | None = None) -> ModelArgs:
         """``model``'s arguments; ``threads`` where the model was opened with no thread count."""
-        given = model._batch_size  # None: "auto" (probed, or the model's fixed batch)
         return cls(str(model.path), {
             "device": model.device, "score": model.score, "output": model.output_name,
-            "batch_size": "auto" if given is None else given, "layout": model.input.layout,
+            "batch_size": model.batch_size_option, "layout": model.input.layout,
             "threads": model.threads or threads})
 
     def load(self) -> Model:

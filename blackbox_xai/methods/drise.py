@@ -11,9 +11,8 @@ import numpy.typing as npt
 from ..errors import BlackboxError
 from ..perturb import chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, Range, register
-from ..resample import bilinear_matrix
+from ..resample import bilinear_matrix, one_blas_thread
 from ..targets import DetectionScore
-from .meaningful_perturbation import blas
 
 
 @register("drise", family="detection", stochastic=True,
@@ -52,7 +51,7 @@ def drise(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     weights = np.empty(n)
     saliency = np.zeros(h * w)
     make = masks_float32(s, h, w)
-    with blas().limit(limits=1, user_api="blas"):  # no BLAS pool fighting ONNX Runtime's
+    with one_blas_thread():
         for sl in chunked(n, chunk_size_for(query)):
             masks = make(grids[sl], dy[sl], dx[sl])
             weights[sl] = scores_for_masks(query, x, zero, [masks], target)

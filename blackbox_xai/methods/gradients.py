@@ -77,8 +77,8 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
     """
     out_name = model.scores_output()
     size = model.dynamic_size(xs)
-    session = model.derived(
-        ("backward-top1", model.score, tuple(wrt), size),
+    session = model.sized(
+        ("backward-top1", model.score, tuple(wrt)), size,
         lambda: _top1_backward(model.backward_graph(wrt, size=size), out_name, model.num_classes))
     n, given = len(xs), [t is not None for t in targets]
     seed = np.zeros((n, model.num_classes), np.float32)

@@ -42,7 +42,6 @@ Design (all in one place, so the defaults mean the same thing at any input size)
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Annotated, Literal
 
 import numpy as np
@@ -52,6 +51,7 @@ from ..errors import BlackboxError
 from ..model import softmax
 from ..perturb import blur
 from ..registry import Attribution, Context, Range, register
+from ..resample import one_blas_thread
 
 REF_SIZE = 224
 REF_AREA = REF_SIZE * REF_SIZE
@@ -85,14 +85,6 @@ def upsampling_matrix(n_out: int, n_in: int, sigma: float = MASK_SIGMA) -> npt.N
     nearest[v, cell] = 1.0
     u = g @ nearest
     return u / u.sum(axis=1, keepdims=True)
-
-
-@cache
-def blas():  # -> threadpoolctl.ThreadpoolController
-    """threadpoolctl's handle on the loaded BLAS, found once (finding it takes 20-100 ms)."""
-    from threadpoolctl import ThreadpoolController  # scikit-learn's dependency; lazily
-
-    return ThreadpoolController()
 
 
 class Upsampler:
@@ -373,7 +365,7 @@ def meaningful_perturbation(query, x: npt.NDArray[np.float32], target: int, *, c
     deletion = mode == "deletion"
     sign = 1.0 if deletion else -1.0  # the objective has +f_c (deletion) or -f_c (preservation)
     is_prob = scores_are_probabilities(ctx)
-    with blas().limit(limits=1, user_api="blas"):  # see Upsampler
+    with one_blas_thread():  # see Upsampler
         up = Upsampler(h, w, s)
         levels = perturbation_levels(x, perturbation, ctx.rng, int(jitter))
         # L1 over the upsampled mask, per pixel at the reference area: l1 * REF_AREA * mean(1 - M).

@@ -162,3 +162,22 @@ def test_a_dynamic_size_model_is_differentiated_at_each_image_size(tmp_path, siz
     x = np.random.default_rng(6).normal(size=(1, 3, *size)).astype(np.float32)
     grad = model.input_gradient(x, one_hot(1, 3, 1))[1][0]
     np.testing.assert_allclose(grad, central_differences(model, x, 1), atol=2e-3, rtol=1e-2)
+
+
+def test_sessions_of_image_sizes_are_bounded(tmp_path):
+    """Six image sizes of a dynamic-size model: the backward sessions of the four most recent
+    are kept (memory does not grow with the number of sizes in a dataset), and a size seen
+    again after eviction is rebuilt with the same gradient."""
+    from blackbox_xai.model import SIZED_SESSIONS
+
+    _dynamic_size_model(tmp_path / "dyn.onnx")
+    model = Model(tmp_path / "dyn.onnx")
+    rng = np.random.default_rng(7)
+    first = rng.normal(size=(1, 3, 6, 6)).astype(np.float32)
+    grad = model.input_gradient(first, one_hot(1, 3, 0))[1]
+    for side in (8, 10, 12, 14, 16):
+        model.input_gradient(rng.normal(size=(1, 3, side, side)).astype(np.float32),
+                             one_hot(1, 3, 0))
+    sizes = [k[-1] for k in model._sessions if k[0] == "backward"]
+    assert sizes == [(10, 10), (12, 12), (14, 14), (16, 16)] and len(sizes) == SIZED_SESSIONS
+    np.testing.assert_array_equal(model.input_gradient(first, one_hot(1, 3, 0))[1], grad)
