@@ -10,6 +10,7 @@ for executors that run it elsewhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 Item = TypeVar("Item")
@@ -26,15 +27,33 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """The embedded default: one worker, in this process, one item at a time."""
+    """The embedded default: one worker, in this process, one item ahead.
+
+    While the caller handles item k's result (writing its files), item k+1 is worked on in a
+    background thread: ONNX Runtime, PIL and zlib release the GIL, so the model's run overlaps
+    the file writing (and its fsyncs). The worker is only ever called from that one thread, one
+    item at a time, and results come back in the items' order; when the caller stops reading,
+    the item in progress is finished and nothing more is started.
+    """
 
     name = "local"
 
     def map(self, make_worker: Callable[[], Callable[[Item], Result]],
             items: Iterable[Item]) -> Iterator[Result]:
         worker = make_worker()
-        for item in items:
-            yield worker(item)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbx-worker") as pool:
+            pending: Future[Result] | None = None
+            try:
+                for item in items:
+                    ahead = pool.submit(worker, item)
+                    if pending is not None:
+                        yield pending.result()
+                    pending = ahead
+                if pending is not None:
+                    yield pending.result()
+            finally:
+                if pending is not None:
+                    pending.cancel()
 
 
 def get_executor(name: str, *, ray_address: str | None = None, workers: int | None = None,
