@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import BlackboxError
 from ..outputs import OutputPlan
+from .sources import DatasetError
 
 Row = dict[str, Any]
 
@@ -38,24 +39,33 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return lambda s: None if s == "" else parse(s)
 
 
-#: the cell types: how a cell is parsed back
+def _files(s: str) -> tuple[str, ...]:
+    return tuple(f for f in s.split(";") if f)
+
+
+#: the cell types: how a cell is parsed back ("files": relative paths joined by ";")
 KINDS: dict[str, Callable[[str], Any]] = {
     "str": str, "int": int, "float": _float, "bool": _bool,
-    "float?": _optional(_float), "bool?": _optional(_bool)}
+    "float?": _optional(_float), "bool?": _optional(_bool), "files": _files}
 
 
 def _cell(v: Any) -> str:
     if v is None:
         return ""
+    if isinstance(v, tuple):
+        return ";".join(v)
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
 class RowTable:
-    """The CSV at ``path`` with ``columns`` ({name: kind of :data:`KINDS`}), in that order."""
+    """The CSV at ``path`` with ``columns`` ({name: kind of :data:`KINDS`}), in that order;
+    ``what`` names it in the refusal of another file."""
 
-    def __init__(self, path: str | os.PathLike, columns: Mapping[str, str]) -> None:
+    def __init__(self, path: str | os.PathLike, columns: Mapping[str, str],
+                 what: str = "this command's table") -> None:
         self.path = Path(path)
         self.columns = dict(columns)
+        self.what = what
 
     def parse(self, cells: Sequence[str]) -> Row | None:
         """The row of ``cells``, or None when they are not a whole, valid row."""
@@ -75,12 +85,12 @@ class RowTable:
         except FileNotFoundError:
             return []
         except OSError as e:
-            raise BlackboxError(f"cannot read {self.path}: {e.strerror or e}") from None
+            raise DatasetError(f"cannot read {self.path}: {e.strerror or e}") from None
         if text and not text.endswith("\n"):
             text = text[:text.rfind("\n") + 1]  # the last row was cut short
         lines = list(csv.reader(io.StringIO(text)))
         if not lines or lines[0] != list(self.columns):
-            raise BlackboxError(f"{self.path} is not this command's table (columns "
+            raise DatasetError(f"{self.path} is not {self.what} (columns "
                                 f"{', '.join(self.columns)}); pass --overwrite to replace it or "
                                 "choose another --out")
         return [row for cells in lines[1:] if (row := self.parse(cells)) is not None]
