@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 @contextlib.contextmanager
@@ -14,6 +16,8 @@ def progress_bar(enabled: bool, desc: str, total: int | None = None) -> Iterator
     if not enabled:
         yield None
         return
+    from tqdm import tqdm  # 25 ms to import: only when a bar is shown
+
     bar = tqdm(total=total, desc=desc, unit="q", unit_scale=True, leave=False, dynamic_ncols=True)
     try:
         yield bar

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from ..errors import BlackboxError
 
@@ -31,6 +30,8 @@ Evaluate = Callable[[onnx.ModelProto, dict[str, np.ndarray]], list[np.ndarray]]
 
 def reference_evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """ONNX's reference evaluator (pure onnx; the runtime passes its own, see :class:`Emitter`)."""
+    from onnx.reference import ReferenceEvaluator  # 60 ms to import: only when used
+
     return list(ReferenceEvaluator(model).run(None, feeds))
 
 FLOAT_TYPES = {TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE}
