@@ -1,5 +1,6 @@
 """``compare --out`` and ``evaluate --out`` on a local Ray instance (2 CPUs): the same rows,
-summary and table as the local executor."""
+summary and table as the local executor. One actor each: two are tested in test_dataset_ray.py,
+and every actor's start-up (a process loading the package and the model) costs the suite."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_compare_on_ray_gives_the_local_rows_and_summary(run, data, tmp_path):
     args = ["compare", TINY, data, "--against", model_path("tiny_cnn_fp16"), "--method",
             "gradcam", "--max-drift-rate", "1", "--max-flip-rate", "1", *NORM]
     assert run(*args, "--out", tmp_path / "local").exit_code == 0
-    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "2")
+    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "1")
     assert r.exit_code == 0, r.output
     assert rows(tmp_path / "ray" / "compare.csv") == rows(tmp_path / "local" / "compare.csv")
     summary = [json.loads((tmp_path / d / "summary.json").read_text())["summary"]
@@ -51,6 +52,6 @@ def test_evaluate_on_ray_gives_the_local_rows(run, data, tmp_path):
     args = ["evaluate", TINY, data, "--methods", "gradcam,occlusion", "-o", "window=8",
             "-o", "stride=8", *NORM]
     assert run(*args, "--out", tmp_path / "local").exit_code == 0
-    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "2")
+    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "1")
     assert r.exit_code == 0, r.output
     assert rows(tmp_path / "ray" / "evaluate.csv") == rows(tmp_path / "local" / "evaluate.csv")
