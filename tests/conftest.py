@@ -22,6 +22,18 @@ def private_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def short_batch_probe():
+    """The batch-size probe tries CPU batches up to 8, not 64: each xdist worker has its own
+    cache and probes every model it loads, and on EfficientNet-Lite0 the climb to 64 took
+    seconds per worker (40 s for one test on a busy machine). No test needs a batch above 8."""
+    from blackbox_xai import runtime
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(runtime.MAX_PROBE_BATCH, runtime.CPU, 8)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_blas_thread():
     """NumPy's BLAS on one thread: pytest-xdist already runs one worker per core, and BLAS
     threads on top of them (and of ONNX Runtime's) only wait for each other. On the 2-core

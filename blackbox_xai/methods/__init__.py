@@ -3,6 +3,7 @@
 from ..errors import UnknownNameError, did_you_mean
 from ..registry import METHODS, MethodSpec
 from . import (  # noqa: F401
+    adaptive,
     attention,
     cam,
     drise,
