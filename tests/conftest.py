@@ -26,10 +26,11 @@ def short_batch_probe():
     """The batch-size probe tries CPU batches up to 8, not 64: each xdist worker has its own
     cache and probes every model it loads, and on EfficientNet-Lite0 the climb to 64 took
     seconds per worker (40 s for one test on a busy machine). No test needs a batch above 8."""
-    from blackbox_xai import runtime
+    from blackbox_xai import model
 
+    limit = model.batch_limit
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(runtime.MAX_PROBE_BATCH, runtime.CPU, 8)
+        patch.setattr(model, "batch_limit", lambda *args: min(8, limit(*args)))
         yield
 
 

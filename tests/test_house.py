@@ -109,7 +109,8 @@ def test_the_methods_named_as_alternatives_come_from_the_registry():
     from blackbox_xai.methods import alternatives
 
     no_graph = alternatives(without_graph=True).split(", ")
-    assert no_graph == ["lime", "meaningful-perturbation --grad fd", "occlusion", "rise", "shapley"]
+    assert no_graph == ["adaptive-occlusion", "lime", "meaningful-perturbation --grad fd",
+                        "occlusion", "rise", "shapley"]
     no_gradient = alternatives(without_graph=False).split(", ")
     assert {"cam", "scorecam", "ablationcam", "eigencam", *no_graph} == set(no_gradient)
 
