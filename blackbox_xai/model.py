@@ -597,11 +597,12 @@ class Model:
         """The batch size as it was asked for (``load_model``'s ``batch_size``; a model's
         fixed batch counts as asked), or "auto" when it is probed: what opens this model again
         in another process."""
-        return "auto" if self._batch_size is None else self._batch_size
+        return self._batch_size_asked
 
     def set_batch_size(self, batch_size: int | Literal["auto"]) -> None:
         if batch_size == "auto":
             self._batch_size = self.input.batch  # a fixed-batch model has no choice
+            self._batch_size_asked = "auto" if self.input.batch is None else self.input.batch
         elif isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
             item = int(np.prod(self.example_chw())) * 4
             limit = max(1, input_budget(self.provider, self._free_device_memory()) // item)
@@ -609,7 +610,7 @@ class Model:
                 log.warning("batch size %d would hold %.1f GB of inputs per run: using %d",
                             batch_size, batch_size * item / 2**30, limit)
                 batch_size = limit
-            self._batch_size = self.input.batch or batch_size
+            self._batch_size = self._batch_size_asked = self.input.batch or batch_size
         else:
             raise ModelInputError(f"batch_size={batch_size!r}: use a positive integer or 'auto'")
 
@@ -653,8 +654,8 @@ class Model:
 
     def run_batched(self, session: ort.InferenceSession, feeds: Mapping[str, npt.NDArray],
                     output_names: Sequence[str], progress=None,
-                    constants: Mapping[str, npt.NDArray] | None = None
-                    ) -> list[npt.NDArray[np.float32]]:
+                    constants: Mapping[str, npt.NDArray] | None = None,
+                    rows_per_run: int | None = None) -> list[npt.NDArray[np.float32]]:
         """Run ``session`` on per-sample ``feeds`` (each (N, ...)) in chunks; count N queries.
 
         The one batching point. A feed named like the model's image input is taken in NCHW
@@ -662,7 +663,8 @@ class Model:
         seed, a head's activation) are cast to the session's declared float dtype (integer and
         bool feeds are kept). ``constants`` go whole to every run (with IO binding, copied to
         the device once). Outputs are concatenated along axis 0 as float32. Fixed-batch
-        sessions get their last chunk padded.
+        sessions get their last chunk padded. ``rows_per_run``: the chunk size where the
+        caller knows better than the probed :attr:`batch_size` (a fixed batch still wins).
         """
         types = {i.name: ONNX_FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
         fixed_feeds = {k: np.ascontiguousarray(v, dtype=types.get(k))
@@ -673,7 +675,8 @@ class Model:
         if self.input.name in feeds:
             self._check_shape(feeds[self.input.name])
         n = len(next(iter(feeds.values())))
-        step = fixed or (self.batch_size if n > 1 or self._batch_size is not None else 1)
+        step = fixed or rows_per_run or (self.batch_size if n > 1 or self._batch_size is not None
+                                         else 1)
         chunks: list[list[npt.NDArray]] = [[] for _ in output_names]
         for start in range(0, n, step):
             part = {k: np.asarray(v[start:start + step]) for k, v in feeds.items()}

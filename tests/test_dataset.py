@@ -338,3 +338,27 @@ def test_save_npy_writes_only_the_maps_and_a_changed_choice_is_another_setting(r
     bad = run("explain", "gradcam", MODEL, data, "--out", tmp_path / "bad", "--save", "npy,pdf")
     assert bad.exit_code == 2 and "--save 'npy,pdf'" in errors(bad.output)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("batch_size, runs", [("auto", [5]), (2, [2, 2, 1])])
+def test_a_batch_goes_through_the_backward_graph_in_one_run_unless_a_batch_size_is_given(
+        monkeypatch, batch_size, runs):
+    """The probe times the forward graph (flat in the batch size on a CPU, so it may settle at
+    1); a backward graph gains from whole batches, so a call's images go in one run, but a
+    batch size the user gave is kept."""
+    from blackbox_xai import model as model_module
+    from blackbox_xai.api import explain_batch
+    from blackbox_xai.model import load_model
+
+    model = load_model(MODEL, batch_size=batch_size)
+    monkeypatch.setattr(model, "_batch_size", 1 if batch_size == "auto" else batch_size)
+    xs = np.random.default_rng(3).standard_normal((5, *model.example_chw()), dtype=np.float32)
+    rows, real = [], model_module.run
+
+    def counting(session, outputs, feeds, *args, **kw):
+        rows.append(len(feeds[model.input.name]))
+        return real(session, outputs, feeds, *args, **kw)
+
+    monkeypatch.setattr(model_module, "run", counting)
+    explain_batch(model, list(xs), "gradcam", targets=[None] * 5, seeds=[0] * 5)
+    assert rows == runs
