@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from ..outputs import OutputPlan, model_inputs
@@ -21,7 +23,8 @@ def _plan_model_output(model_path: str, out: str, overwrite: bool) -> OutputPlan
 
 
 def _shape(shape: tuple) -> str:
-    return "x".join("?" if d is None else str(d) for d in shape)
+    """``Nx3x224x224``; an unknown axis (and shape inference's made-up ``unk__k`` names) is ?."""
+    return "x".join("?" if d is None or str(d).startswith("unk__") else str(d) for d in shape)
 
 
 @click.command("layers")
@@ -33,15 +36,31 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
     """List the feature maps and token layers a CAM can use; * marks the default layer.
 
     Read from the normalised graph (the one the CAM methods use), so old opsets and exports
-    with undeclared shapes show their layers too. A transformer's token layer shows its grid:
-    ``tokens 1+4x4`` is a class token then a 4 x 4 grid of patch tokens.
+    with undeclared shapes show their layers too, with the shapes that inference leaves unknown
+    measured in a run where the model takes images of a fixed size. A transformer's token
+    layer shows its grid: ``tokens 1+4x4`` is a class token then a 4 x 4 grid of patch tokens.
     """
+    from ..errors import BlackboxError
     from ..graph import candidate_layers, default_layer, load
     from ..graph.expose import keep_output
     from ..graph.inspect import describe_layout
     from ..graph.normalize import normalize
+    from ..model import load_model
 
-    model = normalize(load(model_path)).model
+    model = None
+    quiet = logging.getLogger("blackbox_xai")
+    level, quiet.level = quiet.level, logging.WARNING  # loading notes are not this listing's
+    try:
+        for task in ("classify", "segment", "detect"):  # its own task measures its shapes
+            try:
+                model = load_model(model_path, device="cpu", task=task).graph()
+                break
+            except BlackboxError:
+                continue
+    finally:
+        quiet.level = level
+    if model is None:  # not a model of images, or no graph rewrites: the shapes inferred
+        model = normalize(load(model_path)).model
     if output_name is not None:
         model = keep_output(model, output_name)
     layers = candidate_layers(model)

@@ -181,3 +181,11 @@ def test_sessions_of_image_sizes_are_bounded(tmp_path):
     sizes = [k[-1] for k in model._sessions if k[0] == "backward"]
     assert sizes == [(10, 10), (12, 12), (14, 14), (16, 16)] and len(sizes) == SIZED_SESSIONS
     np.testing.assert_array_equal(model.input_gradient(first, one_hot(1, 3, 0))[1], grad)
+
+
+def test_bbx_layers_shows_the_measured_shapes(model, run):
+    """``bbx layers`` reads the graph the CAMs use: the resized map's size is measured."""
+    r = run("layers", model.path)
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if "Resize" in ln)
+    assert line.split()[:3] == ["*", "r", "?x4x8x8"] and "unk" not in r.output
