@@ -131,7 +131,11 @@ class Detector:
 
     def proposals(self, x: npt.NDArray[np.float32]) -> Proposals:
         """Decoded proposals of the inputs (N, C, H, W), before NMS."""
-        raw = self.raw(x)
+        return self.decode(self.raw(x), x.shape)
+
+    def decode(self, raw: npt.NDArray | Sequence[npt.NDArray], shape: tuple[int, ...]
+               ) -> Proposals:
+        """The proposals of raw outputs of inputs of ``shape`` (N, C, H, W), before NMS."""
         outs = [np.asarray(r) for r in ([raw] if isinstance(raw, np.ndarray) else raw)]
         if self.decoder is None:
             self.decoder = choose_decoder(
@@ -139,7 +143,7 @@ class Detector:
                             bool(self.integer[i]) if self.integer else o.dtype.kind in "iu")
                  for i, o in enumerate(outs)], self.kind, [o[:1] for o in outs],
                 box_format=self.box_format, normalized=self.normalized)
-        return self.decoder(outs, x.shape[2:])
+        return self.decoder(outs, tuple(shape[2:]))
 
     def detect(self, x: npt.NDArray[np.float32], *, conf: float = 0.25, iou: float = 0.45
                ) -> list[list[Detection]]:
@@ -220,7 +224,7 @@ class DetectionRawScore:
                                 "with a black-box method (drise, occlusion, rise, ...)")
         self.detector, self.target = detector, target
         raw = model.raw_outputs(x[None])
-        props = detector.proposals(x[None])
+        props = detector.decode(raw, x[None].shape)  # one forward pass for both
         k = target.label
         conf = props.confidence[0]
         if k >= conf.shape[-1]:

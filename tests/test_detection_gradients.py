@@ -87,7 +87,9 @@ def box_mask(d: Detection) -> np.ndarray:
 def test_input_gradient_matches_finite_differences_of_the_raw_score(layout, x):
     model = load_model(model_path(f"tiny_{layout}"), device="cpu", task="detect")
     d = first_detection(model, x)
+    before = model.n_queries
     scorer = DetectionRawScore(Detector(model), d, x)
+    assert model.n_queries - before == 1  # one forward pass finds the anchor and its entries
     i, j = divmod(scorer.anchor, GRID)
     assert d.box == (CELL * j, CELL * i, CELL * j + 4, CELL * i + 4)  # the anchor that made it
     w = weights(layout)
