@@ -57,9 +57,10 @@ SIGNED_METHODS = frozenset({"occlusion", "shapley", "lime", "cam", "gradient-x-i
                             "integrated-gradients"})
 #: Methods whose maps are relevance, not signed evidence: RISE, D-RISE and Score-CAM (weighted
 #: averages of scores: all negative on a model with negative logits), CAMs after ReLU, |gradient| maps
-#: (saliency, smoothgrad), masks (meaningful perturbation). Drawn min-max on inferno.
+#: (saliency, smoothgrad), masks (meaningful perturbation), sums of standardised maps
+#: (adaptive occlusion). Drawn min-max on inferno.
 UNSIGNED_METHODS = frozenset({"rise", "drise", "scorecam", "gradcam", "gradcampp", "smooth-gradcampp",
-                              "xgradcam", "layercam", "ablationcam", "eigencam", "saliency",
+                              "adaptive-occlusion", "xgradcam", "layercam", "ablationcam", "eigencam", "saliency",
                               "smoothgrad", "meaningful-perturbation",
                               "attention-rollout", "gradient-rollout"})
 

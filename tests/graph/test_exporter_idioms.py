@@ -108,8 +108,8 @@ def test_layers_command_shows_the_layout(run):
     assert r.exit_code == 0, r.output
     rows = {line[2:].split()[0]: line for line in r.output.splitlines()[1:]}
     assert rows["model/conv2d/Relu__7:0"].startswith("* ")
-    assert rows["model/conv2d/Relu__7:0"].split()[2:4] == ["unk__6x32x32x4", "NHWC"]
-    assert rows["model/conv2d/Relu:0"].split()[1:3] == ["unk__6x4x32x32", "NCHW"]
+    assert rows["model/conv2d/Relu__7:0"].split()[2:4] == ["?x32x32x4", "NHWC"]
+    assert rows["model/conv2d/Relu:0"].split()[1:3] == ["?x4x32x32", "NCHW"]
 
 
 # ---- numbers through the Python API -----------------------------------------------------------
