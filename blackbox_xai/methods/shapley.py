@@ -221,9 +221,13 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     (:func:`kernel_coalitions`), and the constrained least squares fit of :func:`kernel_shap`,
     with sandwich standard errors. Which estimator is better depends on the game: against
     exact values on a small CNN (4 x 4 grid) the kernel estimator's mean squared error was
-    0.25-0.89x the permutations' at equal queries, but on an EfficientNet-Lite0 photo (7 x 7
-    grid) 3.9x at 482 queries and 1.9x at 1202 (the default budget), so permutations are the
-    default.
+    0.25-0.89x the permutations' at equal queries. On EfficientNet-Lite0 photos (7 x 7 grid,
+    10 seeds against a 400-permutation truth, tools/bench/bench_shapley.py), as a ratio to
+    antithetic permutations at 1202 queries (the default budget) / 482: cat 2.3 / 4.1, coffee
+    0.57 / 0.90, rocket 0.60 / 0.87. The cat's score saturates once a few cells show, which
+    no additive fit follows. Permutations stay the default: at most 1.8x the kernel's error
+    where it wins, against 2.3-4.1x where it loses (antithetic pairs: 0.72-0.83x plain
+    permutations' error on the three photos).
 
     Queries: n_permutations * (d - 1) + 2; the paired kernel estimator leaves one unused when
     the sampled part of the budget is odd, and all but 2^d - 2 of it when that lists every

@@ -302,10 +302,10 @@ def test_kernel_estimator_beats_permutations_at_equal_queries_on_the_enumerable_
     0.25, 0.89 and 0.35: the same ordering); the four cases are one test so that it runs once,
     not once per xdist worker.
 
-    Not so on real images: EfficientNet-Lite0 on the cat, 7 x 7 grid, against a 100-permutation
-    truth (3 seeds each), the kernel estimator's MSE was 3.9x the permutation estimator's at 10
-    permutations' budget (482 queries; 3.3x plain permutations') and 1.9x at 25 (1202): the
-    permutation estimator stays the default."""
+    Not so on every real image: EfficientNet-Lite0, 7 x 7 grid, against a 400-permutation truth
+    (10 seeds, tools/bench/bench_shapley.py), the kernel estimator's MSE on the cat was 4.1x the
+    permutation estimator's at 10 permutations' budget (482 queries) and 2.3x at 25 (1202), on
+    coffee and rocket 0.87-0.90x and 0.57-0.60x: the permutation estimator stays the default."""
     model, x, labels, truth = enumerable_game()
     ratios = {}
     for target, n_permutations in sorted(MEASURED_MSE_RATIO):

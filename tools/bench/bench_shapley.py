@@ -1,0 +1,149 @@
+"""Shapley estimators' accuracy per query on real photos: MSE against a high-budget truth.
+
+For each example photo (EfficientNet-Lite0 logits, top class, 7 x 7 grid, zero baseline) a truth
+from 400 antithetic permutations (19200 queries) is computed once and cached in
+``/tmp/shapley_truth/`` (``--cache``); then every estimator runs at equal queries over ``--seeds``
+seeds and its mean squared error against the truth is printed as a ratio to plain permutation
+sampling (``antithetic=False``) and to antithetic permutations. The truth's own variance (its
+squared standard errors, independent of the estimators' errors) is subtracted from every MSE.
+
+    .venv/bin/python tools/bench/bench_shapley.py [--photos cat coffee rocket] [--seeds 10]
+        [--budgets 10 25] [--estimators ...]
+
+Accuracy only (no timing), so it needs no lock; runs are cached per (photo, estimator, budget,
+seed) in the cache folder, so a rerun only computes what is missing (``--report-only`` prints the
+table from what is there). The defaults cost 19200 + 10 x 3 x (482 + 1202) queries per photo,
+about 1.5 hours for the three on a busy 2-core CPU (the truths half an hour of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from common import print_table
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.methods.shapley import draw_permutations, prefix_keep, ranks, score_coalitions
+from blackbox_xai.perturb import make_baseline
+from blackbox_xai.preprocess import Preprocessing
+from blackbox_xai.segmentation import grid_labels
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
+PHOTOS = {name: ROOT / "examples" / f"{name}.jpg" for name in ("cat", "coffee", "rocket")}
+GRID = 7
+TRUTH_PERMUTATIONS = 400
+TRUTH_SEED = 987654
+
+
+def photo(model, name: str) -> tuple[np.ndarray, int]:
+    x = Preprocessing.for_model(MODEL, model.input.chw[1:]).prepare(PHOTOS[name]).tensor
+    return x, int(np.argmax(model(x[None])[0]))
+
+
+def truth(model, name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(values, standard errors) from TRUTH_PERMUTATIONS antithetic permutations, cached; the
+    permutations and their path scores are kept too (``*_paths.npz``)."""
+    path = cache / f"{name}_truth.npz"
+    if path.exists():
+        got = np.load(path)
+        return got["phi"], got["se"]
+    x, target = photo(model, name)
+    labels = grid_labels(*x.shape[1:], GRID)
+    d = GRID * GRID
+    base = make_baseline(x, "zero")
+    perms = draw_permutations(np.random.default_rng(TRUTH_SEED), TRUTH_PERMUTATIONS, d, True)
+    rank = ranks(perms)
+    n = len(perms)
+    scores = score_coalitions(model, x, base, labels, target, n * (d - 1),
+                              lambda sl: prefix_keep(rank, sl))
+    f_x, f_base = (float(s) for s in model(np.stack([x, base]))[:, target])
+    path_scores = np.empty((n, d + 1))
+    path_scores[:, 0], path_scores[:, d] = f_base, f_x
+    path_scores[:, 1:d] = scores.reshape(n, d - 1)
+    phi = np.empty((n, d))
+    np.put_along_axis(phi, perms, np.diff(path_scores, axis=1), axis=1)
+    pair = 0.5 * (phi[0::2] + phi[1::2])
+    values, se = phi.mean(axis=0), pair.std(axis=0, ddof=1) / np.sqrt(len(pair))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cache / f"{name}_paths.npz", perms=perms.astype(np.int8), path=path_scores)
+    np.savez(path, phi=values, se=se, target=target)
+    return values, se
+
+
+ESTIMATORS = {"plain": {"estimator": "permutation", "antithetic": False},
+              "antithetic": {"estimator": "permutation", "antithetic": True},
+              "kernel": {"estimator": "kernel", "antithetic": True}}
+
+
+def run(model, name: str, estimator: str, budget: int, seed: int, cache: Path) -> np.ndarray:
+    """One estimator's values at ``budget`` permutations' queries, cached per seed."""
+    path = cache / "runs" / f"{name}_{estimator}_{budget}_{seed}.npy"
+    if path.exists():
+        return np.load(path)
+    x, target = photo(model, name)
+    exp = explain(model, x, "shapley", target=target, seed=seed, grid=GRID, baseline="zero",
+                  n_permutations=budget, **ESTIMATORS[estimator])
+    values = exp.extras["attributions"].astype(np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, values)
+    return values
+
+
+def table(model, photos: list[str], estimators: list[str], budgets: list[int], seeds: int,
+          cache: Path) -> list[dict]:
+    """MSE against the truth (minus the truth's own variance) per photo and budget, as ratios to
+    plain and antithetic permutations; only seeds that every estimator has are used."""
+    rows = []
+    for name in photos:
+        phi, se = truth(model, name, cache)
+        for budget in budgets:
+            done = [s for s in range(seeds) if all(
+                (cache / "runs" / f"{name}_{e}_{budget}_{s}.npy").exists() for e in estimators)]
+            if not done:
+                continue
+            mse = {e: np.mean([np.mean((run(model, name, e, budget, s, cache) - phi) ** 2)
+                               for s in done]) - np.mean(se ** 2) for e in estimators}
+            for e in estimators:
+                rows.append({"photo": name, "queries": budget * (GRID * GRID - 1) + 2,
+                             "estimator": e, "seeds": len(done), "MSE": f"{mse[e]:.2e}",
+                             "/ plain": f"{mse[e] / mse['plain']:.2f}" if "plain" in mse else "",
+                             "/ antithetic": f"{mse[e] / mse['antithetic']:.2f}"
+                             if "antithetic" in mse else ""})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=list(PHOTOS))
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/shapley_truth"))
+    ap.add_argument("--truth-only", action="store_true")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--budgets", type=int, nargs="+", default=[10, 25],
+                    help="budgets in permutations: n * 48 + 2 queries")
+    ap.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
+    ap.add_argument("--report-only", action="store_true",
+                    help="print the table from the cached runs, computing nothing new")
+    args = ap.parse_args()
+    model = load_model(MODEL)
+    for name in args.photos:
+        phi, se = truth(model, name, args.cache)
+        print(f"{name}: truth sum {phi.sum():.3f}, mean SE^2 {np.mean(se ** 2):.2e}, "
+              f"mean phi^2 {np.mean(phi ** 2):.2e}", flush=True)
+    if args.truth_only:
+        return
+    if not args.report_only:
+        for seed in range(args.seeds):  # seeds outermost: an interrupted run leaves whole seeds
+            for name in args.photos:
+                for budget in args.budgets:
+                    for e in args.estimators:
+                        run(model, name, e, budget, seed, args.cache)
+            print(f"seed {seed} done", flush=True)
+    print_table(table(model, args.photos, args.estimators, args.budgets, args.seeds, args.cache),
+                ["photo", "queries", "estimator", "seeds", "MSE", "/ plain", "/ antithetic"])
+
+
+if __name__ == "__main__":
+    main()
