@@ -33,7 +33,7 @@ UNKNOWN_DIM = 32  # size used for probe runs along symbolic non-batch axes
 DEVICE_ENV = "BLACKBOX_XAI_DEVICE"  # what device="auto" means: "cpu", "cuda" or "auto" (default)
 CPU_INPUT_BUDGET = 512 * 2**20  # bytes of inputs one run may take on the CPU
 CUDA_INPUT_SHARE = 32  # on CUDA: 1/32 of the free device memory for inputs, the rest activations
-MAX_PROBE_BATCH = {CPU: 64, CUDA: 4096}
+MAX_PROBE_BATCH = {CPU: 32, CUDA: 4096}
 
 # ONNX Runtime's C++ logger writes to stderr on its own (CUDA fallback, failed runs); every
 # failure reaches the user as one line through the exceptions below instead.
@@ -237,7 +237,7 @@ def input_budget(provider: str, free_device_bytes: int | None = None) -> int:
 
 
 def batch_limit(provider: str, item_bytes: int, free_device_bytes: int | None = None) -> int:
-    """The largest batch the probe tries: the provider's cap (64 on the CPU, 4096 on CUDA) and
+    """The largest batch the probe tries: the provider's cap (32 on the CPU, 4096 on CUDA) and
     the :func:`input_budget` divided by one input's ``item_bytes``, at least 1."""
     cap = MAX_PROBE_BATCH[CUDA if provider.startswith(CUDA) else CPU]
     return max(1, min(cap, input_budget(provider, free_device_bytes) // max(item_bytes, 1)))

@@ -182,7 +182,7 @@ def test_input_budget_arithmetic():
     assert input_budget(CUDA, 64 * GiB) == 2 * GiB  # 1/32 of the free memory
     assert input_budget(f"{CUDA} (note)", 4 * GiB) == CPU_INPUT_BUDGET  # never below 512 MiB
     item = 3 * 224 * 224 * 4
-    assert batch_limit(CPU, item) == 64
+    assert batch_limit(CPU, item) == 32
     assert batch_limit(CUDA, item, 16 * GiB) == (GiB // 2) // item == 891
     assert batch_limit(CUDA, item, 64 * GiB) == (2 * GiB) // item == 3566
     assert batch_limit(CUDA, item, 130 * GiB) == 4096  # 7244 fit: the cap
