@@ -79,7 +79,7 @@ def backward_rows_per_run(model, n: int) -> int | None:
 
     The probe times the forward graph, whose throughput on a CPU is nearly flat in the batch
     size, so it often settles at 1; a backward graph is not flat: Grad-CAM's on
-    EfficientNet-Lite0 ran 98.9 images/s at 16 a run against 78.9 at 1 (2 cores).
+    EfficientNet-Lite0 ran 107 images/s at 16 a run against 93 at 1 (2 cores).
     """
     if model.batch_size_option != "auto":
         return None
