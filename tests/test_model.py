@@ -149,3 +149,28 @@ def test_the_batch_size_is_probed_once_per_machine_and_remembered(tmp_path, monk
     assert (tmp_path / "batch_sizes.json").is_file()
     monkeypatch.setenv("BLACKBOX_XAI_CACHE", "off")  # no cache: every model probes
     assert load_model(model_path("tiny_cnn")).batch_size == 8 and len(probes) == 2
+
+
+@pytest.mark.parametrize("rates, best, largest_tried", [
+    ({1: 125, 2: 110, 4: 128, 8: 129, 16: 157, 32: 100, 64: 90}, 16, 64),  # flat, then rises
+    ({1: 100, 2: 80, 4: 70, 8: 60, 16: 50, 32: 40, 64: 30}, 1, 4),  # slower and slower
+])
+def test_the_probe_climbs_through_flat_stretches_and_stops_at_the_second_slower_batch(
+        monkeypatch, rates, best, largest_tried):
+    """A fake session whose run of b inputs takes b / rates[b] seconds of a fake clock."""
+    from blackbox_xai import model as model_module
+
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    clock, tried = [0.0], []
+
+    class Session:
+        def run(self, outputs, feeds):
+            b = len(next(iter(feeds.values())))
+            tried.append(b)
+            clock[0] += b / rates[b]
+
+    monkeypatch.setattr(model, "session", Session())
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: clock[0])
+    assert model.probe_batch_size(max_batch=64) == best
+    assert max(tried) == largest_tried
+    assert tried.count(1) >= 1 + 2  # the warm-up, then at least two timed runs

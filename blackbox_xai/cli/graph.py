@@ -48,8 +48,9 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
     from ..model import load_model
 
     model = None
-    quiet = logging.getLogger("blackbox_xai")
-    level, quiet.level = quiet.level, logging.WARNING  # loading notes are not this listing's
+    package_log = logging.getLogger("blackbox_xai")
+    level = package_log.level
+    package_log.setLevel(logging.WARNING)  # loading notes are not this listing's
     try:
         for task in ("classify", "segment", "detect"):  # its own task measures its shapes
             try:
@@ -58,7 +59,7 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
             except BlackboxError:
                 continue
     finally:
-        quiet.level = level
+        package_log.setLevel(level)
     if model is None:  # not a model of images, or no graph rewrites: the shapes inferred
         model = normalize(load(model_path)).model
     if output_name is not None:

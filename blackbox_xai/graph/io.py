@@ -138,8 +138,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-#: initializers of at least this many bytes are set aside during shape inference
+#: float initializers of at least this many bytes are set aside during shape inference (integer
+#: tensors are kept whatever their size: shape computations may read them)
 _SET_ASIDE_BYTES = 4096
+_WEIGHT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                           onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE})
 
 
 def _set_aside_weights(model: onnx.ModelProto) -> dict[str, bytes]:
@@ -151,7 +154,8 @@ def _set_aside_weights(model: onnx.ModelProto) -> dict[str, bytes]:
     same inferred model byte for byte. Returns the data by initializer name."""
     aside = {}
     for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.DEFAULT and len(t.raw_data) >= _SET_ASIDE_BYTES:
+        if (t.data_location == onnx.TensorProto.DEFAULT and t.data_type in _WEIGHT_TYPES
+                and len(t.raw_data) >= _SET_ASIDE_BYTES):
             aside[t.name] = t.raw_data
             t.ClearField("raw_data")
             t.data_location = onnx.TensorProto.EXTERNAL
