@@ -17,14 +17,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHIPPED, print_table
+from common import PHOTOS, SHIPPED, example_photo, print_table
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.metrics.deletion import deletion_insertion
-from blackbox_xai.preprocess import Preprocessing
 
 CACHE = Path("/tmp/bbx_bench_adaptive")
-PHOTOS = ("cat", "coffee", "rocket")
 
 
 def rise_map(model, x: np.ndarray, target: int, photo: str, seed: int, n: int = 4000
@@ -45,11 +43,9 @@ def main() -> None:
                     help="also RISE at the first budget's masks, each seed (for scale)")
     args = ap.parse_args()
     model = load_model(SHIPPED)
-    prep = Preprocessing.for_model(SHIPPED, model.input.chw[1:])
     rows = []
     for photo in PHOTOS:
-        x = prep.prepare(ROOT / "examples" / f"{photo}.jpg").tensor
-        target = int(np.argmax(model(x[None])[0]))
+        x, target = example_photo(model, photo)
         ref = []
         for seed in args.seeds:
             r = deletion_insertion(model, x, rise_map(model, x, target, photo, seed), target)

@@ -10,8 +10,8 @@ brightness) into a temporary folder. On the shipped EfficientNet-Lite0:
   map and no file; ``raw`` is the better of the two (the reference of the ratios);
 * ``compute``: :func:`~blackbox_xai.api.explain_batch` on the same tensors in chunks of
   :data:`IMAGES_PER_CALL` (one pass of the backward graph, its top-1 seeds made in the
-  graph, and the maps; ONNX Runtime runs at the model's batch size, probed on this machine,
-  printed);
+  graph, and the maps; the backward graph takes a call's images in one ONNX Runtime run, the
+  probed batch size being for the forward graph, printed);
 * ``run, batched``: ``bbx explain gradcam MODEL DIR --out OUT``'s whole run (decode, explain,
   write .npy/.json/.png/overlay and the index), local executor;
 * ``run, batched, --save npy``: the same writing only the maps (and the index);

@@ -22,25 +22,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import print_table
+from common import PHOTOS, SHIPPED, example_photo, print_table
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.methods.shapley import draw_permutations, prefix_keep, ranks, score_coalitions
 from blackbox_xai.perturb import make_baseline
-from blackbox_xai.preprocess import Preprocessing
 from blackbox_xai.segmentation import grid_labels
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
-PHOTOS = {name: ROOT / "examples" / f"{name}.jpg" for name in ("cat", "coffee", "rocket")}
 GRID = 7
 TRUTH_PERMUTATIONS = 400
 TRUTH_SEED = 987654
-
-
-def photo(model, name: str) -> tuple[np.ndarray, int]:
-    x = Preprocessing.for_model(MODEL, model.input.chw[1:]).prepare(PHOTOS[name]).tensor
-    return x, int(np.argmax(model(x[None])[0]))
 
 
 def truth(model, name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +41,7 @@ def truth(model, name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.exists():
         got = np.load(path)
         return got["phi"], got["se"]
-    x, target = photo(model, name)
+    x, target = example_photo(model, name)
     labels = grid_labels(*x.shape[1:], GRID)
     d = GRID * GRID
     base = make_baseline(x, "zero")
@@ -83,7 +74,7 @@ def run(model, name: str, estimator: str, budget: int, seed: int, cache: Path) -
     path = cache / "runs" / f"{name}_{estimator}_{budget}_{seed}.npy"
     if path.exists():
         return np.load(path)
-    x, target = photo(model, name)
+    x, target = example_photo(model, name)
     exp = explain(model, x, "shapley", target=target, seed=seed, grid=GRID, baseline="zero",
                   n_permutations=budget, **ESTIMATORS[estimator])
     values = exp.extras["attributions"].astype(np.float64)
@@ -127,7 +118,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true",
                     help="print the table from the cached runs, computing nothing new")
     args = ap.parse_args()
-    model = load_model(MODEL)
+    model = load_model(SHIPPED)
     for name in args.photos:
         phi, se = truth(model, name, args.cache)
         print(f"{name}: truth sum {phi.sum():.3f}, mean SE^2 {np.mean(se ** 2):.2e}, "

@@ -47,14 +47,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from common import ROOT, SHIPPED
+from common import PHOTOS, SHIPPED, example_photo
 
 from blackbox_xai import load_model
 from blackbox_xai.metrics.deletion import deletion_insertion
 from blackbox_xai.preprocess import Preprocessing
 
 RUNNER = Path(__file__).with_name("side_by_side") / "runner.py"
-PHOTOS = ("cat", "coffee", "rocket")
 LOCK = "/tmp/bench.lock"
 DIANNA_RUNTIME = ["fastdtw", "ipython", "lime", "matplotlib", "numpy", "onnx",
                   f"onnxruntime=={onnxruntime.__version__}", "pooch", "shap>=0.46",
@@ -134,9 +133,8 @@ def main() -> None:
     recipe = Preprocessing.for_model(SHIPPED, model.input.chw[1:])
     inputs = {}
     for photo in args.photos:
-        x = recipe.prepare(ROOT / "examples" / f"{photo}.jpg").tensor
-        np.save(work / f"{photo}.npy", x)
-        inputs[photo] = (x, int(model(x[None])[0].argmax()))
+        inputs[photo] = example_photo(model, photo)
+        np.save(work / f"{photo}.npy", inputs[photo][0])
     base = {"model": str(SHIPPED), "n": args.n, "grid": args.grid, "p": 0.5, "score": args.score,
             "pixel": [float(recipe.scale), list(map(float, recipe.mean)),
                       list(map(float, recipe.std))]}
@@ -200,7 +198,10 @@ def main() -> None:
     goals = {"rise: DIANNA (loaded session) / ours >= 3": ratio["dianna", "rise"] >= 3,
              "rise: OpenVINO XAI / ours >= 1.2": ratio["ovxai", "rise"] >= 1.2,
              "lime: DIANNA / ours >= 2": ratio["dianna", "lime"] >= 2}
-    print("\n" + "\n".join(f"- {g}: {'met' if ok else 'MISSED'}" for g, ok in goals.items()))
+    if args.n == 1000:  # the budget issue 16's goals are stated at
+        print("\n" + "\n".join(f"- {g}: {'met' if ok else 'MISSED'}" for g, ok in goals.items()))
+    else:
+        print(f"\n(goals are stated at 1000 masks / samples; this run used {args.n})")
 
     print(f"\nmaps (.npy) in {work}")
     quality = []

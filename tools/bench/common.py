@@ -15,6 +15,18 @@ SHIPPED = ROOT / "models" / "efficientnet_lite0.onnx"
 CAT = ROOT / "examples" / "cat.jpg"
 
 
+#: the example photos the estimator and side-by-side benches run on
+PHOTOS = ("cat", "coffee", "rocket")
+
+
+def example_photo(model: Model, name: str) -> tuple[np.ndarray, int]:
+    """``examples/NAME.jpg`` prepared for the shipped model (``bbx explain``'s recipe) and its
+    top-1 class."""
+    x = Preprocessing.for_model(SHIPPED, model.input.chw[1:]).prepare(
+        ROOT / "examples" / f"{name}.jpg").tensor
+    return x, int(np.argmax(model(x[None])[0]))
+
+
 def shipped_model_and_cat(**kwargs) -> tuple[Model, np.ndarray]:
     model = load_model(SHIPPED, **kwargs)
     x = Preprocessing.for_model(SHIPPED, model.input.chw[1:]).prepare(CAT).tensor
