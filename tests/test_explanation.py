@@ -146,3 +146,16 @@ def test_a_map_that_is_zero_everywhere_is_reported(caplog):
         explain(lambda x: x.reshape(len(x), -1)[:, :2] * 1.0, np.ones((3, 16, 16), np.float32),
                 "occlusion", window=8, stride=8, target=0)
     assert "0 everywhere" not in caplog.text
+
+
+def test_manifest_json_puts_each_list_on_one_line_and_keeps_every_string():
+    """Lists are written by json's C encoder and put back in the indented text; a string that
+    looks like a placeholder (the first version used NUL-number-NUL) stays as it was."""
+    from blackbox_xai.explanation import _dumps, _jsonable
+
+    value = _jsonable({"weights": np.array([0.5, np.nan, -1.0]), "label": "\x001\x00",
+                       "nested": {"ids": [3, [4, 5]]}, "n": np.int64(7)})
+    text = _dumps(value).decode()
+    assert json.loads(text) == {"weights": [0.5, None, -1.0], "label": "\x001\x00",
+                                "nested": {"ids": [3, [4, 5]]}, "n": 7}
+    assert '  "weights": [0.5, null, -1.0],' in text.splitlines()
