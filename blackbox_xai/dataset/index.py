@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..outputs import OutputPlan
@@ -19,13 +19,6 @@ from .table import Row, RowTable
 
 INDEX_NAME = "index.csv"
 PARQUET_NAME = "index.parquet"
-#: index.csv: the columns and their kinds (see :data:`blackbox_xai.dataset.table.KINDS`)
-INDEX_COLUMNS = {"name": "str", "path": "str", "sha256": "str", "target": "int", "label": "str",
-                 "score": "float", "method": "str", "options_hash": "str", "seed": "int",
-                 "queries": "int", "seconds": "float", "files": "files"}
-COLUMNS = list(INDEX_COLUMNS)
-
-
 @dataclass(frozen=True)
 class IndexRow:
     """One image's result: ``files`` are its output files, relative to the index's folder."""
@@ -58,6 +51,13 @@ class IndexRow:
     def complete(self, folder: Path) -> bool:
         """Whether every file of the row exists in ``folder``."""
         return all((folder / f).is_file() for f in self.files)
+
+
+#: index.csv: the columns and their kinds (see :data:`blackbox_xai.dataset.table.KINDS`), read
+#: from :class:`IndexRow`'s fields (annotations are strings here: ``int``, ..., the files tuple)
+INDEX_COLUMNS = {f.name: "files" if f.type.startswith("tuple") else f.type
+                 for f in fields(IndexRow)}
+COLUMNS = list(INDEX_COLUMNS)
 
 
 def _table(path: Path) -> RowTable:
