@@ -18,6 +18,7 @@ from .methods import alternatives, get_method
 from .model import Model
 from .progress import progress_bar
 from .registry import Context, MethodSpec
+from .resample import one_blas_thread
 from .targets import Detection, DetectionRawScore, DetectionScore, Detector, Region, RegionScore
 
 QueryFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
@@ -174,7 +175,8 @@ def explain_unbatched(model: Model | QueryFn, x: npt.NDArray[np.float32], method
                       model=None if query_fn is scorer else real_model, progress=bar)
         before = real_model.n_queries if real_model is not None else 0
         try:
-            attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
+            with one_blas_thread():
+                attribution = spec.fn(query, x, tgt, ctx=ctx, **opts)
         except (UnsupportedOpError, GraphUnavailableError) as e:
             still = alternatives(without_graph=isinstance(e, GraphUnavailableError))
             raise type(e)(f"{e}; these methods still work: {still}") from None
@@ -240,7 +242,8 @@ def explain_batch(model: Model, xs: Sequence[npt.ArrayLike], method: str, *,
     ctx = Context(rng=np.random.default_rng(0), scores=np.zeros((0,), np.float32), model=model)
     t0, before = time.perf_counter(), model.n_queries
     try:
-        scores, tgts, attributions = spec.batch_fn(xb, wanted, ctx=ctx, **opts)
+        with one_blas_thread():
+            scores, tgts, attributions = spec.batch_fn(xb, wanted, ctx=ctx, **opts)
     except (UnsupportedOpError, GraphUnavailableError) as e:
         still = alternatives(without_graph=isinstance(e, GraphUnavailableError))
         raise type(e)(f"{e}; these methods still work: {still}") from None

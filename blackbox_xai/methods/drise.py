@@ -11,7 +11,7 @@ import numpy.typing as npt
 from ..errors import BlackboxError
 from ..perturb import chunk_size_for, chunked, scores_for_masks
 from ..registry import Attribution, Context, Range, register
-from ..resample import bilinear_matrix, one_blas_thread
+from ..resample import bilinear_matrix
 from ..targets import DetectionScore
 
 
@@ -51,11 +51,10 @@ def drise(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     weights = np.empty(n)
     saliency = np.zeros(h * w)
     make = masks_float32(s, h, w)
-    with one_blas_thread():
-        for sl in chunked(n, chunk_size_for(query)):
-            masks = make(grids[sl], dy[sl], dx[sl])
-            weights[sl] = scores_for_masks(query, x, zero, [masks], target)
-            saliency += weights[sl] @ masks.reshape(len(masks), -1)
+    for sl in chunked(n, chunk_size_for(query)):
+        masks = make(grids[sl], dy[sl], dx[sl])
+        weights[sl] = scores_for_masks(query, x, zero, [masks], target)
+        saliency += weights[sl] @ masks.reshape(len(masks), -1)
     return Attribution((saliency / n).reshape(h, w).astype(np.float32),
                        {"n_masks": n, "p": float(p), "grid": s,
                         "weights": weights.astype(np.float32)})

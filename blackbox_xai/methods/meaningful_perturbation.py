@@ -51,7 +51,6 @@ from ..errors import BlackboxError
 from ..model import softmax
 from ..perturb import blur
 from ..registry import Attribution, Context, Range, register
-from ..resample import one_blas_thread
 
 REF_SIZE = 224
 REF_AREA = REF_SIZE * REF_SIZE
@@ -90,7 +89,7 @@ def upsampling_matrix(n_out: int, n_in: int, sigma: float = MASK_SIGMA) -> npt.N
 class Upsampler:
     """``M = U_h m U_w^T`` for masks (s, s) or (N, s, s) -> (H, W) or (N, H, W), and its adjoint.
 
-    Matrix products, to be run on one BLAS thread (:func:`meaningful_perturbation` limits it):
+    Matrix products, to be run on one BLAS thread (:func:`blackbox_xai.explain` limits it):
     waking a multithreaded BLAS between ONNX Runtime runs makes the two thread pools fight over
     the cores (on 2 cores a finite-difference step took 1.4x to 3x as long as its queries),
     and on one thread BLAS is 5-10x faster than ``einsum``'s own loops here. One mask is
@@ -365,45 +364,44 @@ def meaningful_perturbation(query, x: npt.NDArray[np.float32], target: int, *, c
     deletion = mode == "deletion"
     sign = 1.0 if deletion else -1.0  # the objective has +f_c (deletion) or -f_c (preservation)
     is_prob = scores_are_probabilities(ctx)
-    with one_blas_thread():  # see Upsampler
-        up = Upsampler(h, w, s)
-        levels = perturbation_levels(x, perturbation, ctx.rng, int(jitter))
-        # L1 over the upsampled mask, per pixel at the reference area: l1 * REF_AREA * mean(1 - M).
-        l1_weight = float(l1) * REF_AREA
-        l1_grad = up.adjoint(np.full((h, w), (-1.0 if deletion else 1.0) * l1_weight / (h * w)))
+    up = Upsampler(h, w, s)
+    levels = perturbation_levels(x, perturbation, ctx.rng, int(jitter))
+    # L1 over the upsampled mask, per pixel at the reference area: l1 * REF_AREA * mean(1 - M).
+    l1_weight = float(l1) * REF_AREA
+    l1_grad = up.adjoint(np.full((h, w), (-1.0 if deletion else 1.0) * l1_weight / (h * w)))
 
-        def regulariser(m: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-            """The L1 and TV terms and their gradient (exact, no queries)."""
-            kept = up.mean(m)
-            area = 1.0 - kept if deletion else kept
-            tv_value, tv_grad = total_variation(m, tv_beta)
-            return l1_weight * area + tv * tv_value, l1_grad + tv * tv_grad
+    def regulariser(m: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        """The L1 and TV terms and their gradient (exact, no queries)."""
+        kept = up.mean(m)
+        area = 1.0 - kept if deletion else kept
+        tv_value, tv_grad = total_variation(m, tv_beta)
+        return l1_weight * area + tv * tv_value, l1_grad + tv * tv_grad
 
-        game = MaskGame(query, ctx, target, levels, up, is_prob)
-        per_step = 2 * k_dir + 1 if grad == "fd" else (1 if is_prob else 2)
-        ctx.set_total(iterations * per_step + 1)
-        m = np.full((s, s), INIT[mode])
-        adam = Adam(float(lr))
-        history: list[float] = []  # the objective at each iterate (its jittered sample)
-        avg, n_avg = np.zeros_like(m), 0
+    game = MaskGame(query, ctx, target, levels, up, is_prob)
+    per_step = 2 * k_dir + 1 if grad == "fd" else (1 if is_prob else 2)
+    ctx.set_total(iterations * per_step + 1)
+    m = np.full((s, s), INIT[mode])
+    adam = Adam(float(lr))
+    history: list[float] = []  # the objective at each iterate (its jittered sample)
+    avg, n_avg = np.zeros_like(m), 0
 
-        for it in range(int(iterations)):
-            dy, dx = (int(v) for v in ctx.rng.integers(0, jitter + 1, 2)) if jitter else (0, 0)
-            if grad == "fd":
-                u = ctx.rng.standard_normal((k_dir, s, s))
-                f_m, df_dm = game.fd_gradient(m, u, eps, dy, dx)
-            else:
-                f_m, df_dm = game.backward_gradient(m, dy, dx)
-            reg, reg_grad = regulariser(m)
-            history.append(reg + sign * f_m)
-            m = np.clip(adam.step(m, reg_grad + sign * df_dm), 0.0, 1.0)
-            if it >= iterations // 2:
-                avg += m
-                n_avg += 1
-        m = avg / n_avg  # Polyak averaging over the second half
+    for it in range(int(iterations)):
+        dy, dx = (int(v) for v in ctx.rng.integers(0, jitter + 1, 2)) if jitter else (0, 0)
+        if grad == "fd":
+            u = ctx.rng.standard_normal((k_dir, s, s))
+            f_m, df_dm = game.fd_gradient(m, u, eps, dy, dx)
+        else:
+            f_m, df_dm = game.backward_gradient(m, dy, dx)
+        reg, reg_grad = regulariser(m)
+        history.append(reg + sign * f_m)
+        m = np.clip(adam.step(m, reg_grad + sign * df_dm), 0.0, 1.0)
+        if it >= iterations // 2:
+            avg += m
+            n_avg += 1
+    m = avg / n_avg  # Polyak averaging over the second half
 
-        final = float(game.score(m[None], int(jitter), int(jitter))[0])  # unshifted
-        M = up(m)
+    final = float(game.score(m[None], int(jitter), int(jitter))[0])  # unshifted
+    M = up(m)
     initial, _ = target_probability(np.asarray(ctx.scores)[None], target, is_prob)
     amap = np.clip((1.0 - M) if deletion else M, 0.0, 1.0)  # M is in [0, 1] up to rounding
     return Attribution(amap.astype(np.float32), {
