@@ -40,6 +40,16 @@ def photos(tiny):
     return [pre.prepare(EXAMPLES / f"{n}.jpg").tensor for n in ("cat", "coffee", "rocket")]
 
 
+def test_spearman_equals_scipys_with_ties():
+    """Our rank correlation (no scipy.stats import) against scipy's, on maps with many ties."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 5, (12, 12)), rng.integers(0, 7, (12, 12)) + 0.5 * rng.integers(0, 5, (12, 12))
+    assert spearman(a, b) == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-12)
+    assert spearman([[1, 2, 2, 3]], [[1, 3, 2, 4]]) == pytest.approx(0.9486832980505138)
+
+
 def test_similarity_measures():
     rng = np.random.default_rng(0)
     a = rng.random((20, 20))

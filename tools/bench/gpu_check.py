@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 from common import CAT, ROOT, SHIPPED, print_table, raw_throughput
-from scipy.stats import spearmanr
 
 from blackbox_xai import explain, load_model
+from blackbox_xai.metrics import spearman
 from blackbox_xai.model import one_hot
 from blackbox_xai.preprocess import Preprocessing
 from blackbox_xai.registry import METHODS
@@ -123,7 +123,7 @@ def compare_maps(report: Report, device: str, x: np.ndarray, quick: bool) -> Non
         options = dict(spec.fast) if quick else {}
         a = explain(cpu, x, name, seed=0, **options)
         b, seconds = timed(lambda n=name, o=options: explain(dev, x, n, seed=0, **o))
-        rho = float(spearmanr(a.map.ravel(), b.map.ravel())[0])
+        rho = spearman(a.map, b.map)
         ok = rho >= 0.99 if not spec.stochastic else None
         report.add("3 maps", f"{name} cpu vs {dev.provider.split()[0]}", f"spearman {rho:.4f}",
                    ok, f"{'stochastic, same seed; ' if spec.stochastic else ''}{seconds:.2f} s")
