@@ -1,8 +1,7 @@
-"""Superpixel LIME (Ribeiro et al. 2016), lime_image's algorithm with numpy + scikit-learn."""
+"""Superpixel LIME (Ribeiro et al. 2016), lime_image's algorithm in numpy."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -33,6 +32,29 @@ def lime_kernel(distances: npt.NDArray[np.float64], kernel_width: float) -> npt.
     return np.sqrt(np.exp(-(distances ** 2) / kernel_width ** 2))
 
 
+def weighted_ridge(z: npt.NDArray[np.float64], y: npt.NDArray[np.float64],
+                   w: npt.NDArray[np.float64], alpha: float) -> tuple[npt.NDArray[np.float64], float, float, int]:
+    """argmin over (b, c) of sum_i w_i (y_i - b - z_i . c)^2 + alpha |c|^2, the intercept b not
+    penalised (scikit-learn's ``Ridge(alpha).fit(z, y, sample_weight=w)``): z and y centred on
+    their weighted means, then least squares on [sqrt(w) z_c; sqrt(alpha) I] c = [sqrt(w) y_c; 0],
+    the minimum-norm c when the system is rank-deficient (alpha = 0, few samples).
+
+    Returns (c, b, weighted R^2, rank). R^2 = 1 - sum w r^2 / sum w (y - y_w)^2; for a constant
+    y, 1 when the fit is exact and 0 otherwise (scikit-learn's convention).
+    """
+    d = z.shape[1]
+    z_mean, y_mean = w @ z / w.sum(), w @ y / w.sum()
+    root = np.sqrt(w)
+    system = np.vstack([root[:, None] * (z - z_mean), np.sqrt(alpha) * np.eye(d)])
+    rhs = np.concatenate([root * (y - y_mean), np.zeros(d)])
+    coef, _, rank, _ = np.linalg.lstsq(system, rhs, rcond=None)
+    intercept = float(y_mean - z_mean @ coef)
+    residual = w @ (y - intercept - z @ coef) ** 2
+    total = w @ (y - y_mean) ** 2
+    r2 = 1.0 - residual / total if total > 0 else float(residual == 0)
+    return coef, intercept, float(r2), int(rank)
+
+
 @register("lime", family="black-box", stochastic=True,
           reference="Ribeiro et al. 2016, arXiv:1602.04938", fast={"num_samples": 200})
 def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
@@ -46,9 +68,11 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     segments="grid"). Draw z in {0,1}^d (the first sample all ones: x itself, not queried
     again); hidden segments show the fill (segment mean colour, zero, blur or a number). Weights
     w = sqrt(exp(-D(z, 1)^2 / kernel_width^2)) with D the cosine distance (lime_image's kernel);
-    fit Ridge(alpha) with intercept of f_c on z with weights w. The map paints each segment with
-    its coefficient. Queries: num_samples. extras: attributions (coefficients), intercept, r2
-    (the weighted R^2 of the fit), segments.
+    fit a ridge regression (:func:`weighted_ridge`: lime_image's scikit-learn ``Ridge(alpha)``
+    with intercept, solved in numpy) of f_c on z with weights w. The map paints each segment
+    with its coefficient. Queries: num_samples. extras: attributions (coefficients), intercept,
+    r2 (the weighted R^2 of the fit), segments; fit_warnings when the regression is
+    rank-deficient (its minimum-norm coefficients are reported).
 
     Args:
         segments: quickshift, slic, felzenszwalb, grid, or a label array (H, W).
@@ -57,9 +81,6 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
         fill: what hidden segments show: mean (segment colour), zero, blur, or a number.
         alpha: ridge regularisation strength.
     """
-    from sklearn.linear_model import Ridge
-    from sklearn.metrics import pairwise_distances
-
     labels = segment(x, segments)
     d = int(labels.max()) + 1
     fill_img = fill_image(x, labels, fill)
@@ -76,20 +97,16 @@ def lime(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     y[0] = ctx.scores[target]
     y[1:] = scores_for_masks(query, x, fill_img, mask_chunks(), target)
     data = z.astype(np.float64)
-    distances = pairwise_distances(data, data[:1], metric="cosine").ravel()
-    weights = lime_kernel(distances, kernel_width)
-    ridge = Ridge(alpha=alpha, fit_intercept=True)
-    # alpha=0 (or few samples) can make the system ill-conditioned: scipy warns on stderr; the
-    # least-squares solution is still finite, and the warning goes into extras instead.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ridge.fit(data, y, sample_weight=weights)
-    fit_warnings = sorted({str(w.message) for w in caught})
-    r2 = float(ridge.score(data, y, sample_weight=weights))
-    coef = ridge.coef_.astype(np.float64)
-    extras = {"attributions": coef.astype(np.float32), "intercept": float(ridge.intercept_),
+    shown = data.sum(axis=1)
+    # cosine distance to the all-ones z of x itself: 1 - |z|_1 / sqrt(|z|_1 d) (1 for z = 0)
+    distances = 1.0 - np.sqrt(shown / d)
+    coef, intercept, r2, rank = weighted_ridge(data, y, lime_kernel(distances, kernel_width),
+                                               float(alpha))
+    extras = {"attributions": coef.astype(np.float32), "intercept": intercept,
               "r2": r2, "segments": labels.astype(np.int32),
-              "local_prediction": float(ridge.intercept_ + coef.sum())}
-    if fit_warnings:
-        extras["fit_warnings"] = fit_warnings
+              "local_prediction": float(intercept + coef.sum())}
+    if rank < d:
+        warning = (f"the weighted regression has rank {rank} for {d} segments (alpha=0 or too "
+                   "few samples): minimum-norm coefficients")
+        extras["fit_warnings"] = [warning]
     return Attribution(coef[labels].astype(np.float32), extras)

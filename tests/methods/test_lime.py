@@ -80,6 +80,25 @@ def test_matches_lime_image_kernel_and_weighted_ridge_in_closed_form():
     assert np.abs(coef - beta).max() > 1e-3  # alpha = 1 shrinks
 
 
+def test_too_few_samples_without_ridge_give_the_minimum_norm_fit_and_say_so():
+    """alpha = 0 and 6 samples for 16 segments: the weighted fit interpolates (R^2 = 1), the
+    coefficients are the minimum-norm solution (orthogonal to the null space of the centred
+    samples), and extras say the regression was rank-deficient."""
+    rng = np.random.default_rng(4)
+    rec = Recorder(indicator_model(rng.standard_normal(16), 0.2))
+    x = np.ones((3, 32, 32), np.float32)
+    exp = explain(rec, x, "lime", target=0, seed=3, segments=LABELS, fill="zero", num_samples=6,
+                  alpha=0.0)
+    z = segment_means(rec.seen)
+    assert exp.extras["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert "rank 5 for 16 segments" in exp.extras["fit_warnings"][0]
+    null = np.linalg.svd(z - z.mean(axis=0))[2][5:]  # directions no sample constrains
+    assert np.abs(null @ exp.extras["attributions"].astype(np.float64)).max() < 1e-5
+    full = explain(rec.fn, x, "lime", target=0, seed=3, segments=LABELS, fill="zero",
+                   num_samples=100, alpha=0.0)
+    assert "fit_warnings" not in full.extras
+
+
 def test_lime_kernel_is_lime_images_default():
     d = np.array([0.0, 0.25, 0.5])
     np.testing.assert_allclose(lime_kernel(d, 0.25), np.sqrt(np.exp(-(d ** 2) / 0.0625)))
