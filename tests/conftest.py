@@ -14,9 +14,14 @@ from onnx import numpy_helper
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Backward graphs and batch sizes are cached in a folder of this test session, never in
-    the user's cache (tests that study the cache set their own)."""
-    os.environ["BLACKBOX_XAI_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    """Backward graphs and batch sizes are cached in a folder of this test run, never in the
+    user's cache (tests that study the cache set their own). The xdist workers share it (the
+    cache writes atomically), so each model is probed and differentiated once per run, not
+    once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "shared-cache"
+    folder.mkdir(exist_ok=True)
+    os.environ["BLACKBOX_XAI_CACHE"] = str(folder)
     yield
     os.environ.pop("BLACKBOX_XAI_CACHE", None)
 

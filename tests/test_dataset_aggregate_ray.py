@@ -13,8 +13,8 @@ import pytest
 from helpers import model_path
 from PIL import Image
 
-ray = pytest.importorskip("ray")
-# one xdist worker runs every Ray test (--dist loadgroup): one Ray instance at a time
+# one xdist worker runs every Ray test (--dist loadgroup): one Ray instance at a time; the
+# local_ray fixture imports Ray (or skips), so other workers never import it
 pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("local_ray")]
 
 TINY = model_path("tiny_cnn")
