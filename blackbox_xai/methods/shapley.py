@@ -1,5 +1,5 @@
-"""Sampled Shapley values over segments: paired KernelSHAP (Covert & Lee 2021) and permutation
-sampling (Castro et al. 2009; Strumbelj & Kononenko 2010)."""
+"""Sampled Shapley values over segments: paired KernelSHAP (Covert & Lee 2021), permutation
+sampling (Castro et al. 2009; Strumbelj & Kononenko 2010) and Leverage SHAP (shapley_leverage)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from ..perturb import (
 )
 from ..registry import Attribution, Context, Range, register
 from ..segmentation import Segments, segment
+from .shapley_leverage import leverage_pairs, leverage_shap
+from .shapley_regression import constrained_fit, shapley_kernel_sizes
 
 
 def draw_permutations(rng: np.random.Generator, n: int, d: int, antithetic: bool
@@ -77,17 +79,6 @@ def standard_errors(phi: npt.NDArray[np.float64], antithetic: bool) -> npt.NDArr
     if n % 2:
         var = var + phi.var(axis=0, ddof=1)
     return np.sqrt(var) / n
-
-
-def shapley_kernel_sizes(d: int) -> npt.NDArray[np.float64]:
-    """P(|z| = k) for k = 1..d-1 under the Shapley kernel: proportional to (d-1) / (k (d-k)).
-
-    The kernel weight of one coalition of size k is (d-1) / (C(d, k) k (d-k)); drawing the size
-    from these probabilities and then a uniform subset of that size samples it.
-    """
-    k = np.arange(1, d)
-    w = 1.0 / (k * (d - k))
-    return w / w.sum()
 
 
 @dataclass
@@ -160,12 +151,7 @@ def kernel_shap(coalitions: Coalitions, gains: npt.NDArray[np.float64], total: f
     """
     z = coalitions.keep.astype(np.float64)
     d = z.shape[1]
-    zw = z * coalitions.weight[:, None]
-    kkt = np.zeros((d + 1, d + 1))
-    kkt[:d, :d] = zw.T @ z
-    kkt[:d, d] = kkt[d, :d] = 1.0
-    inverse = np.linalg.pinv(kkt)
-    phi = (inverse @ np.append(zw.T @ gains, total))[:d]
+    phi, inverse = constrained_fit(z, coalitions.weight, gains, total)
     sampled = coalitions.sampled
     if not sampled.any():  # every coalition listed: exact; else the unlisted sizes are unknown
         return phi, np.zeros(d) if np.isclose(coalitions.weight.sum(), 1.0) else np.full(d, np.nan)
@@ -195,18 +181,24 @@ def score_coalitions(query, x: npt.NDArray[np.float32], base: npt.NDArray[np.flo
 @register("shapley", family="black-box", stochastic=True,
           reference="Castro et al. 2009, doi:10.1016/j.cor.2008.04.004; "
                     "Strumbelj & Kononenko 2010, JMLR 11; Covert & Lee 2021, AISTATS, "
-                    "arXiv:2012.01536", fast={"n_permutations": 4})
+                    "arXiv:2012.01536; Musco & Witter 2025, ICLR, arXiv:2410.01917", fast={"n_permutations": 4})
 def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
             segments: Segments = "grid", grid: Annotated[int, Range(1)] = 7,
             n_permutations: Annotated[int, Range(1)] = 25, antithetic: bool = True,
             baseline: Baseline = "zero",
-            estimator: Literal["permutation", "kernel"] = "permutation") -> Attribution:
-    """Shapley values of segments (grid or superpixels) revealed from a baseline: permutations or KernelSHAP.
+            estimator: Literal["leverage", "permutation", "kernel"] = "leverage") -> Attribution:
+    """Shapley values of segments (grid or superpixels) revealed from a baseline: permutations, KernelSHAP or Leverage SHAP.
 
     Players are the d segments, v(S) the score with the segments of S shown and the others at
-    the baseline. Both estimators spend the same budget, n_permutations * (d - 1) coalitions
-    plus the baseline and x itself, and both are exactly efficient: the values sum to
-    f_c(x) - f_c(baseline). Both report standard errors.
+    the baseline. All estimators spend the same budget, n_permutations * (d - 1) coalitions
+    plus the baseline and x itself, and all are exactly efficient: the values sum to
+    f_c(x) - f_c(baseline). All report standard errors.
+
+    ``estimator="leverage"`` (the default): Leverage SHAP (Musco & Witter 2025,
+    arXiv:2410.01917): pairs (S, complement) drawn without replacement, every size equally often
+    (leverage scores), the kernel-weighted constrained least squares fit made within sizes (a
+    free intercept per size, still exact in the limit)
+    (:mod:`.shapley_leverage`), with stratified sandwich standard errors.
 
     ``estimator="permutation"`` (Castro et al. 2009; Strumbelj & Kononenko 2010): for a random
     permutation pi, start from the baseline and reveal the segments in the order pi; segment
@@ -219,17 +211,17 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     KernelSHAP", arXiv:2012.01536): the smallest and largest coalitions listed, the others
     drawn from the Shapley kernel, each with its complement (antithetic)
     (:func:`kernel_coalitions`), and the constrained least squares fit of :func:`kernel_shap`,
-    with sandwich standard errors. Which estimator is better depends on the game: against
-    exact values on a small CNN (4 x 4 grid) the kernel estimator's mean squared error was
-    0.25-0.89x the permutations' at equal queries. On EfficientNet-Lite0 photos (7 x 7 grid,
-    10 seeds against a 400-permutation truth, tools/bench/bench_shapley.py), as a ratio to
-    antithetic permutations at 1202 queries (the default budget) / 482: cat 2.3 / 4.1, coffee
-    0.57 / 0.90, rocket 0.60 / 0.87. The cat's score saturates once a few cells show, which
-    no additive fit follows. Permutations stay the default: at most 1.8x the kernel's error
-    where it wins, against 2.3-4.1x where it loses (antithetic pairs: 0.72-0.83x plain
-    permutations' error on the three photos).
+    with sandwich standard errors.
 
-    Queries: n_permutations * (d - 1) + 2; the paired kernel estimator leaves one unused when
+    Mean squared error at equal queries on EfficientNet-Lite0 photos (7 x 7 grid, 10 seeds
+    against a 400-permutation truth, tools/bench/bench_shapley.py), as a ratio to antithetic
+    permutations at 1202 queries (the default budget) / 482: leverage: cat 0.42 / 0.55, coffee
+    0.50 / 0.67, rocket 0.42 / 0.42; kernel: cat 2.3 / 4.1, coffee 0.57 / 0.90, rocket 0.60 /
+    0.87 (the cat's score saturates once a few cells show, which no additive fit follows; the
+    fit within sizes takes that trend out). On a small CNN against exact values (12 players)
+    leverage's error is 0.08-0.45x the permutations', the kernel's 0.13-0.72x.
+
+    Queries: n_permutations * (d - 1) + 2; the paired estimators leave one unused when
     the sampled part of the budget is odd, and all but 2^d - 2 of it when that lists every
     coalition. The map paints each segment with its value. extras: attributions (d,),
     std_errors (d,), segments, n_permutations, n_coalitions, baseline_score, efficiency_gap.
@@ -238,17 +230,27 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
         segments: grid, quickshift, slic, felzenszwalb, or a label array (H, W).
         grid: cells per side with segments=grid.
         n_permutations: the query budget, in permutations: n_permutations * (d - 1) coalitions
-            for either estimator.
-        antithetic: pair each permutation with its reverse, each coalition with its complement.
+            for every estimator.
+        antithetic: pair each permutation with its reverse, each kernel coalition with its
+            complement (the leverage estimator always pairs).
         baseline: what hidden segments show: zero, mean, blur, or a number.
-        estimator: kernel (paired KernelSHAP regression) or permutation (sampled permutations).
+        estimator: leverage (Leverage SHAP pairs, regression within sizes), permutation
+            (sampled permutations) or kernel (paired KernelSHAP regression).
     """
     labels = segment(x, segments, grid=grid)
     d = int(labels.max()) + 1
     base = make_baseline(x, baseline)
     n = int(n_permutations)
     f_x = float(ctx.scores[target])
-    if estimator == "kernel":
+    if estimator == "leverage":
+        sample = leverage_pairs(ctx.rng, n * (d - 1), d)
+        keep = np.concatenate([np.zeros((1, d), bool), sample.keep])  # row 0: the baseline
+        ctx.set_total(len(keep))
+        scores = score_coalitions(query, x, base, labels, target, len(keep), lambda sl: keep[sl])
+        f_base = scores[0]
+        attributions, std_errors = leverage_shap(sample, scores[1:] - f_base, f_x - f_base)
+        n_coalitions = len(keep) - 1
+    elif estimator == "kernel":
         coalitions = kernel_coalitions(ctx.rng, n * (d - 1), d, bool(antithetic))
         keep = np.concatenate([np.zeros((1, d), bool), coalitions.keep])  # row 0: the baseline
         ctx.set_total(len(keep))
