@@ -242,8 +242,12 @@ def test_an_executor_of_its_own_workers_gives_the_same_rows(run, data, noisy, tm
     assert r.exit_code == 0, r.output
     assert without_seconds(table(tmp_path / "other" / "compare.csv")) == \
         without_seconds(table(tmp_path / "local" / "compare.csv"))
-    r = run("evaluate", TINY, data, "--methods", "gradcam", "--out", tmp_path / "e", "--executor",
-            "ray", *NORM)
-    assert r.exit_code == 0 and len(table(tmp_path / "e" / "evaluate.csv")) == 10
+    evaluate = ("evaluate", TINY, data, "--methods", "gradcam,occlusion", "-o", "window=8", "-o",
+                "stride=8", *NORM)
+    assert run(*evaluate, "--out", tmp_path / "e_local").exit_code == 0
+    r = run(*evaluate, "--out", tmp_path / "e", "--executor", "ray")
+    assert r.exit_code == 0, r.output
+    rows = without_seconds(table(tmp_path / "e" / "evaluate.csv"))
+    assert len(rows) == 20 and rows == without_seconds(table(tmp_path / "e_local" / "evaluate.csv"))
     r = run("compare", TINY, data / "im00.png", "--against", noisy, "--executor", "ray", *NORM)
     assert r.exit_code == 2 and "for dataset runs" in r.output

@@ -1,6 +1,7 @@
-"""``compare --out`` and ``evaluate --out`` on a local Ray instance (2 CPUs): the same rows,
-summary and table as the local executor. One actor each: two are tested in test_dataset_ray.py,
-and every actor's start-up (a process loading the package and the model) costs the suite."""
+"""``compare --out`` on a local Ray instance (2 CPUs): the same rows, summary and table as the
+local executor. One actor: two are tested in test_dataset_ray.py, and every Ray Data run costs
+the suite seconds of start-up. ``evaluate``'s worker goes through the same executor interface
+and is checked by a pickling executor against the local rows (test_dataset_aggregate.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 from helpers import model_path
 from PIL import Image
 
-# one xdist worker runs every Ray test (--dist loadgroup): one Ray instance at a time; the
-# local_ray fixture imports Ray (or skips), so other workers never import it
-pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("local_ray")]
+# one xdist worker runs every *_ray.py test (conftest's scheduler): one Ray instance at a time;
+# the local_ray fixture imports Ray (or skips), so other workers never import it
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 TINY = model_path("tiny_cnn")
 NORM = ["--mean", "0.5", "--std", "0.25"]
@@ -46,12 +47,3 @@ def test_compare_on_ray_gives_the_local_rows_and_summary(run, data, tmp_path):
     summary = [json.loads((tmp_path / d / "summary.json").read_text())["summary"]
                for d in ("local", "ray")]
     assert summary[0] == summary[1]
-
-
-def test_evaluate_on_ray_gives_the_local_rows(run, data, tmp_path):
-    args = ["evaluate", TINY, data, "--methods", "gradcam,occlusion", "-o", "window=8",
-            "-o", "stride=8", *NORM]
-    assert run(*args, "--out", tmp_path / "local").exit_code == 0
-    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-workers", "1")
-    assert r.exit_code == 0, r.output
-    assert rows(tmp_path / "ray" / "evaluate.csv") == rows(tmp_path / "local" / "evaluate.csv")

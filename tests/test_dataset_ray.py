@@ -18,9 +18,9 @@ from blackbox_xai.dataset.sources import expand
 from blackbox_xai.model import load_model
 from blackbox_xai.preprocess import Preprocessing
 
-# one xdist worker runs every Ray test (--dist loadgroup): one Ray instance at a time; the
-# local_ray fixture imports Ray (or skips), so other workers never import it
-pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.usefixtures("local_ray")]
+# one xdist worker runs every *_ray.py test (conftest's scheduler): one Ray instance at a time;
+# the local_ray fixture imports Ray (or skips), so other workers never import it
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 MODEL = model_path("tiny_cnn")
 

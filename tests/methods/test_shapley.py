@@ -298,40 +298,49 @@ def enumerable_game():
     return model, x, labels, exact_shapley(model, x, labels, [0, 3])
 
 
-#: measured MSE(kernel) / MSE(permutation), both paired, 20 seeds each (see the test)
-MEASURED_MSE_RATIO = {(0, 10): 0.70, (0, 25): 0.16, (3, 10): 0.72, (3, 25): 0.13}
+#: measured MSE(estimator) / MSE(antithetic permutations), 20 seeds each, at (class, budget in
+#: permutations) (see the test)
+MEASURED_MSE_RATIO = {
+    "kernel": {(0, 10): 0.70, (0, 25): 0.16, (3, 10): 0.72, (3, 25): 0.13},
+    "leverage": {(0, 10): 0.45, (0, 25): 0.10, (3, 10): 0.36, (3, 25): 0.076},
+}
+#: queries each estimator uses of a budget b (the kernel lists sizes 1 and 11, 24 coalitions,
+#: then pairs; leverage draws b // 2 pairs)
+USED = {"permutation": lambda b: b, "kernel": lambda b: 24 + (b - 24) // 2 * 2,
+        "leverage": lambda b: b // 2 * 2}
 
 
-def test_kernel_estimator_beats_permutations_at_equal_queries_on_the_enumerable_game():
-    """Mean squared error against the exact values, at the same budget for both estimators
-    (the default 25 permutations, 277 queries, and 10, 112 queries), for classes 0 and 3. Fails
-    when the kernel estimator's ratio grows by a quarter of what was measured, or to 0.95. At 25
-    the permutation estimator has one unpaired permutation, whose pairwise-interaction noise the
-    pairs do not cancel: the kernel estimator's lead is largest there. 12 players keep the
-    enumeration at 4096 queries (on a 4 x 4 grid, 65536 queries, the ratios measured 0.75,
-    0.25, 0.89 and 0.35: the same ordering); the four cases are one test so that it runs once,
-    not once per xdist worker.
+def test_regression_estimators_beat_permutations_at_equal_queries_on_the_enumerable_game():
+    """Mean squared error against the exact values, at the same budget for every estimator
+    (the default 25 permutations, 277 queries, and 10, 112 queries), for classes 0 and 3, as a
+    ratio to antithetic permutations' (the same 20 seeds). Fails when an estimator's ratio grows
+    by a quarter of what was measured, or to 0.95. At 25 the permutation estimator has one
+    unpaired permutation, whose pairwise-interaction noise the pairs do not cancel: the
+    regression estimators' lead is largest there. 12 players keep the enumeration at 4096
+    queries (on a 4 x 4 grid, 65536 queries, the kernel's ratios measured 0.75, 0.25, 0.89 and
+    0.35: the same ordering); every case is one test so that the enumeration and the
+    permutation runs happen once, not once per test or xdist worker.
 
-    Not so on every real image: EfficientNet-Lite0, 7 x 7 grid, against a 400-permutation truth
-    (10 seeds, tools/bench/bench_shapley.py), the kernel estimator's MSE on the cat was 4.1x the
-    permutation estimator's at 10 permutations' budget (482 queries) and 2.3x at 25 (1202), on
-    coffee and rocket 0.87-0.90x and 0.57-0.60x; the leverage estimator (the default) fits
-    within sizes and is 0.42-0.67x there."""
+    Not so for the kernel on every real image: EfficientNet-Lite0, 7 x 7 grid, against a
+    400-permutation truth (10 seeds, tools/bench/bench_shapley.py), the kernel estimator's MSE
+    on the cat was 4.1x the permutation estimator's at 10 permutations' budget (482 queries)
+    and 2.3x at 25 (1202), on coffee and rocket 0.87-0.90x and 0.57-0.60x; the leverage
+    estimator (the default) fits within sizes and is 0.42-0.67x there."""
     model, x, labels, truth = enumerable_game()
     ratios = {}
-    for target, n_permutations in sorted(MEASURED_MSE_RATIO):
+    for target, n_permutations in sorted(MEASURED_MSE_RATIO["kernel"]):
         mse = {}
-        for estimator in ("kernel", "permutation"):
+        for estimator in ("permutation", "kernel", "leverage"):
             runs = [explain(model, x, "shapley", target=target, seed=s, segments=labels,
                             estimator=estimator, n_permutations=n_permutations)
                     for s in range(20)]
-            budget = n_permutations * 11  # kernel: sizes 1 and 11 listed (24), then pairs
-            used = budget if estimator == "permutation" else 24 + (budget - 24) // 2 * 2
-            assert {r.n_queries for r in runs} == {used + 2}
+            assert {r.n_queries for r in runs} == {USED[estimator](n_permutations * 11) + 2}
             mse[estimator] = np.mean([(r.extras["attributions"] - truth[target]) ** 2
                                       for r in runs])
-        ratios[target, n_permutations] = mse["kernel"] / mse["permutation"]
-    limits = {k: min(v * 1.25, 0.95) for k, v in MEASURED_MSE_RATIO.items()}
+        for estimator in MEASURED_MSE_RATIO:
+            ratios[estimator, target, n_permutations] = mse[estimator] / mse["permutation"]
+    limits = {(e, *k): min(v * 1.25, 0.95) for e, m in MEASURED_MSE_RATIO.items()
+              for k, v in m.items()}
     assert all(ratios[k] < limits[k] for k in limits), (ratios, limits)
 
 
@@ -449,32 +458,6 @@ def test_leverage_standard_errors_match_the_spread_over_seeds(n_permutations):
     bias = np.abs(est.mean(axis=0) - model.shapley(x))
     assert (bias < 4.5 * spread / np.sqrt(len(runs)) + 1e-4).all()
     np.testing.assert_allclose(est.sum(axis=1), model.shapley(x).sum(), atol=1e-4)
-
-
-#: measured MSE(leverage) / MSE(permutation, antithetic), 20 seeds each (see the test)
-MEASURED_LEVERAGE_RATIO = {(0, 10): 0.45, (0, 25): 0.10, (3, 10): 0.36, (3, 25): 0.076}
-
-
-def test_leverage_estimator_beats_permutations_at_equal_queries_on_the_enumerable_game():
-    """Mean squared error against the exact values (enumerable_game: 12 players) at the same
-    budgets as the kernel estimator's test, 20 fixed seeds each. Fails when the ratio grows by a
-    quarter of what was measured, or to 0.95."""
-    model, x, labels, truth = enumerable_game()
-    ratios = {}
-    for target, n_permutations in sorted(MEASURED_LEVERAGE_RATIO):
-        mse = {}
-        for estimator in ("leverage", "permutation"):
-            runs = [explain(model, x, "shapley", target=target, seed=s, segments=labels,
-                            estimator=estimator, n_permutations=n_permutations)
-                    for s in range(20)]
-            budget = n_permutations * 11  # leverage: budget // 2 pairs
-            used = budget if estimator == "permutation" else budget // 2 * 2
-            assert {r.n_queries for r in runs} == {used + 2}
-            mse[estimator] = np.mean([(r.extras["attributions"] - truth[target]) ** 2
-                                      for r in runs])
-        ratios[target, n_permutations] = mse["leverage"] / mse["permutation"]
-    limits = {k: min(v * 1.25, 0.95) for k, v in MEASURED_LEVERAGE_RATIO.items()}
-    assert all(ratios[k] < limits[k] for k in limits), (ratios, limits)
 
 
 def test_leverage_estimator_is_seeded_and_batch_size_invariant(x32):
