@@ -41,10 +41,14 @@ from common import CAT, ROOT, SHIPPED, print_table
 BBX = Path(sys.executable).with_name("bbx")
 
 # The same queries as the method: occlusion window 16 / stride 16 at 224 x 224 is 14 x 14
-# windows plus the unoccluded input; RISE is its masks plus the unmasked input.
+# windows plus the unoccluded input; RISE is its masks plus the unmasked input; the others at
+# their defaults.
 METHODS = {
     "occlusion": (["--window", "16", "--stride", "16"], 197),
     "rise": (["--n-masks", "1000"], 1001),
+    "lime": (["--num-samples", "1000"], 1000),  # x itself is LIME's first sample
+    "shapley": ([], 1202),  # 25 permutations of a 7 x 7 grid
+    "adaptive-occlusion": ([], 499),
 }
 
 RAW = r"""

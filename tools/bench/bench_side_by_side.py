@@ -10,8 +10,8 @@ call only, after the model is loaded and run once at the tool's batch shape.
 
 Rows (the cat, ``--repeats`` runs each, interleaved, under ``flock /tmp/bench.lock``):
 raw ONNX Runtime (1000 queries at the best batch of a 1-64 sweep; with ORT's default session
-options, which DIANNA's runs use too, and with idle-thread spinning off as in blackbox-xai's
-sessions, which matters on a loaded host; ``x raw`` divides by the faster), raw OpenVINO fp32 (1000
+options, which DIANNA's runs and blackbox-xai's sessions use too, and with idle-thread spinning
+off, which matters on a loaded host; ``x raw`` divides by the faster), raw OpenVINO fp32 (1000
 queries at batch 1, the batch OpenVINO XAI's RISE runs at), our RISE and LIME, DIANNA's RISE
 (given a function over a loaded session, and given the model path as its docs do: DIANNA then
 creates a session per batch) and LIME, OpenVINO XAI's RISE (its black-box ``RISE`` on an

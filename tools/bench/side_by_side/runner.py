@@ -28,7 +28,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def ort_session(model: str, score: str = "logit", spinning: bool = True):
     """A function over an InferenceSession: ORT's default options, or with its idle threads'
-    spinning off (``session.intra_op.allow_spinning=0``, as blackbox-xai's sessions)."""
+    spinning off (``session.intra_op.allow_spinning=0``)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,6 +42,9 @@ def ort_session(model: str, score: str = "logit", spinning: bool = True):
 
 def run_ours(job: dict, x: np.ndarray):
     from blackbox_xai import explain, load_model
+
+    if job["method"] == "lime":  # imports outside the clock, as DIANNA's (lime_image imports
+        import skimage.segmentation  # noqa: F401  skimage at import; ours imports it lazily)
 
     model = load_model(job["model"], device="cpu", batch_size=job["batch"],
                        score=job.get("score", "logit"))
