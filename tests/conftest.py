@@ -75,6 +75,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.hookimpl(optionalhook=True)  # runs without xdist too (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """xdist's per-test load balancing, except that the Ray test modules (``*_ray.py``) are one
     work unit, sent first: one worker runs them all on one Ray instance, and they start while
