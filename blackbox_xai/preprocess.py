@@ -475,10 +475,12 @@ def _read_bytes(p: Path) -> bytes:
 
 
 def _decode(data: bytes, p: Path, max_pixels: int | None) -> Image.Image:
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    limit = max_pixels if max_pixels is not None else (2 * pil_limit if pil_limit else None)
-    # Pillow's own check would fire inside open(); ours replaces it, with the user's limit.
+    # Pillow's own check would fire inside open(); ours replaces it, with the user's limit. The
+    # global is read and restored under the lock: read outside it, a thread decoding at the same
+    # time could read the None set here and restore None for good (no bomb check after that).
     with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        pil_limit = Image.MAX_IMAGE_PIXELS
+        limit = max_pixels if max_pixels is not None else (2 * pil_limit if pil_limit else None)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         Image.MAX_IMAGE_PIXELS = None
         try:
