@@ -242,23 +242,24 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     base = make_baseline(x, baseline)
     n = int(n_permutations)
     f_x = float(ctx.scores[target])
+
+    def score_sampled(coalitions: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.float64], float]:
+        """The regression estimators' gains v(S) - v(empty) of ``coalitions``, and v(empty)."""
+        keep = np.concatenate([np.zeros((1, d), bool), coalitions])  # row 0: the baseline
+        ctx.set_total(len(keep))
+        scores = score_coalitions(query, x, base, labels, target, len(keep), lambda sl: keep[sl])
+        return scores[1:] - scores[0], float(scores[0])
+
     if estimator == "leverage":
         sample = leverage_pairs(ctx.rng, n * (d - 1), d)
-        keep = np.concatenate([np.zeros((1, d), bool), sample.keep])  # row 0: the baseline
-        ctx.set_total(len(keep))
-        scores = score_coalitions(query, x, base, labels, target, len(keep), lambda sl: keep[sl])
-        f_base = scores[0]
-        attributions, std_errors = leverage_shap(sample, scores[1:] - f_base, f_x - f_base)
-        n_coalitions = len(keep) - 1
+        gains, f_base = score_sampled(sample.keep)
+        attributions, std_errors = leverage_shap(sample, gains, f_x - f_base)
+        n_coalitions = len(sample.keep)
     elif estimator == "kernel":
         coalitions = kernel_coalitions(ctx.rng, n * (d - 1), d, bool(antithetic))
-        keep = np.concatenate([np.zeros((1, d), bool), coalitions.keep])  # row 0: the baseline
-        ctx.set_total(len(keep))
-        scores = score_coalitions(query, x, base, labels, target, len(keep), lambda sl: keep[sl])
-        f_base = scores[0]
-        attributions, std_errors = kernel_shap(coalitions, scores[1:] - f_base, f_x - f_base,
-                                               bool(antithetic))
-        n_coalitions = len(keep) - 1
+        gains, f_base = score_sampled(coalitions.keep)
+        attributions, std_errors = kernel_shap(coalitions, gains, f_x - f_base, bool(antithetic))
+        n_coalitions = len(coalitions.keep)
     else:
         perms = draw_permutations(ctx.rng, n, d, bool(antithetic))
         rank = ranks(perms)

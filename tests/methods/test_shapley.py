@@ -270,23 +270,27 @@ def test_regression_estimator_without_a_sampled_coalition_has_no_error_bar(small
     assert np.isnan(exp.extras["std_errors"]).all() and abs(exp.extras["efficiency_gap"]) < 1e-6
 
 
+@pytest.mark.parametrize("estimator", ["kernel", "leverage"])
 @pytest.mark.parametrize("n_permutations", [10, 21])
-def test_kernel_standard_errors_match_the_spread_over_seeds(n_permutations):
-    """The sandwich standard errors estimate the real spread (60 seeds); the bias is within
-    the noise (the fit is consistent, biased by O(1/n): largest |bias| / (spread / sqrt(60))
-    measured 3.2 and 2.0). 10 permutations: 32 coalitions listed (sizes 1 and 15) and 59 pairs
-    sampled; 21: 32 listed and 141 pairs."""
+def test_regression_standard_errors_match_the_spread_over_seeds(estimator, n_permutations):
+    """The sandwich standard errors estimate the real spread (60 seeds, 4 x 4 grid); the bias is
+    within the noise, and the values are exactly efficient. Kernel (its fit is consistent,
+    biased by O(1/n)): 10 permutations list 32 coalitions (sizes 1 and 15) and sample 59 pairs,
+    21 list 32 and sample 141; mean SE / spread measured 0.84 and 0.96, largest |bias| /
+    (spread / sqrt(60)) 3.2 and 2.0. Leverage (stratified): 75 pairs spread over the sizes, or
+    157; mean SE / spread 0.83 and 0.96, largest |bias| / (spread / sqrt(60)) 1.7 and 1.8."""
     x = np.random.default_rng(2).uniform(0.5, 1.5, (3, 32, 32)).astype(np.float32)
     labels = grid_labels(32, 32, 4)
     model = SegmentModel(labels, cubic=8.0)
-    runs = [explain(model, x, "shapley", target=0, seed=s, segments=labels, estimator="kernel",
+    runs = [explain(model, x, "shapley", target=0, seed=s, segments=labels, estimator=estimator,
                     n_permutations=n_permutations).extras for s in range(60)]
     est = np.stack([r["attributions"] for r in runs]).astype(np.float64)
     se = np.stack([r["std_errors"] for r in runs]).astype(np.float64)
     spread = est.std(axis=0, ddof=1)
-    assert 0.75 < se.mean() / spread.mean() < 1.33  # measured 0.84 and 0.96
+    assert 0.75 < se.mean() / spread.mean() < 1.33
     bias = np.abs(est.mean(axis=0) - model.shapley(x))
     assert (bias < 4.5 * spread / np.sqrt(len(runs)) + 1e-4).all()
+    np.testing.assert_allclose(est.sum(axis=1), model.shapley(x).sum(), atol=1e-4)
 
 
 def enumerable_game():
@@ -439,25 +443,6 @@ def test_leverage_estimator_is_exact_when_the_budget_lists_every_coalition(x32, 
     np.testing.assert_allclose(exp.extras["attributions"], truth, atol=1e-5)
     np.testing.assert_array_equal(exp.extras["std_errors"], 0)
     assert exp.n_queries == 14 + 2
-
-
-@pytest.mark.parametrize("n_permutations", [10, 21])
-def test_leverage_standard_errors_match_the_spread_over_seeds(n_permutations):
-    """Stratified sandwich standard errors against the spread of 60 seeds (4 x 4 grid: 75 pairs
-    spread over the sizes, or 157 with the 16 of sizes 1 / 15 listed): mean SE / spread
-    measured 0.83 and 0.96, largest |bias| / (spread / sqrt(60)) 1.7 and 1.8."""
-    x = np.random.default_rng(2).uniform(0.5, 1.5, (3, 32, 32)).astype(np.float32)
-    labels = grid_labels(32, 32, 4)
-    model = SegmentModel(labels, cubic=8.0)
-    runs = [explain(model, x, "shapley", target=0, seed=s, segments=labels, estimator="leverage",
-                    n_permutations=n_permutations).extras for s in range(60)]
-    est = np.stack([r["attributions"] for r in runs]).astype(np.float64)
-    se = np.stack([r["std_errors"] for r in runs]).astype(np.float64)
-    spread = est.std(axis=0, ddof=1)
-    assert 0.75 < se.mean() / spread.mean() < 1.33
-    bias = np.abs(est.mean(axis=0) - model.shapley(x))
-    assert (bias < 4.5 * spread / np.sqrt(len(runs)) + 1e-4).all()
-    np.testing.assert_allclose(est.sum(axis=1), model.shapley(x).sum(), atol=1e-4)
 
 
 def test_leverage_estimator_is_seeded_and_batch_size_invariant(x32):
