@@ -54,6 +54,46 @@ def one_onnx_runtime_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def shared_sessions():
+    """One ONNX Runtime session per (graph, device, threads) in a test process: hundreds of
+    tests load the same few models (of the 1944 sessions a run created, 7 ms of CPU each, about
+    half were a graph that the process had loaded before). The first creation of each runs the
+    real code path; an ONNX Runtime error is never cached. Sessions are never changed after
+    creation, so the models that share one cannot see each other. Keyed by the graph's bytes, or a file's path, size and modification time."""
+    import hashlib
+
+    from blackbox_xai import model, runtime
+
+    create, made = runtime.create_session, {}
+
+    def key(source: bytes | str) -> tuple:
+        if isinstance(source, bytes):
+            return ("bytes", hashlib.sha256(source).digest())
+        stat = os.stat(source)
+        return ("file", os.path.abspath(source), stat.st_size, stat.st_mtime_ns)
+
+    def cached(source, device, threads, *, generated=None):
+        k = (key(source), runtime.resolve_device(device), threads, generated)
+        if k not in made:
+            made[k] = create(source, device, threads, generated=generated)
+        return made[k]
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (runtime, model):
+            patch.setattr(module, "create_session", cached)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_fsync():
+    """``os.fsync`` does nothing: a test never simulates a power loss, which is all that the
+    writers' fsync calls guard against, and they waited 3 s of the suite's time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", lambda fd: None)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_blas_thread():
     """NumPy's BLAS on one thread: pytest-xdist already runs one worker per core, and BLAS
     threads on top of them (and of ONNX Runtime's) only wait for each other. On the 2-core

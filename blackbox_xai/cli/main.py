@@ -200,7 +200,7 @@ def _detections_png(image, dets, boxes, labels) -> bytes:
                                      f"{d.score:.2f}") if t) for i, d in enumerate(dets)]
     buf = io.BytesIO()
     detections_image(image, [(b, d.label, c) for b, d, c in zip(boxes, dets, captions)]
-                     ).save(buf, format="PNG")
+                     ).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

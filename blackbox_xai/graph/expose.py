@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import onnx
 
 from ..errors import UnknownNameError, did_you_mean
-from .inspect import needed_nodes, resolve_tensor, typed_outputs
+from .inspect import needed_nodes, resolve_tensors, typed_outputs
 from .io import copy_model, finalize, infer_shapes
 
 
@@ -26,9 +26,7 @@ def expose(model: onnx.ModelProto, names: str | Iterable[str]) -> onnx.ModelProt
     Raises:
         UnknownNameError: a name is not a tensor of the graph (the message lists close matches).
     """
-    wanted = [names] if isinstance(names, str) else list(names)
-    for name in wanted:
-        resolve_tensor(model, name)
+    wanted = resolve_tensors(model, [names] if isinstance(names, str) else list(names))
     present = {o.name for o in model.graph.output}
     new = [n for n in dict.fromkeys(wanted) if n not in present]
     out = copy_model(model)

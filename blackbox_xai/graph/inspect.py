@@ -180,10 +180,18 @@ def tensor_names(model: onnx.ModelProto) -> list[str]:
 
 def resolve_tensor(model: onnx.ModelProto, name: str) -> str:
     """Return ``name`` if the graph has such a tensor, else raise with the closest names."""
+    return resolve_tensors(model, [name])[0]
+
+
+def resolve_tensors(model: onnx.ModelProto, wanted: list[str]) -> list[str]:
+    """``wanted`` if the graph has every one of them (one pass over the graph), else raise with
+    the closest names to the first one missing."""
     names = tensor_names(model)
-    if name not in set(names):
-        raise UnknownNameError(did_you_mean(name, names, "tensor"))
-    return name
+    known = set(names)
+    for name in wanted:
+        if name not in known:
+            raise UnknownNameError(did_you_mean(name, names, "tensor"))
+    return wanted
 
 
 # ---- CAM layers -------------------------------------------------------------------------------
