@@ -99,16 +99,17 @@ def one_blas_thread():
     threads on top of them (and of ONNX Runtime's) only wait for each other. On the 2-core
     machine under load a (64, 1024) @ (1024, 16) product took 11 ms and 2.9 CPU-ms with two
     threads, 1.1 ms and 0.15 CPU-ms with one."""
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance (2 CPUs) for every Ray test of this process: the Ray test modules
-    (``*_ray.py``) are one work unit of the xdist scheduler below, so one worker starts Ray once."""
+    """A local Ray instance (2 CPUs) for a Ray test module, shut down after it so that its
+    processes leave the cores to the rest of the run. The Ray test modules (``*_ray.py``) are
+    one work unit of the xdist scheduler below, so one worker runs them, one module at a time."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
