@@ -19,14 +19,20 @@ def shapley_kernel_sizes(d: int) -> npt.NDArray[np.float64]:
 
 
 def constrained_fit(z: npt.NDArray[np.float64], weight: npt.NDArray[np.float64],
-                    gains: npt.NDArray[np.float64], total: float
+                    gains: npt.NDArray[np.float64], total: float,
+                    constraint: npt.NDArray[np.float64] | None = None,
+                    penalty: npt.NDArray[np.float64] | None = None
                     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """min_phi sum_j w_j (gains_j - z_j^T phi)^2 subject to 1^T phi = total: (phi, the inverse of
-    the KKT matrix [[A, 1], [1^T, 0]], A = sum_j w_j z_j z_j^T; pseudo-inverse if singular)."""
-    d = z.shape[1]
+    """min_theta sum_j w_j (gains_j - z_j^T theta)^2 + sum_i penalty_i theta_i^2 subject to
+    c^T theta = total (c: ``constraint``, all ones by default; no penalty by default): (theta,
+    the inverse of the KKT matrix [[A + diag(penalty), c], [c^T, 0]], A = sum_j w_j z_j z_j^T;
+    pseudo-inverse if singular)."""
+    p = z.shape[1]
     zw = z * weight[:, None]
-    kkt = np.zeros((d + 1, d + 1))
-    kkt[:d, :d] = zw.T @ z
-    kkt[:d, d] = kkt[d, :d] = 1.0
+    kkt = np.zeros((p + 1, p + 1))
+    kkt[:p, :p] = zw.T @ z
+    if penalty is not None:
+        kkt[:p, :p] += np.diag(penalty)
+    kkt[:p, p] = kkt[p, :p] = 1.0 if constraint is None else constraint
     inverse = np.linalg.pinv(kkt)
-    return (inverse @ np.append(zw.T @ gains, total))[:d], inverse
+    return (inverse @ np.append(zw.T @ gains, total))[:p], inverse
