@@ -1,10 +1,15 @@
-"""Make one row of the README gallery: ``bbx explain`` with each method, overlays side by side.
+"""Make a README gallery: ``bbx explain`` with each method, overlays side by side.
 
 Runs the CLI as a user would (one command per method, default options unless given), then tiles
-the ``*_overlay.png`` files, each captioned with its method, into one JPEG:
+the ``*_overlay.png`` files, each captioned with its method, into one JPEG (one row, or rows of
+``--columns`` tiles):
 
     python tools/make_gallery_row.py MODEL IMAGE --methods "gradcam,rise:--n-masks 1000" \
-        --out row.jpg [--args "--class 0"] [--tile 256]
+        --out row.jpg [--args "--class 0"] [--tile 256] [--columns 4]
+
+The first gallery of the README: ``models/efficientnet_lite0.onnx examples/rocket.jpg
+--methods gradcam,occlusion,shapley,lime,rise,integrated-gradients,meaningful-perturbation
+--tile 213 --columns 4`` (every method at its defaults).
 
 A method may carry its own flags after a colon (``occlusion:--window 32 --stride 16``).
 
@@ -49,15 +54,20 @@ def overlays(model: str, image: str, methods: list[str], args: list[str], folder
     return made
 
 
-def row(tiles: list[tuple[str, Path]], size: int) -> Image.Image:
-    """The overlays at ``size`` x ``size`` (legends kept below), captioned, left to right."""
+def grid(tiles: list[tuple[str, Path]], size: int, columns: int | None) -> Image.Image:
+    """The overlays ``size`` wide (legends kept below), captioned, left to right in rows of
+    ``columns`` (default: one row)."""
     images = [Image.open(p).convert("RGB") for _, p in tiles]
     heights = [round(im.height * size / im.width) for im in images]
-    out = Image.new("RGB", (size * len(images), max(heights) + CAPTION), "white")
+    across = columns or len(images)
+    cell = max(heights) + CAPTION
+    rows = -(-len(images) // across)
+    out = Image.new("RGB", (size * min(across, len(images)), cell * rows), "white")
     draw = ImageDraw.Draw(out)
     for i, ((name, _), im, h) in enumerate(zip(tiles, images, heights)):
-        out.paste(im.resize((size, h), Image.LANCZOS), (i * size, 0))
-        draw.text((i * size + 6, max(heights) + 4), name, fill="black")
+        x, y = (i % across) * size, (i // across) * cell
+        out.paste(im.resize((size, h), Image.LANCZOS), (x, y))
+        draw.text((x + 6, y + max(heights) + 4), name, fill="black")
     return out
 
 
@@ -70,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="the JPEG to write")
     ap.add_argument("--args", default="", help="extra explain flags, e.g. '--class 0'")
     ap.add_argument("--tile", type=int, default=256, help="tile width in pixels")
+    ap.add_argument("--columns", type=int, help="tiles per row (default: all in one row)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bbx_gallery_") as td:
         tiles = overlays(a.model, a.image, a.methods.split(","), shlex.split(a.args), Path(td))
-        row(tiles, a.tile).save(a.out, quality=88)
+        grid(tiles, a.tile, a.columns).save(a.out, quality=88)
     print(f"wrote {a.out}")
     return 0
 
