@@ -186,7 +186,8 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
             segments: Segments = "grid", grid: Annotated[int, Range(1)] = 7,
             n_permutations: Annotated[int, Range(1)] = 25, antithetic: bool = True,
             baseline: Baseline = "zero",
-            estimator: Literal["leverage", "permutation", "kernel"] = "leverage") -> Attribution:
+            estimator: Literal["leverage", "permutation", "kernel"] = "leverage",
+            shrinkage: bool = True) -> Attribution:
     """Shapley values of segments (grid or superpixels) revealed from a baseline: permutations, KernelSHAP or Leverage SHAP.
 
     Players are the d segments, v(S) the score with the segments of S shown and the others at
@@ -198,8 +199,10 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
     arXiv:2410.01917): pairs (S, complement) drawn without replacement, every size equally often
     (leverage scores), the kernel-weighted constrained least squares fit made within sizes (a
     free intercept per size, still exact in the limit) and on interaction games of known
-    Shapley values (segment x size, segment x its bordering segments; exact in the limit too)
-    (:mod:`.shapley_leverage`), with stratified sandwich standard errors.
+    Shapley values (segment x size, segment x its bordering segments, those x size; exact in
+    the limit too), then shrunk toward a smooth map by empirical Bayes (a shift that vanishes
+    as the budget grows) (:mod:`.shapley_leverage`), with stratified sandwich standard errors
+    (the posterior's).
 
     ``estimator="permutation"`` (Castro et al. 2009; Strumbelj & Kononenko 2010): for a random
     permutation pi, start from the baseline and reveal the segments in the order pi; segment
@@ -216,8 +219,8 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
 
     Mean squared error at equal queries on EfficientNet-Lite0 photos (7 x 7 grid, 10 seeds
     against a 400-permutation truth, tools/bench/bench_shapley.py), as a ratio to antithetic
-    permutations at 1202 queries (the default budget) / 482: leverage: cat 0.27 / 0.38, coffee
-    0.32 / 0.53, rocket 0.29 / 0.33; kernel: cat 2.3 / 4.1, coffee 0.57 / 0.90, rocket 0.60 /
+    permutations at 1202 queries (the default budget) / 482: leverage: cat 0.23 / 0.26, coffee
+    0.30 / 0.44, rocket 0.25 / 0.27; kernel: cat 2.3 / 4.1, coffee 0.57 / 0.90, rocket 0.60 /
     0.87 (the cat's score saturates once a few cells show, which no additive fit follows; the
     fit within sizes takes that trend out). On a small CNN against exact values (12 players)
     leverage's error is 0.04-0.27x the permutations', the kernel's 0.13-0.72x.
@@ -237,6 +240,8 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
         baseline: what hidden segments show: zero, mean, blur, or a number.
         estimator: leverage (Leverage SHAP pairs, regression within sizes), permutation
             (sampled permutations) or kernel (paired KernelSHAP regression).
+        shrinkage: the leverage estimator's empirical-Bayes shrinkage toward a smooth map
+            (off: the regression's values as they are, unbiased for the exact ones).
     """
     labels = segment(x, segments, grid=grid)
     d = int(labels.max()) + 1
@@ -255,7 +260,8 @@ def shapley(query, x: npt.NDArray[np.float32], target: int, *, ctx: Context,
         sample = leverage_pairs(ctx.rng, n * (d - 1), d)
         gains, f_base = score_sampled(sample.keep)
         attributions, std_errors = leverage_shap(sample, gains, f_x - f_base,
-                                                 near=segment_neighbours(labels))
+                                                 near=segment_neighbours(labels),
+                                                 shrinkage=bool(shrinkage))
         n_coalitions = len(sample.keep)
     elif estimator == "kernel":
         coalitions = kernel_coalitions(ctx.rng, n * (d - 1), d, bool(antithetic))

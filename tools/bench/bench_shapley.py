@@ -15,9 +15,11 @@ seed) in the cache folder, so a rerun only computes what is missing (``--report-
 table from what is there). The defaults cost 19200 + 10 x 5 x (482 + 1202) queries per photo,
 about 2.5 hours for the three on a busy 2-core CPU (the truths half an hour of it); each further
 estimator about 20 minutes. ``leverage`` is the default estimator (fit within sizes with the
-interaction regressors), ``leverage-additive`` the same samples fitted without them (the default
-before); runs cached before that change under ``leverage`` must be deleted (or renamed to
-``leverage-additive``, which they equal).
+three families of interaction regressors, then empirical-Bayes shrinkage),
+``leverage-interactions`` the same samples fitted with the first two families and not shrunk
+(the default before), ``leverage-additive`` fitted without interaction regressors (the default
+before that); runs cached under ``leverage`` before such a change must be deleted (or renamed
+to the variant they equal).
 """
 
 from __future__ import annotations
@@ -76,18 +78,22 @@ ESTIMATORS = {"plain": {"estimator": "permutation", "antithetic": False},
               "antithetic": {"estimator": "permutation", "antithetic": True},
               "kernel": {"estimator": "kernel", "antithetic": True},
               "leverage": {"estimator": "leverage"},
+              "leverage-interactions": {"estimator": "leverage"},
               "leverage-additive": {"estimator": "leverage"},
               "leverage-list": {"estimator": "leverage"},
               "leverage-list-sqrt": {"estimator": "leverage"},
               "leverage-paper": {"estimator": "leverage"},
               "leverage-paper-list": {"estimator": "leverage"}}
-#: variants run through the shapley module's leverage functions with other keyword defaults:
-#: the fit within sizes without the interaction regressors (the default before), sizes 1 and
-#: d-1 listed, that with sizes drawn in proportion to 1 / sqrt(k (d - k)) (both without the
+#: variants run through the shapley module's leverage functions with other keyword defaults
+#: (none of them shrunk): slopes and neighbour triples only (the default before), the fit
+#: within sizes without interaction regressors (the default before that), sizes 1 and d-1
+#: listed, that with sizes drawn in proportion to 1 / sqrt(k (d - k)) (both without the
 #: interaction regressors, as measured), Leverage SHAP as the paper fits it (no size effects,
 #: no interaction regressors), and that with sizes 1 and d-1 listed
-ADDITIVE = {"extra": False}
-PATCHES = {"leverage-additive": {"leverage_shap": ADDITIVE},
+ADDITIVE = {"extra": (), "shrinkage": False}
+PATCHES = {"leverage-interactions": {"leverage_shap": {"extra": ("slopes", "triples"),
+                                                       "shrinkage": False}},
+           "leverage-additive": {"leverage_shap": ADDITIVE},
            "leverage-list": {"leverage_pairs": {"exact_smallest": True}, "leverage_shap": ADDITIVE},
            "leverage-list-sqrt": {"leverage_pairs": {"exact_smallest": True, "allocation": "sqrt"},
                                   "leverage_shap": ADDITIVE},
@@ -160,7 +166,8 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[10, 25],
                     help="budgets in permutations: n * 48 + 2 queries")
     ap.add_argument("--estimators", nargs="+",
-                    default=["plain", "antithetic", "kernel", "leverage-additive", "leverage"],
+                    default=["plain", "antithetic", "kernel", "leverage-additive",
+                             "leverage-interactions", "leverage"],
                     choices=list(ESTIMATORS), help="the leverage-* variants are on request")
     ap.add_argument("--report-only", action="store_true",
                     help="print the table from the cached runs, computing nothing new")
