@@ -151,6 +151,27 @@ def test_the_batch_size_is_probed_once_per_machine_and_remembered(tmp_path, monk
     assert load_model(model_path("tiny_cnn")).batch_size == 8 and len(probes) == 2
 
 
+def test_the_probe_times_its_finalists_again_before_it_decides(monkeypatch):
+    """Batch 1 looks fastest during the climb (150 inputs/s, a noisy start) and runs at 100
+    afterwards; batch 2 runs at 140 throughout: timed again in turn, batch 2 wins."""
+    from blackbox_xai import model as model_module
+
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    clock, tried = [0.0], []
+    rates = {2: 140, 4: 130, 8: 120, 16: 100}
+
+    class Session:
+        def run(self, outputs, feeds):
+            b = len(next(iter(feeds.values())))
+            tried.append(b)
+            clock[0] += b / (rates[b] if b > 1 else 150 if 2 not in tried else 100)
+
+    monkeypatch.setattr(model, "session", Session())
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: clock[0])
+    assert model.probe_batch_size(max_batch=16) == 2
+    assert max(tried) == 8 and tried[-1] in (1, 2)  # the climb stopped; the finalists re-timed
+
+
 @pytest.mark.parametrize("rates, best, largest_tried", [
     ({1: 125, 2: 110, 4: 128, 8: 129, 16: 157, 32: 100, 64: 90}, 16, 64),  # flat, then rises
     ({1: 100, 2: 80, 4: 70, 8: 60, 16: 50, 32: 40, 64: 30}, 1, 4),  # slower and slower
