@@ -359,15 +359,14 @@ def test_regression_estimators_beat_permutations_at_equal_queries_on_the_enumera
     assert all(ratios[k] < limits[k] for k in limits), (ratios, limits)
 
 
-def test_kernel_estimator_is_seeded_and_batch_size_invariant(x32):
-    """tests/methods/test_determinism.py runs the default (leverage) estimator; this runs the
-    kernel one."""
+@pytest.mark.parametrize("estimator", ["kernel", "leverage"])
+def test_regression_estimators_are_seeded_and_batch_size_invariant(x32, estimator):
     maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, "shapley", seed=3,
-                    target=1, n_permutations=4, estimator="kernel").map for b in (1, 7, 64)]
+                    target=1, n_permutations=4, estimator=estimator).map for b in (1, 7, 64)]
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-6)
     other = explain(load_model(model_path("tiny_cnn")), x32, "shapley", seed=4, target=1,
-                    n_permutations=4, estimator="kernel").map
+                    n_permutations=4, estimator=estimator).map
     assert not np.array_equal(other, maps[0])
 
 
@@ -476,16 +475,6 @@ def test_leverage_estimator_is_exact_when_the_budget_lists_every_coalition(x32, 
     np.testing.assert_allclose(exp.extras["attributions"], truth, atol=1e-5)
     np.testing.assert_array_equal(exp.extras["std_errors"], 0)
     assert exp.n_queries == 14 + 2
-
-
-def test_leverage_estimator_is_seeded_and_batch_size_invariant(x32):
-    maps = [explain(load_model(model_path("tiny_cnn"), batch_size=b), x32, "shapley", seed=3,
-                    target=1, n_permutations=4, estimator="leverage").map for b in (1, 7, 64)]
-    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(maps[0], maps[2], rtol=1e-5, atol=1e-6)
-    other = explain(load_model(model_path("tiny_cnn")), x32, "shapley", seed=4, target=1,
-                    n_permutations=4, estimator="leverage").map
-    assert not np.array_equal(other, maps[0])
 
 
 @pytest.mark.parametrize("size_effects", [True, False])
