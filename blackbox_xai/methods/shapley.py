@@ -22,7 +22,8 @@ from ..perturb import (
 )
 from ..registry import Attribution, Context, Range, register
 from ..segmentation import Segments, segment
-from .shapley_leverage import leverage_pairs, leverage_shap, segment_neighbours
+from .shapley_interactions import segment_neighbours
+from .shapley_leverage import leverage_pairs, leverage_shap
 from .shapley_regression import constrained_fit, shapley_kernel_sizes
 
 

@@ -7,10 +7,10 @@ weighted kernel mass / inclusion probability. Added here: the fit is made within
 size its own intercept), which keeps the estimator exact in the limit and removes from its
 noise a game's non-additive trend in |S| (a score that saturates once a few cells show); it
 regresses on games whose Shapley values are known in closed form besides the additive ones
-(:func:`interactions`), whose values are added back, which removes the part of the noise they
+(:mod:`.shapley_interactions`), whose values are added back, which removes the part of the noise they
 explain and keeps the estimator exact in the limit whatever their coefficients; and the
 values are shrunk toward a smooth map by as much as their estimated covariance says they are
-noisy (:func:`shrink`), which vanishes as the budget grows.
+noisy (:mod:`.shapley_shrinkage`), which vanishes as the budget grows.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from .shapley_interactions import EXTRA, interactions
 from .shapley_regression import constrained_fit, shapley_kernel_sizes
+from .shapley_shrinkage import shrink, smooth_prior
 
 #: how many coalitions of each size: equally many (leverage scores), or in proportion to
 #: 1 / sqrt(k (d - k)) (Neyman allocation for equal residual spread at every size)
@@ -34,9 +36,6 @@ ENUMERATE_UP_TO = 50_000
 #: ridge on the interaction regressors' coefficients, as a share of each one's weighted sum of
 #: squares (measured on the photos: 0.1 and 1.0 did worse on some, see README)
 RIDGE = 0.3
-
-#: the interaction regressors' families (:func:`interactions`) the fit uses by default
-EXTRA = ("slopes", "triples", "size-neighbours")
 
 
 @dataclass
@@ -182,150 +181,6 @@ def within_sizes(keep: npt.NDArray[np.bool_], *columns: npt.NDArray[np.float64]
         means = (onehot.T @ flat) / count[:, None]
         out.append((flat - means[size]).reshape(c.shape))
     return out
-
-
-def segment_neighbours(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
-    """(d, d): which segments of a label image (H, W) share a border (a horizontally or
-    vertically adjacent pixel pair); on a grid, the 4 neighbouring cells."""
-    d = int(labels.max()) + 1
-    near = np.zeros((d, d), bool)
-    for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:], labels[:-1])):
-        near[a.ravel(), b.ravel()] = True
-    near |= near.T
-    np.fill_diagonal(near, False)
-    return near
-
-
-@dataclass
-class Interactions:
-    """Regressors ``x`` (n, m), games of the coalitions, and their Shapley values ``shapley``
-    (m, d): row f holds the values of the game x_f."""
-
-    x: npt.NDArray[np.float64]
-    shapley: npt.NDArray[np.float64]
-
-
-def size_slopes(keep: npt.NDArray[np.bool_]) -> Interactions:
-    """z_i h(|S|), h(k) = ((2k - d) / d)^2: segment i's effect growing toward the smallest and
-    largest coalitions. Its Shapley values: i gets the mean over k = 1..d of h(k) (what it adds
-    when it joins k - 1 others), the other d - 1 share h(d) = 1 less that equally."""
-    d = keep.shape[1]
-    h = ((2 * np.arange(d + 1) - d) / d) ** 2
-    own = h[1:].mean()
-    values = np.full((d, d), (h[d] - own) / max(d - 1, 1))
-    np.fill_diagonal(values, own)
-    return Interactions(keep * h[keep.sum(axis=1)][:, None], values)
-
-
-def neighbour_triples(keep: npt.NDArray[np.bool_], near: npt.NDArray[np.bool_]) -> Interactions:
-    """s_i (sum_{j in N(i)} s_j)^2 with s = z - 1/2, N(i) the segments next to i: i's effect
-    depending on whether its neighbours are alike (all shown or all hidden) or mixed. With
-    s^2 = 1/4 it is |N(i)| s_i / 4 + 2 sum_{j < l in N(i)} s_i s_j s_l; a product of three s
-    gives each of its members int_0^1 (q - 1/2)^2 dq = 1/12 (its multilinear extension on the
-    diagonal, Owen 1972), so i gets |N(i)| / 4 + |N(i)| (|N(i)| - 1) / 12 and each neighbour
-    (|N(i)| - 1) / 6. (Products of two s are equal on S and on its complement: over paired
-    rows they are orthogonal to the rest, fitting them changes nothing.)"""
-    s = keep - 0.5
-    count = near.sum(axis=1).astype(np.float64)
-    values = near * ((count - 1) / 6)[:, None]
-    values[np.diag_indices_from(values)] = count / 4 + count * (count - 1) / 12
-    return Interactions(s * (s @ near) ** 2, values)
-
-
-def size_neighbour_products(keep: npt.NDArray[np.bool_], near: npt.NDArray[np.bool_]
-                            ) -> Interactions:
-    """s_i (sum_j s_j) (sum_{l in N(i)} s_l), s = z - 1/2: the pairwise effect of i and its
-    neighbours growing with the coalition's size (an odd function of it, unlike the two-segment
-    products themselves, equal on S and its complement). With s^2 = 1/4 it is |N(i)| s_i / 4 +
-    sum_{l in N(i)} s_l / 4 + the products of three distinct s (each member 1/12, see
-    :func:`neighbour_triples`): s_i s_j s_l for l in N(i), j not i or l. So i gets |N(i)| / 4 +
-    (d - 2) |N(i)| / 12, and m != i gets [m in N(i)] / 4 + (|N(i)| + (d - 3) [m in N(i)]) / 12."""
-    s = keep - 0.5
-    d = keep.shape[1]
-    count = near.sum(axis=1).astype(np.float64)
-    values = near / 4 + (count[:, None] + (d - 3) * near) / 12
-    values[np.diag_indices_from(values)] = count / 4 + (d - 2) * count / 12
-    return Interactions(s * s.sum(axis=1, keepdims=True) * (s @ near), values)
-
-
-def interactions(keep: npt.NDArray[np.bool_], near: npt.NDArray[np.bool_] | None,
-                 extra: tuple[str, ...] = EXTRA) -> Interactions:
-    """The regressors the fit adds, by family: "slopes" (:func:`size_slopes`), and when the
-    segments' adjacency ``near`` is known "triples" (:func:`neighbour_triples`) and
-    "size-neighbours" (:func:`size_neighbour_products`)."""
-    parts = [size_slopes(keep)] if "slopes" in extra else []
-    if near is not None:
-        parts += [neighbour_triples(keep, near)] if "triples" in extra else []
-        parts += [size_neighbour_products(keep, near)] if "size-neighbours" in extra else []
-    d = keep.shape[1]
-    return Interactions(np.concatenate([p.x for p in parts] or [np.zeros((len(keep), 0))], 1),
-                        np.concatenate([p.shapley for p in parts] or [np.zeros((0, d))]))
-
-
-def hops(near: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-    """(d, d) distances in the adjacency graph ``near`` (edges between segments sharing a
-    border), inf between unconnected segments: breadth-first, every source at once (numpy;
-    scipy.sparse.csgraph would cost every process 0.3 s of imports)."""
-    d = len(near)
-    dist = np.where(np.eye(d, dtype=bool), 0.0, np.inf)
-    reached, step = np.eye(d, dtype=bool), near.astype(np.float64)
-    for hop in range(1, d):
-        grown = reached | (reached.astype(np.float64) @ step > 0)
-        if (grown == reached).all():
-            break
-        dist[grown & ~reached] = hop
-        reached = grown
-    return dist
-
-
-def smooth_prior(near: npt.NDArray[np.bool_] | None, d: int) -> npt.NDArray[np.float64]:
-    """(d, d) prior correlation of the segments' values: exp(-their distance in the adjacency
-    graph ``near``) (0 between unconnected segments; on a grid exp(-|dr| - |dc|), a product of
-    two positive definite kernels), projected onto the positive semi-definite matrices for
-    other graphs; the identity when the adjacency is not known."""
-    if near is None:
-        return np.eye(d)
-    kernel = np.exp(-hops(near))
-    value, vector = np.linalg.eigh(kernel)
-    return (vector * np.clip(value, 1e-6 * value.max(), None)) @ vector.T
-
-
-def shrink(phi: npt.NDArray[np.float64], cov: npt.NDArray[np.float64],
-           prior: npt.NDArray[np.float64]
-           ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Empirical-Bayes posterior (mean, standard deviations) of the values given an estimate
-    ``phi`` with covariance ``cov`` (d, d; cov 1 = 0, the sum being exact) and the prior
-    ``prior`` (d, d, :func:`smooth_prior`): in the coordinates y = Q^T (phi - mean(phi)) of
-    the sum-free subspace (Q: d - 1 orthonormal columns orthogonal to 1), the truth's y ~ N(0,
-    tau^2 C), C = Q^T prior Q, the estimate's y ~ N(truth, S), S = Q^T cov Q, tau^2 maximising
-    the marginal likelihood N(y; 0, tau^2 C + S) (James & Stein 1961, Efron & Morris 1973);
-    posterior mean tau^2 C (tau^2 C + S)^-1 y, covariance tau^2 C (tau^2 C + S)^-1 S. With
-    C^-1/2 S C^-1/2 = V diag(lambda) V^T the posterior shrinks the coordinates C^1/2 V by
-    tau^2 / (tau^2 + lambda). The sum is unchanged (exact efficiency); as the budget grows S
-    shrinks as 1 / n and so does the shift, so the estimator stays exact in the limit, and it
-    is the identity when cov is 0 (every coalition listed). The standard deviations include
-    the shrinkage's bias as the prior expects it."""
-    d = len(phi)
-    if d < 3 or not np.isfinite(cov).all() or not cov.any():
-        return phi, np.sqrt(np.clip(np.diag(cov), 0, None))
-    basis = np.linalg.svd(np.eye(d) - 1.0 / d)[0][:, :d - 1]
-    y = basis.T @ (phi - phi.mean())
-    scale = y @ y / (d - 1)
-    if scale == 0:
-        return phi, np.sqrt(np.clip(np.diag(cov), 0, None))
-    value, vector = np.linalg.eigh(basis.T @ prior @ basis)
-    half = (vector * np.sqrt(value)) @ vector.T  # C^1/2
-    inv_half = (vector / np.sqrt(value)) @ vector.T
-    lam, v = np.linalg.eigh(inv_half @ (basis.T @ cov @ basis) @ inv_half)
-    lam = np.clip(lam, 0, None)
-    w = v.T @ inv_half @ y  # y in the coordinates C^1/2 V: ~ N(0, tau^2 + lambda) each
-    taus = scale * np.geomspace(1e-4, 1e2, 121)
-    loglik = [-(np.log(t + lam) + w ** 2 / (t + lam)).sum() for t in taus]
-    tau2 = taus[int(np.argmax(loglik))]
-    post = half @ v @ (tau2 / (tau2 + lam) * w)
-    post_cov = (half @ v * (tau2 * lam / (tau2 + lam))) @ (half @ v).T
-    full_cov = basis @ post_cov @ basis.T
-    return phi.mean() + basis @ post, np.sqrt(np.clip(np.diag(full_cov), 0, None))
 
 
 def leverage_shap(sample: PairSample, gains: npt.NDArray[np.float64], total: float,

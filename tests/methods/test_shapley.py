@@ -11,20 +11,21 @@ from helpers import Recorder, model_path
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
 from blackbox_xai.methods.shapley import draw_permutations, prefix_keep, ranks, shapley_kernel_sizes
+from blackbox_xai.methods.shapley_interactions import (
+    neighbour_triples,
+    segment_neighbours,
+    size_neighbour_products,
+    size_slopes,
+)
 from blackbox_xai.methods.shapley_leverage import (
     PairStrata,
     distinct_subsets,
     leverage_counts,
     leverage_pairs,
     leverage_shap,
-    neighbour_triples,
-    segment_neighbours,
-    shrink,
-    size_neighbour_products,
-    size_slopes,
-    smooth_prior,
     within_sizes,
 )
+from blackbox_xai.methods.shapley_shrinkage import shrink, smooth_prior
 from blackbox_xai.perturb import make_baseline
 from blackbox_xai.segmentation import grid_labels, relabel
 
