@@ -304,6 +304,37 @@ def test_executor_options_are_for_dataset_runs(run, data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_cli_runs_a_ray_executor_of_its_options(run, data, tmp_path, monkeypatch):
+    """``--executor ray --ray-address A --ray-workers 2 --gpus-per-worker 0.5`` makes the run
+    go through a RayExecutor with those settings (its map stood in for by one that pickles
+    the worker, items and results as Ray does, without Ray: test_dataset_ray.py runs Ray), and
+    the maps equal the local executor's."""
+    import pickle
+
+    from blackbox_xai.dataset import ray_executor
+
+    seen = []
+
+    def stand_in(self, make_worker, items):
+        seen.append((self.address, self.workers, self.gpus_per_worker))
+        worker = pickle.loads(pickle.dumps(make_worker))()
+        for item in items:
+            yield pickle.loads(pickle.dumps(worker(pickle.loads(pickle.dumps(item)))))
+
+    monkeypatch.setattr(ray_executor, "_ray", lambda: None)
+    monkeypatch.setattr(ray_executor.RayExecutor, "map", stand_in)
+    args = ("explain", "gradcam", MODEL, data)
+    assert run(*args, "--out", tmp_path / "local").exit_code == 0
+    r = run(*args, "--out", tmp_path / "ray", "--executor", "ray", "--ray-address", "ray://h:1",
+            "--ray-workers", "2", "--gpus-per-worker", "0.5")
+    assert r.exit_code == 0, r.output
+    assert seen == [("ray://h:1", 2, 0.5)]
+    maps = sorted(p.name for p in (tmp_path / "local").glob("*.npy"))
+    assert maps and maps == sorted(p.name for p in (tmp_path / "ray").glob("*.npy"))
+    for name in maps:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()
+
+
 def test_the_ray_executor_without_ray_is_one_line(run, data, tmp_path, monkeypatch):
     import sys
 

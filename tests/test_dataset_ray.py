@@ -1,7 +1,7 @@
 """The Ray executor on a local Ray instance (2 CPUs): an interrupted run, resumed, gives the
 same maps, index rows and folder as the local executor's uninterrupted run.
 
-The suite's only Ray runs: Ray's start costs 7.5 s of CPU, the first Ray Data run (two actors
+The suite's only Ray run: Ray's start costs 7.5 s of CPU, the first Ray Data run (two actors
 and Ray Data's own) 7.7 s, each later one-actor run 3.4 s. ``compare`` and ``evaluate`` go
 through the same executor interface; their workers are checked by an executor that pickles
 the worker and every item and result as a remote one must (test_dataset_aggregate.py)."""
@@ -62,10 +62,12 @@ def same_folders(a: Path, b: Path) -> None:
 
 def test_an_interrupted_ray_run_resumes_to_the_local_result(run, data, tmp_path, monkeypatch):
     """Grad-CAM's images batched two to a call (three calls) on two actors: killed after three
-    images, a row cut short and a file removed, resumed on Ray (one actor), the folder equals
-    the local executor's whole run (every map in it made on Ray). One test, two Ray Data runs: each run
-    costs the suite seconds of Ray start-up. Seeds are derived inside the worker from the
-    pickled job (test_dataset.py), so a deterministic method loses nothing here."""
+    images, a row cut short and a file removed, resumed (by the local executor: what a rerun
+    redoes depends only on the folder), the folder equals the local executor's whole run, the
+    maps made on Ray byte for byte. One Ray Data run: each costs the suite seconds of start-up
+    (the CLI's Ray options reaching the executor are checked without Ray, test_dataset.py).
+    Seeds are derived inside the worker from the pickled job (test_dataset.py), so a
+    deterministic method loses nothing here."""
     monkeypatch.setattr(dataset_run, "IMAGES_PER_CALL", 2)
     whole, out = tmp_path / "whole", tmp_path / "out"
     args = ("explain", "gradcam", MODEL, data)
@@ -82,7 +84,7 @@ def test_an_interrupted_ray_run_resumes_to_the_local_result(run, data, tmp_path,
     assert len(lines) == 4  # the header and the three rows written before the interruption
     (out / "index.csv").write_text("".join(lines[:-1]) + lines[-1][:30])  # a row cut short
     (out / "img0_gradcam.npy").unlink()  # an image half written
-    r = run(*args, "--out", out, "--executor", "ray", "--ray-workers", "1")
+    r = run(*args, "--out", out)
     assert r.exit_code == 0, r.output
     assert explained(r.output) == ["img0", "img2", "img3", "img4", "img5"]
     same_folders(whole, out)
