@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from blackbox_xai.methods.shapley_leverage import (
     distinct_subsets,
     leverage_counts,
     leverage_pairs,
+    lexicographic_subsets,
     leverage_shap,
     within_sizes,
 )
@@ -398,6 +400,17 @@ def test_distinct_subsets_are_distinct_uniform_and_avoid_complements(d, k, n):
         assert rows[:, -1].all()
     if n == math.comb(d, k):  # every subset: each segment in k / d of them
         np.testing.assert_allclose(rows.mean(axis=0), k / d)
+
+
+@pytest.mark.parametrize("free, k", [(1, 1), (6, 3), (12, 1), (12, 11), (15, 7), (49, 3), (7, 0)])
+def test_subsets_are_unranked_in_the_order_of_itertools_combinations(free, k):
+    listed = list(combinations(range(free), k))
+    index = np.random.default_rng(free + k).choice(len(listed), min(len(listed), 200), replace=False)
+    rows = lexicographic_subsets(np.sort(index), free, k)
+    want = np.zeros_like(rows)
+    for r, i in enumerate(np.sort(index)):
+        want[r, list(listed[i])] = True
+    np.testing.assert_array_equal(rows, want)
 
 
 def test_leverage_pairs_weights_are_the_kernel_mass_of_their_size():
