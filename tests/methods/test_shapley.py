@@ -23,8 +23,8 @@ from blackbox_xai.methods.shapley_leverage import (
     distinct_subsets,
     leverage_counts,
     leverage_pairs,
-    lexicographic_subsets,
     leverage_shap,
+    lexicographic_subsets,
     within_sizes,
 )
 from blackbox_xai.methods.shapley_shrinkage import shrink, smooth_prior
