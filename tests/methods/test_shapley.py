@@ -13,6 +13,7 @@ from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError
 from blackbox_xai.methods.shapley import draw_permutations, prefix_keep, ranks, shapley_kernel_sizes
 from blackbox_xai.methods.shapley_interactions import (
+    EXTRA,
     neighbour_triples,
     segment_neighbours,
     size_neighbour_products,
@@ -483,6 +484,19 @@ def test_leverage_estimator_is_efficient_on_the_onnx_cnn(x32):
     assert abs(gap) < 1e-5 and abs(exp.extras["efficiency_gap"]) < 1e-5
     assert abs(f_x - f_base) > 1e-2
     assert exp.n_queries == 74 + 2  # 75 coalitions' budget: 37 pairs
+
+
+def test_the_interaction_regressors_need_two_rows_per_column():
+    """16 grid cells, 3 families of 16 regressors each: 64 columns. With 126 rows (under 2 per
+    column) the fit is the additive one; with 130 it is not."""
+    near = segment_neighbours(grid_labels(32, 32, 4))
+    for budget, additive in ((126, True), (130, False)):
+        sample = leverage_pairs(np.random.default_rng(0), budget, 16)
+        assert len(sample.keep) == budget
+        gains = np.random.default_rng(1).standard_normal(budget) + sample.keep.sum(axis=1)
+        fits = [leverage_shap(sample, gains, 16.0, near=near, extra=extra, shrinkage=False)[0]
+                for extra in (EXTRA, ())]
+        assert np.array_equal(fits[0], fits[1]) == additive
 
 
 def test_no_shrinkage_gives_the_regression_values(monkeypatch):
