@@ -151,7 +151,7 @@ def test_the_batch_size_is_probed_once_per_machine_and_remembered(tmp_path, monk
     assert load_model(model_path("tiny_cnn")).batch_size == 8 and len(probes) == 2
 
 
-def test_the_probe_times_its_finalists_again_before_it_decides(monkeypatch):
+def test_the_probe_times_its_finalists_again_before_it_decides(monkeypatch, product_probe):
     """Batch 1 looks fastest during the climb (150 inputs/s, a noisy start) and runs at 100
     afterwards; batch 2 runs at 140 throughout: timed again in turn, batch 2 wins."""
     from blackbox_xai import model as model_module
@@ -177,7 +177,7 @@ def test_the_probe_times_its_finalists_again_before_it_decides(monkeypatch):
     ({1: 100, 2: 80, 4: 70, 8: 60, 16: 50, 32: 40, 64: 30}, 1, 4),  # slower and slower
 ])
 def test_the_probe_climbs_through_flat_stretches_and_stops_at_the_second_slower_batch(
-        monkeypatch, rates, best, largest_tried):
+        monkeypatch, product_probe, rates, best, largest_tried):
     """A fake session whose run of b inputs takes b / rates[b] seconds of a fake clock."""
     from blackbox_xai import model as model_module
 

@@ -26,7 +26,7 @@ from blackbox_xai.graph.autodiff import backward
 
 def session(model: onnx.ModelProto | str, optimize: bool = True) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = 1
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, str) else model.SerializeToString()
