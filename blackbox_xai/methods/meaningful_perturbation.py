@@ -164,18 +164,16 @@ BLOCK = 4
 
 
 def apply_perturbation(levels: npt.NDArray[np.float32], masks: npt.NDArray[np.float64],
-                       dy: int, dx: int, with_grad: bool = False
-                       ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
-    """``Phi(x0(. - tau); M)`` for masks (N, H, W) -> inputs (N, C, H, W), and ``dPhi/dM``.
+                       dy: int, dx: int) -> npt.NDArray[np.float32]:
+    """``Phi(x0(. - tau); M)`` for masks (N, H, W) -> inputs (N, C, H, W).
 
     With ``t = (1 - M) L`` and ``D_j = B_j - B_{j-1}``: ``Phi = B_0 + sum_j r_j(t) D_j``, the
     ramps ``r_j(t) = clip(t - (j - 1), 0, 1)`` making ``Phi`` the linear interpolation between
     neighbouring levels (``M x0 + (1 - M) r`` when L = 1). The first ramp is not clipped below
     nor the last above, so masks outside [0, 1] (finite differences at the bounds) extrapolate
-    the end segments linearly. ``dPhi/dM = -L D_{k+1}``, ``k = clip(floor t, 0, L - 1)``.
-    In float32, :data:`BLOCK` masks at a time, into one output and one scratch block; a ramp
-    that is 1 on a whole block adds ``D_j`` without the product, one that is 0 is skipped
-    (the same numbers, up to the sign of an exact zero).
+    the end segments linearly. In float32, :data:`BLOCK` masks at a time, into one output and
+    one scratch block; a ramp that is 1 on a whole block adds ``D_j`` without the product, one
+    that is 0 is skipped (the same numbers, up to the sign of an exact zero).
     """
     n, (_, h, w) = len(masks), masks.shape
     lv = levels[:, :, dy:dy + h, dx:dx + w]
@@ -206,13 +204,42 @@ def apply_perturbation(levels: npt.NDArray[np.float32], masks: npt.NDArray[np.fl
                     np.clip(r, 0.0, 1.0, out=r)
             np.multiply(r[:, None], diffs[j - 1][None], out=sc)
             out += sc
-    if not with_grad:
-        return phi, None
-    k = np.clip(np.floor(t), 0, n_seg - 1)[:, None]  # (N, 1, H, W)
-    dphi = np.empty_like(phi)
-    for j in range(n_seg):  # dPhi/dM = -L D_{k+1}: each level's step where k = j
-        np.multiply(diffs[j], -n_seg, out=dphi, where=k == j)
-    return phi, dphi
+    return phi
+
+
+class OneMaskPerturbation:
+    """``Phi(x0(. - tau); M)`` (C, H, W) for one mask (H, W), and its slope ``D_{k+1}``:
+    ``dPhi/dM = -L D_{k+1}``, ``k = clip(floor t, 0, L - 1)``, ``t = (1 - M) L``.
+
+    ``Phi = B_k + (t - k) D_{k+1}``: :func:`apply_perturbation`'s ramp sum, whose ramps below
+    ``k + 1`` are 1 and above it 0 (``t - k`` outside [0, 1] extrapolates the end segments the
+    same way). Each pixel's level and step are picked by one masked copy per level, from the
+    steps ``D_j`` computed once per explanation. In meaningful perturbation's backward loop
+    (EfficientNet-Lite0, 224 px, blur) our time per iteration went from 3.4-3.8 ms with the
+    ramp sum and its derivative to 2.2-2.5 ms, against about 30 ms in ONNX Runtime. Gathering
+    level and step with ``np.take`` from a per-pixel table was twice as fast in a loop of its
+    own but slower here (2.9-3.3 ms): its 6 MB table leaves the cache at every model pass.
+    """
+
+    def __init__(self, levels: npt.NDArray[np.float32]) -> None:
+        self.levels, self.n_seg = levels, len(levels) - 1
+        self.steps = np.ascontiguousarray(levels[1:] - levels[:-1])
+
+    def __call__(self, mask: npt.NDArray[np.float64], dy: int, dx: int
+                 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        (h, w), n_seg = mask.shape, self.n_seg
+        lv = self.levels[:, :, dy:dy + h, dx:dx + w]
+        steps = self.steps[:, :, dy:dy + h, dx:dx + w]
+        t = ((1.0 - mask) * n_seg).astype(np.float32)
+        k = np.clip(np.floor(t), 0, n_seg - 1)
+        phi, slope = lv[0].copy(), steps[0].copy()
+        for j in range(1, n_seg):
+            at = k == j
+            np.copyto(phi, lv[j], where=at)
+            np.copyto(slope, steps[j], where=at)
+        t -= k
+        phi += t * slope
+        return phi, slope
 
 
 # ---- scores -------------------------------------------------------------------------------------
@@ -271,11 +298,12 @@ class MaskGame:
                  levels: npt.NDArray[np.float32], up: Upsampler, is_prob: bool) -> None:
         self.query, self.ctx, self.target = query, ctx, target
         self.levels, self.up, self.is_prob = levels, up, is_prob
+        self.one_mask = OneMaskPerturbation(levels)
         self.k = len(ctx.scores)
 
     def score(self, masks: npt.NDArray[np.float64], dy: int, dx: int) -> npt.NDArray[np.float64]:
         """``f_c`` (N,) for low-resolution masks (N, s, s): one query call."""
-        phi, _ = apply_perturbation(self.levels, self.up(masks), dy, dx)
+        phi = apply_perturbation(self.levels, self.up(masks), dy, dx)
         return target_probability(self.query(phi), self.target, self.is_prob)[0]
 
     def fd_gradient(self, m: npt.NDArray[np.float64], u: npt.NDArray[np.float64], eps: float,
@@ -286,7 +314,7 @@ class MaskGame:
         n = len(u)
         big, step = self.up(m).astype(np.float32), eps * self.up(u)  # U is linear: n + 1 products
         masks = np.concatenate([big[None], big + step, big - step])
-        phi, _ = apply_perturbation(self.levels, masks, dy, dx)
+        phi = apply_perturbation(self.levels, masks, dy, dx)
         f = target_probability(self.query(phi), self.target, self.is_prob)[0]
         diff = (f[1:n + 1] - f[n + 1:]) / (2 * eps)
         return float(f[0]), (diff[:, None, None] * u).sum(axis=0) / n
@@ -296,16 +324,17 @@ class MaskGame:
         """``f_c(m)`` and its exact gradient: ``U^T [sum_ch (d f_c / dx) (dPhi / dM)]``.
 
         ``d f_c / dx`` comes from one pass of the model's backward graph with the softmax in the
-        graph (a one-hot seed on the class probabilities).
+        graph (a one-hot seed on the class probabilities); ``dPhi/dM = -L D_{k+1}``
+        (:class:`OneMaskPerturbation`).
         """
-        phi, dphi = apply_perturbation(self.levels, self.up(m[None]), dy, dx, with_grad=True)
+        phi, slope = self.one_mask(self.up(m), dy, dx)
         seed = np.zeros((1, self.k), np.float32)
         seed[0, self.target] = 1.0
-        scores, g = self.ctx.model.input_gradient(phi, seed, progress=self.ctx.progress,
+        scores, g = self.ctx.model.input_gradient(phi[None], seed, progress=self.ctx.progress,
                                                   kind="prob" if self.k > 1 else "logit")
         f = np.asarray(scores, np.float64).reshape(1, -1)[:, self.target]
-        df_dm = self.up.adjoint((np.asarray(g[0], np.float64) * dphi[0]).sum(axis=0))
-        return float(f[0]), df_dm
+        df_dM = np.einsum("chw,chw->hw", np.asarray(g[0], np.float32), slope)
+        return float(f[0]), self.up.adjoint(-self.one_mask.n_seg * df_dM.astype(np.float64))
 
 
 @register("meaningful-perturbation", family="black-box",

@@ -144,24 +144,29 @@ def test_perturbation_operator_and_its_derivative():
     masks = rng.random((4, 20, 24))
     # constant: exactly M x0 + (1 - M) mean, shifted by the jitter crop
     lv = mp.perturbation_levels(x, "constant", rng, 2)
-    phi, dphi = mp.apply_perturbation(lv, masks, 2, 2, with_grad=True)
+    phi = mp.apply_perturbation(lv, masks, 2, 2)
     mean = x.mean(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(phi, masks[:, None] * x + (1 - masks[:, None]) * mean, atol=1e-5)
-    np.testing.assert_allclose(dphi, np.broadcast_to(x - mean, phi.shape), atol=1e-5)
-    shifted, _ = mp.apply_perturbation(lv, np.ones((1, 20, 24)), 0, 1)
+    one_mask = mp.OneMaskPerturbation(lv)
+    for mask, want in zip(masks, phi):
+        one, slope = one_mask(mask, 2, 2)
+        np.testing.assert_allclose(one, want, atol=1e-5)
+        np.testing.assert_allclose(-slope, np.broadcast_to(x - mean, x.shape), atol=1e-5)
+    shifted = mp.apply_perturbation(lv, np.ones((1, 20, 24)), 0, 1)
     np.testing.assert_allclose(shifted[0][:, 2:, 1:], x[:, :-2, :-1], atol=1e-6)
     # blur: M = 1 is the input, M = 0 the sigma0 blur; dPhi/dM matches central differences
     lv = mp.perturbation_levels(x, "blur", rng, 0)
-    ends, _ = mp.apply_perturbation(lv, np.stack([np.ones((20, 24)), np.zeros((20, 24))]), 0, 0)
+    ends = mp.apply_perturbation(lv, np.stack([np.ones((20, 24)), np.zeros((20, 24))]), 0, 0)
     np.testing.assert_allclose(ends[0], x, atol=1e-6)
     np.testing.assert_allclose(ends[1], lv[-1], atol=1e-6)
     masks = np.clip(masks, 0.02, 0.98)
     t = (1 - masks) * mp.BLUR_LEVELS
     off_kink = np.abs(t - np.round(t)) > 0.01  # Phi is piecewise linear in M
-    phi, dphi = mp.apply_perturbation(lv, masks, 0, 0, with_grad=True)
+    dphi = np.stack([-mp.BLUR_LEVELS * mp.OneMaskPerturbation(lv)(mask, 0, 0)[1]
+                     for mask in masks])
     e = 1e-3
-    numeric = (mp.apply_perturbation(lv, masks + e, 0, 0)[0].astype(np.float64)
-               - mp.apply_perturbation(lv, masks - e, 0, 0)[0]) / (2 * e)
+    numeric = (mp.apply_perturbation(lv, masks + e, 0, 0).astype(np.float64)
+               - mp.apply_perturbation(lv, masks - e, 0, 0)) / (2 * e)
     np.testing.assert_allclose((numeric * off_kink[:, None]), dphi * off_kink[:, None], atol=2e-3)
 
 
@@ -189,20 +194,27 @@ def test_blocked_perturbation_equals_the_ramp_sum(perturbation, n, lo, hi):
     """apply_perturbation composes BLOCK masks at a time into one buffer: the same inputs as
     the sum of every ramp over the whole batch (to 1e-5; masks outside [0, 1] extrapolate),
     a partial last block included, blocks where ramps are all 1 (mostly deleted, M <= 0.2) or
-    all 0 (mostly kept, M >= 0.9) too, and dPhi/dM = -L D_{k+1} at every pixel."""
+    all 0 (mostly kept, M >= 0.9) too. OneMaskPerturbation, one mask at a time, gives the
+    same inputs (masks outside [0, 1] too) and dPhi/dM = -L D_{k+1} at every pixel."""
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3, 20, 24)).astype(np.float32)
     lv = mp.perturbation_levels(x, perturbation, rng, 3)
     masks = rng.uniform(lo, hi, (n, 20, 24))
-    phi, dphi = mp.apply_perturbation(lv, masks, 1, 2, with_grad=True)
+    phi = mp.apply_perturbation(lv, masks, 1, 2)
     assert phi.dtype == np.float32 and phi.flags["C_CONTIGUOUS"]
-    np.testing.assert_allclose(phi, ramp_sum(lv, masks, 1, 2), atol=1e-5)
+    want_phi = ramp_sum(lv, masks, 1, 2)
+    np.testing.assert_allclose(phi, want_phi, atol=1e-5)
     n_seg = len(lv) - 1
     k = np.clip(np.floor((1 - masks) * n_seg), 0, n_seg - 1).astype(int)
     steps = np.diff(lv[:, :, 1:21, 2:26].astype(np.float64), axis=0)  # (L, C, H, W)
     want = -n_seg * np.stack([steps[k[i], :, np.arange(20)[:, None], np.arange(24)]
                               .transpose(2, 0, 1) for i in range(n)])
-    np.testing.assert_allclose(dphi, want, atol=1e-5)
+    one_mask = mp.OneMaskPerturbation(lv)
+    for i, mask in enumerate(masks):
+        one, slope = one_mask(mask, 1, 2)
+        assert one.dtype == slope.dtype == np.float32
+        np.testing.assert_allclose(one, want_phi[i], atol=1e-5)
+        np.testing.assert_allclose(-n_seg * slope, want[i], atol=1e-5)
 
 
 def test_upsampled_mean_is_the_mean_of_the_upsampled_mask():
@@ -225,7 +237,7 @@ def test_backward_gradient_is_the_exact_derivative_and_fd_agrees(exact_gradients
     m = np.random.default_rng(1).uniform(0.2, 0.8, (8, 8))
     f, exact = game.backward_gradient(m, 0, 1)
     assert f == pytest.approx(float(softmax(logits(mp.apply_perturbation(
-        lv, game.up(m[None]), 0, 1)[0]))[0, 0]), abs=1e-6)
+        lv, game.up(m[None]), 0, 1)))[0, 0]), abs=1e-6)
     eye = np.eye(64).reshape(64, 8, 8)
     e = 1e-4
     scores = game.score(np.concatenate([m + e * eye, m - e * eye]), 0, 1)
