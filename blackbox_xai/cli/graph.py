@@ -23,8 +23,10 @@ def _plan_model_output(model_path: str, out: str, overwrite: bool) -> OutputPlan
 
 
 def _shape(shape: tuple) -> str:
-    """``Nx3x224x224``; an unknown axis (and shape inference's made-up ``unk__k`` names) is ?."""
-    return "x".join("?" if d is None or str(d).startswith("unk__") else str(d) for d in shape)
+    """``Nx3x224x224``; an unknown axis is ?: no value, shape inference's made-up ``unk__k``
+    names, or a negative value (paddle2onnx writes -1 for a dynamic axis)."""
+    return "x".join("?" if d is None or str(d).startswith("unk__") or isinstance(d, int) and d < 0
+                    else str(d) for d in shape)
 
 
 @click.command("layers")

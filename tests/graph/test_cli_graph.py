@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from helpers import SHIPPED, model_path
+from helpers import ROOT, SHIPPED, model_path
 
 from blackbox_xai.runtime import create_session
 
@@ -48,6 +48,15 @@ def test_layers_of_efficientnet_lite0(run):
     assert r.exit_code == 0, r.output
     default = [line for line in r.output.splitlines() if line.startswith("* ")]
     assert len(default) == 1 and "/_swish_1/Clip_output_0" in default[0] and "Clip" in default[0]
+
+
+def test_layers_of_a_paddle_export_with_a_dynamic_width(run):
+    """ppocr's classifier (paddle2onnx) takes 48 x W images and declares its dynamic axes as -1:
+    shown as ?, and not measured (shapes measured at one width would not be facts)."""
+    r = run("layers", ROOT / "tests" / "third_party" / "ppocr_mobile_v2_cls.onnx")
+    assert r.exit_code == 0, r.output
+    first = r.output.splitlines()[1].split()
+    assert first[:2] == ["conv2d_53.tmp_0", "?x8x?x?"] and "-1" not in r.output
 
 
 def test_layers_without_feature_maps(run):
