@@ -29,6 +29,7 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.io import copy_model, load
+from .graph.ir_version import declare_ir
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -48,6 +49,7 @@ from .runtime import (
     cuda_free_memory,
     evaluate,
     input_budget,
+    max_ir_version,
     ort_value,
     run,
     verify_batch_dynamic,
@@ -88,6 +90,20 @@ class InputSpec:
     @property
     def chw(self) -> tuple[int, int | None, int | None]:
         return (self.channels, self.height, self.width)
+
+
+def readable_by_runtime(source: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``source``, or a copy declaring the newest IR version this ONNX Runtime reads when the
+    file declares a newer one and uses nothing that came after it
+    (:func:`~blackbox_xai.graph.ir_version.declare_ir`; a one-line error when it does)."""
+    limit = max_ir_version()
+    if limit is None or source.ir_version <= limit:
+        return source
+    declared = declare_ir(source, limit, f"ONNX Runtime {ort.__version__}")
+    log.info("%s declares ONNX IR version %d; ONNX Runtime %s reads up to %d: running a copy "
+             "declared %d (the model uses nothing newer)", name, source.ir_version,
+             ort.__version__, limit, limit)
+    return declared
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -215,7 +231,8 @@ class Model:
         if threads is not None and not (isinstance(threads, int) and threads >= 1):
             raise ModelInputError(f"threads={threads!r}: use a positive integer (--threads N)")
         self.path = Path(path)
-        source = load(self.path)
+        original = load(self.path)
+        source = readable_by_runtime(original, self.path.name)
         self.sha256 = sha256_of(self.path)
         self.device, self.threads, self.score, self.task = device, threads, score, task
         self.proto, self.graph_problem = self._normalized(source)
@@ -223,6 +240,7 @@ class Model:
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
+        changed = changed or source is not original  # the file declares too new an IR
         self.output_names = [self._find_output(output)] if output is not None or task != "detect" \
             else [o.name for o in self.proto.graph.output]
         self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES

@@ -71,11 +71,13 @@ def methods_cmd(markdown: bool) -> None:
 def inspect_cmd(model_path: str, device: str) -> None:
     """Show a model's inputs, outputs, opsets, op histogram and execution provider."""
     from ..graph.io import load
-    from ..model import create_session, sha256_of
+    from ..model import create_session, readable_by_runtime, sha256_of
     from ..preprocess import Preprocessing, read_metadata
 
     proto = load(model_path)
-    sess, provider = create_session(model_path, device, None)
+    runnable = readable_by_runtime(proto, Path(model_path).name)
+    sess, provider = create_session(model_path if runnable is proto else
+                                    runnable.SerializeToString(), device, None)
     hist = Counter(n.op_type for n in proto.graph.node)
     print_table([
         ("model", (f"{model_path}  ({Path(model_path).stat().st_size / 2**20:.1f} MiB, "
