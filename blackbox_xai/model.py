@@ -29,7 +29,7 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.io import copy_model, load
-from .graph.ir_version import declare_ir
+from .graph.runtime_versions import declare_ir, declare_opset
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -50,6 +50,7 @@ from .runtime import (
     evaluate,
     input_budget,
     max_ir_version,
+    max_opset,
     ort_value,
     run,
     verify_batch_dynamic,
@@ -93,17 +94,25 @@ class InputSpec:
 
 
 def readable_by_runtime(source: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    """``source``, or a copy declaring the newest IR version this ONNX Runtime reads when the
-    file declares a newer one and uses nothing that came after it
-    (:func:`~blackbox_xai.graph.ir_version.declare_ir`; a one-line error when it does)."""
-    limit = max_ir_version()
-    if limit is None or source.ir_version <= limit:
-        return source
-    declared = declare_ir(source, limit, f"ONNX Runtime {ort.__version__}")
-    log.info("%s declares ONNX IR version %d; ONNX Runtime %s reads up to %d: running a copy "
-             "declared %d (the model uses nothing newer)", name, source.ir_version,
-             ort.__version__, limit, limit)
-    return declared
+    """``source``, or a copy declaring the newest IR version and ai.onnx opset this ONNX Runtime
+    reads, when the file declares newer ones and uses nothing that came after them
+    (:mod:`~blackbox_xai.graph.runtime_versions`; a one-line error when it does)."""
+    runtime = f"ONNX Runtime {ort.__version__}"
+    out = source
+    ir_limit, opset_limit = max_ir_version(), max_opset()
+    if ir_limit is not None and out.ir_version > ir_limit:
+        out = declare_ir(out, ir_limit, runtime)
+        log.info("%s declares ONNX IR version %d; %s reads up to %d: running a copy declared "
+                 "%d (the model uses nothing newer)", name, source.ir_version, runtime,
+                 ir_limit, ir_limit)
+    if opset_limit is not None:
+        declared = declare_opset(out, opset_limit, runtime)
+        if declared is not out:
+            log.info("%s imports opset %d; %s runs up to %d: running a copy importing %d (none "
+                     "of its ops changed in between)", name, default_opset(out), runtime,
+                     opset_limit, opset_limit)
+            out = declared
+    return out
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -114,18 +114,32 @@ def max_ir_version() -> int | None:
     version states it ("Unsupported model IR version: 1000000, max supported IR version: 13"),
     which costs one failed session creation (about 1 ms) per process.
     """
+    return _limit_in_refusal(ir_version=10**6, opset=13,
+                             pattern=r"max supported IR version: (\d+)")
+
+
+@functools.cache
+def max_opset() -> int | None:
+    """The newest ai.onnx opset this ONNX Runtime runs, or None when it does not say; read, like
+    :func:`max_ir_version`, from its refusal of a far newer one ("... official support for
+    domain ai.onnx is till opset 26")."""
+    return _limit_in_refusal(ir_version=8, opset=10**3,
+                             pattern=r"support for domain ai\.onnx is till opset (\d+)")
+
+
+def _limit_in_refusal(ir_version: int, opset: int, pattern: str) -> int | None:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
-                                                "ir_probe", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    probe.ir_version = 10**6
+                                                "limit_probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    probe.ir_version = ir_version
     try:
         ort.InferenceSession(probe.SerializeToString(), providers=[CPU])
     except Exception as e:  # noqa: BLE001 - ORT's load failures share no base class
-        found = re.search(r"max supported IR version: (\d+)", str(e))
+        found = re.search(pattern, str(e))
         return int(found.group(1)) if found else None
-    return None  # it read IR 10**6: no limit worth knowing
+    return None  # it read the far newer version: no limit worth knowing
 
 
 def create_session(model: bytes | str, device: Device, threads: int | None, *,

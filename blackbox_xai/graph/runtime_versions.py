@@ -1,12 +1,16 @@
-"""Declare a model at the older IR version a runtime reads, when it uses nothing newer.
+"""Declare a model at the older IR version and opset a runtime reads, when that changes nothing.
 
-Exporters write the IR version of the onnx package they run with (onnx 1.23: IR 14), and ONNX
-Runtime refuses every file above the newest version it knows ("Unsupported model IR version:
-14, max supported IR version: 13"), even when the graph uses nothing that came later: the
-commonest ONNX Runtime load error in exporters' issue trackers, whose usual fix is to edit the
-file's ``ir_version``. Each IR version since 9 only added element types and a few model-level
-fields (the version history in onnx.proto). :func:`declare_ir` returns a copy declared at the
-older version when the model uses none of them, and otherwise names what it uses.
+Exporters write the IR version and opset of the onnx package they run with (onnx 1.23: IR 14,
+opset up to 28), and ONNX Runtime refuses every file above the newest it knows ("Unsupported
+model IR version: 14, max supported IR version: 13"; "Opset 27 is under development ...
+official support for domain ai.onnx is till opset 26"), even when the graph uses nothing that
+came later: the commonest ONNX Runtime load error in exporters' issue trackers, whose usual fix
+is to edit the file's ``ir_version``. Each IR version since 9 only added element types and a
+few model-level fields (the version history in onnx.proto): :func:`declare_ir` returns a copy
+declared at the older version when the model uses none of them. An opset is a set of operator
+versions: :func:`declare_opset` returns a copy importing the older opset when no operator the
+model uses changed between the two (every one's schema is the same at both). Otherwise each
+names what the model uses, in one line.
 
 Pure ``ModelProto -> ModelProto``; no ONNX Runtime here.
 """
@@ -108,3 +112,65 @@ def declare_ir(model: onnx.ModelProto, ir: int, runtime: str = "the runtime") ->
     out = copy_model(model)
     out.ir_version = ir
     return out
+
+
+def default_domain_ops(model: onnx.ModelProto) -> set[str]:
+    """The op types of the default (ai.onnx) domain that ``model`` uses, subgraphs included;
+    model-local functions' bodies too, when they import the default domain's opset."""
+    ops: set[str] = set()
+
+    def walk(nodes) -> None:
+        for n in nodes:
+            if n.domain in ("", "ai.onnx"):
+                ops.add(n.op_type)
+            for a in n.attribute:
+                for sub in _listed(a, "g", "graphs"):
+                    walk(sub.node)
+
+    walk(model.graph.node)
+    for f in model.functions:
+        walk(f.node)
+    return ops
+
+
+def changed_ops(model: onnx.ModelProto, opset: int) -> list[str]:
+    """The ops ``model`` uses whose schema at its opset is newer than ``opset`` (or unknown)."""
+    current = _default_opset(model)
+    changed = []
+    for op in sorted(default_domain_ops(model)):
+        try:
+            since = onnx.defs.get_schema(op, current).since_version
+        except onnx.defs.SchemaError:
+            changed.append(f"{op} (no schema)")
+            continue
+        if since > opset:
+            changed.append(f"{op} (changed in opset {since})")
+    return changed
+
+
+def declare_opset(model: onnx.ModelProto, opset: int, runtime: str = "the runtime"
+                  ) -> onnx.ModelProto:
+    """``model`` itself when its ai.onnx opset is at most ``opset``; else a copy importing
+    ``opset`` when none of its ops changed in between, or a one-line :class:`ModelLoadError`
+    naming those that did."""
+    current = _default_opset(model)
+    if current <= opset:
+        return model
+    changed = changed_ops(model, opset)
+    if changed:
+        raise ModelLoadError(f"the model imports opset {current} and uses {', '.join(changed)}, "
+                             f"which {runtime} cannot run (it reads opsets up to {opset}): "
+                             "upgrade it, or export at that opset")
+    out = copy_model(model)
+    for o in out.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = opset
+    for f in out.functions:
+        for o in f.opset_import:
+            if o.domain in ("", "ai.onnx") and o.version > opset:
+                o.version = opset
+    return out
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)

@@ -1,5 +1,5 @@
-"""Files that declare a newer ONNX IR version than ONNX Runtime reads: run as a copy declared
-at the version it reads when they use nothing newer, else refused in one line."""
+"""Files that declare a newer ONNX IR version or opset than ONNX Runtime reads: run as a copy
+declared at the versions it reads when they use nothing newer, else refused in one line."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 from blackbox_xai import load_model
 from blackbox_xai import model as model_module
 from blackbox_xai.errors import ModelLoadError
-from blackbox_xai.graph.ir_version import declare_ir, element_types, features_after
-from blackbox_xai.runtime import max_ir_version
+from blackbox_xai.graph.runtime_versions import (
+    changed_ops,
+    declare_ir,
+    declare_opset,
+    element_types,
+    features_after,
+)
+from blackbox_xai.runtime import max_ir_version, max_opset
 
 
 def declared(path, ir: int, tmp_path, name: str = "model.onnx"):
@@ -106,3 +112,46 @@ def test_types_are_found_wherever_the_graph_names_them(ir, newer):
         copy = declare_ir(proto, ir)
         assert copy.ir_version == ir and proto.ir_version == 14 and copy is not proto
     assert declare_ir(proto, 14) is proto
+
+
+def opset_copy(path, opset: int, ir: int, out) -> object:
+    """A copy of the model at ``path`` importing ai.onnx ``opset``, declared IR ``ir``."""
+    proto = onnx.load(str(path))
+    proto.opset_import[0].version, proto.ir_version = opset, ir
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_a_newer_opset_whose_ops_did_not_change_runs_as_a_copy(tmp_path, caplog):
+    """ORT 1.31 runs opsets up to 26 and refuses 27; the test CNN's ops (Conv, Gemm, Flatten,
+    ...) last changed at opset 21, so importing the runtime's limit + 1 changes nothing: it runs,
+    with the same scores, as a copy importing the limit (and declared at the IR it reads)."""
+    limit = max_opset()
+    assert isinstance(limit, int) and limit >= 21
+    path = opset_copy(model_path("tiny_cnn"), limit + 1, max_ir_version(), tmp_path / "m.onnx")
+    with pytest.raises(Exception, match=f"Opset {limit + 1}"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    before = path.read_bytes()
+    caplog.set_level("INFO", logger="blackbox_xai")
+    model = load_model(path, device="cpu")
+    assert f"imports opset {limit + 1}" in caplog.text and path.read_bytes() == before
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(model(x), load_model(model_path("tiny_cnn"), device="cpu")(x))
+    assert model.graph().opset_import[0].version == limit
+
+
+def test_a_newer_opset_whose_ops_changed_is_refused_in_one_line(tmp_path, monkeypatch, run):
+    """A runtime that runs opsets up to 20, simulated: the test CNN importing opset 21 uses
+    Flatten, whose schema changed at 21 (new types), so it is not re-declared; at opset 20's
+    own schemas nothing is refused."""
+    monkeypatch.setattr(model_module, "max_opset", lambda: 20)
+    path = opset_copy(model_path("tiny_cnn"), 21, 10, tmp_path / "m21.onnx")
+    assert changed_ops(onnx.load(str(path)), 20) == ["Flatten (changed in opset 21)"]
+    r = run("explain", "gradcam", path, EXAMPLES / "cat.jpg", "--out", tmp_path / "out")
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("bbx: ")]
+    assert r.exit_code == 2 and not (tmp_path / "out").exists()
+    assert len(errors) == 1 and "opset 21 and uses Flatten (changed in opset 21)" in errors[0]
+    assert load_model(opset_copy(model_path("tiny_cnn"), 20, 10, tmp_path / "m20.onnx"),
+                      device="cpu").proto.opset_import[0].version == 20
+    proto = onnx.load(str(path))
+    assert declare_opset(proto, 21) is proto
