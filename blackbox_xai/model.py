@@ -29,7 +29,6 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.io import copy_model, load
-from .graph.runtime_versions import declare_ir, declare_opset
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -39,6 +38,7 @@ from .graph.normalize import (
     normalize,
 )
 from .graph.perturbation import Kind, perturbation_graph
+from .graph.runtime_versions import declare_ir, declare_opset
 from .runtime import (
     CPU,
     CUDA,
