@@ -38,6 +38,7 @@ from .graph.normalize import (
     normalize,
 )
 from .graph.perturbation import Kind, perturbation_graph
+from .graph.pixel_input import PIXEL_TYPES, float_pixel_input, why_no_float_view
 from .graph.runtime_versions import declare_ir, declare_opset
 from .runtime import (
     CPU,
@@ -245,11 +246,13 @@ class Model:
         self.sha256 = sha256_of(self.path)
         self.device, self.threads, self.score, self.task = device, threads, score, task
         self.proto, self.graph_problem = self._normalized(source)
+        self.proto, self.pixel_type = self._float_pixels(self.proto)
         self.input = self._find_input(self.proto, layout)
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
-        changed = changed or source is not original  # the file declares too new an IR
+        # the file declares too new an IR or opset, or takes integer pixels
+        changed = changed or source is not original or self.pixel_type is not None
         self.output_names = [self._find_output(output)] if output is not None or task != "detect" \
             else [o.name for o in self.proto.graph.output]
         self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES
@@ -357,6 +360,25 @@ class Model:
         if self.activation == "Sigmoid":
             return (1 / (1 + np.exp(-scores))).astype(np.float32)
         return softmax(scores)
+
+    def _float_pixels(self, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+        """``proto`` and None, or, when the image input arrives as integer pixels that the graph
+        only casts to float, its float view and the integer type (:mod:`~blackbox_xai.graph.
+        pixel_input`; a one-line error when the graph uses the integers otherwise)."""
+        inits = {t.name for t in proto.graph.initializer}
+        inputs = [i for i in proto.graph.input if i.name not in inits]
+        if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type not in PIXEL_TYPES:
+            return proto, None
+        inp = inputs[0]
+        kind = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
+        why = why_no_float_view(proto, inp.name)
+        if why:
+            raise ModelInputError(f"model input {inp.name!r} is tensor({kind}) {_shape_of(inp)} "
+                                  f"and {why}: integer pixels are taken only when the graph casts "
+                                  "them to float (a float image tensor is expected)")
+        log.info("model input %r takes %s pixels that the graph only casts to float: running a "
+                 "copy that takes them as floats", inp.name, kind)
+        return float_pixel_input(proto, inp.name), kind
 
     def _find_input(self, proto: onnx.ModelProto, layout: Layout | None) -> InputSpec:
         inits = {t.name for t in proto.graph.initializer}

@@ -396,13 +396,20 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     ``Image.NominalPixelRange``, ``Image.ColorSpaceGamma``) and a label list under ``labels``,
     ``classes``, ``class_names`` or ``names`` (JSON or Python list or {index: name}, or comma /
     newline separated text). ``model`` is a path or an ``onnx.ModelProto``; values it cannot
-    read are logged and ignored (the metadata is the vendor's, not the user's).
+    read are logged and ignored (the metadata is the vendor's, not the user's). An input of
+    integer pixels (uint8: :mod:`~blackbox_xai.graph.pixel_input`) states their range too: the
+    pixels as they are, 0-255, unless ``Image.NominalPixelRange`` says otherwise.
     """
     from .graph.io import load
+    from .graph.pixel_input import PIXEL_TYPES
 
     proto = load(model, load_external_data=False) if isinstance(model, (str, os.PathLike)) else model
     props = {p.key: p.value for p in proto.metadata_props}
     out: dict[str, Any] = {}
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in PIXEL_TYPES:
+        out.update(_META_RANGE["NominalRange_0_255"])
     for key, table in (("Image.BitmapPixelFormat", _META_PIXEL_FORMAT),
                        ("Image.NominalPixelRange", _META_RANGE), ("Image.ColorSpaceGamma", _META_GAMMA)):
         if key in props:
