@@ -40,6 +40,7 @@ from .graph.normalize import (
 from .graph.perturbation import Kind, perturbation_graph
 from .graph.pixel_input import PIXEL_TYPES, float_pixel_input, why_no_float_view
 from .graph.runtime_versions import declare_ir, declare_opset
+from .graph.zipmap import unzipped_outputs
 from .runtime import (
     CPU,
     CUDA,
@@ -247,12 +248,18 @@ class Model:
         self.device, self.threads, self.score, self.task = device, threads, score, task
         self.proto, self.graph_problem = self._normalized(source)
         self.proto, self.pixel_type = self._float_pixels(self.proto)
+        self.proto, unzipped = unzipped_outputs(self.proto)
+        for zipped, scores in unzipped.items():
+            log.info("output %r is a ZipMap's list of {label: score} maps: its input %r holds "
+                     "the scores", zipped, scores)
+        output = unzipped.get(output, output) if output is not None else None
         self.input = self._find_input(self.proto, layout)
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
-        # the file declares too new an IR or opset, or takes integer pixels
-        changed = changed or source is not original or self.pixel_type is not None
+        # the file declares too new an IR or opset, takes integer pixels or zips its scores
+        changed = (changed or source is not original or self.pixel_type is not None
+                   or bool(unzipped))
         self.output_names = [self._find_output(output)] if output is not None or task != "detect" \
             else [o.name for o in self.proto.graph.output]
         self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES
@@ -441,6 +448,10 @@ class Model:
         names = [o.name for o in self.proto.graph.output]
         outs = dict(zip(names, run(self.session, names, feeds)))
         raw = outs[self.output_name]
+        if not np.issubdtype(raw.dtype, np.number):
+            held = "strings" if raw.dtype.kind in "OSU" else str(raw.dtype)
+            raise ModelInputError(f"output {self.output_name!r} holds {held}, not class scores: "
+                                  "choose them with --output NAME")
         if raw.ndim == 0 or (raw.shape[0] != (self.input.batch or 1)):
             raise ModelInputError(f"output {self.output_name!r} has shape {list(raw.shape)}: it has "
                                   "no batch axis, so it cannot be class scores")

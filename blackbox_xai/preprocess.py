@@ -402,6 +402,7 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     """
     from .graph.io import load
     from .graph.pixel_input import PIXEL_TYPES
+    from .graph.zipmap import zipmap_labels
 
     proto = load(model, load_external_data=False) if isinstance(model, (str, os.PathLike)) else model
     props = {p.key: p.value for p in proto.metadata_props}
@@ -424,6 +425,8 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
                 out["labels"] = labels
                 break
             log.warning("model metadata %s is not a list of class names; ignored", key)
+    if "labels" not in out and (zipped := zipmap_labels(proto)):
+        out["labels"] = zipped  # the class names of a final ZipMap (graph/zipmap.py)
     return out
 
 
