@@ -249,6 +249,7 @@ class Model:
         self.proto, self.graph_problem = self._normalized(source)
         self.proto, self.pixel_type = self._float_pixels(self.proto)
         self.proto, unzipped = unzipped_outputs(self.proto)
+        self.zipped_outputs = unzipped  # {a ZipMap's output: the scores it zips}
         for zipped, scores in unzipped.items():
             log.info("output %r is a ZipMap's list of {label: score} maps: its input %r holds "
                      "the scores", zipped, scores)

@@ -56,7 +56,9 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
     try:
         for task in ("classify", "segment", "detect"):  # its own task measures its shapes
             try:
-                model = load_model(model_path, device="cpu", task=task).graph()
+                loaded = load_model(model_path, device="cpu", task=task)
+                model = loaded.graph()
+                output_name = loaded.zipped_outputs.get(output_name, output_name)
                 break
             except BlackboxError:
                 continue

@@ -80,7 +80,7 @@ def test_the_zipmaps_class_names_are_the_labels(pair):
                                        warn_if_guessed=False).labels
 
 
-def test_the_string_label_output_is_refused_in_one_line(pair, tmp_path, run):
+def test_the_cli_refuses_the_string_output_and_explains_through_the_zipmap(pair, tmp_path, run):
     with pytest.raises(ModelInputError, match="'classLabel' holds strings, not class scores"):
         load_model(pair[0], device="cpu", output="classLabel")
     r = run("explain", "occlusion", pair[0], EXAMPLES / "cat.jpg", "--output", "classLabel",
@@ -92,3 +92,6 @@ def test_the_string_label_output_is_refused_in_one_line(pair, tmp_path, run):
     target = re.search(r"target (\d+) \((\w+)\)", ok.output)
     assert ok.exit_code == 0 and target, ok.output
     assert target.group(2) == LABELS[int(target.group(1))]  # named by the ZipMap's labels
+    listed = run("layers", pair[0], "--output", "loss")  # the ZipMap's output means its scores
+    assert listed.exit_code == 0 and any(line.startswith("* r ") for line in
+                                         listed.output.splitlines()), listed.output
