@@ -244,6 +244,10 @@ class Model:
         self.path = Path(path)
         original = load(self.path)
         source = readable_by_runtime(original, self.path.name)
+        #: the versions the file was re-declared at to run here (graph/runtime_versions.py)
+        self.declared_as = {k: new for k, old, new in (
+            ("ir_version", original.ir_version, source.ir_version),
+            ("opset", default_opset(original), default_opset(source))) if new != old}
         self.sha256 = sha256_of(self.path)
         self.device, self.threads, self.score, self.task = device, threads, score, task
         self.proto, self.graph_problem = self._normalized(source)
@@ -891,7 +895,9 @@ class Model:
         return {"path": str(self.path), "sha256": self.sha256, "provider": self.provider,
                 "input": self.input.name, "layout": self.input.layout, "output": self.output_name,
                 "explained_tensor": self.logits_name, "final_activation": self.activation,
-                "score": self.score, "task": self.task}
+                "score": self.score, "task": self.task,
+                **({"input_pixels": self.pixel_type} if self.pixel_type else {}),
+                **({"declared_as": self.declared_as} if self.declared_as else {})}
 
 
 def _shape_of(v: onnx.ValueInfoProto) -> list[int | str | None] | None:

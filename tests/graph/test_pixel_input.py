@@ -58,6 +58,7 @@ def test_the_float_view_equals_the_float_network(pair):
     before = pair[0].read_bytes()
     u8, fp = (load_model(p, device="cpu") for p in pair)
     assert u8.pixel_type == "uint8" and fp.pixel_type is None
+    assert u8.describe()["input_pixels"] == "uint8" and "input_pixels" not in fp.describe()
     assert u8.input.layout == "NHWC" and u8.input.chw == (3, 32, 32)
     x = np.random.default_rng(1).integers(0, 256, (3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(u8(x[None]), fp(x[None]))

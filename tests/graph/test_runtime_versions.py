@@ -60,6 +60,7 @@ def test_a_newer_declared_file_runs_as_a_copy_and_is_not_changed(tmp_path, caplo
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(model(x), load_model(model_path("tiny_cnn"), device="cpu")(x))
     assert model.graph().ir_version == limit  # derived graphs load too
+    assert model.describe()["declared_as"] == {"ir_version": limit}  # in every explanation
     assert path.read_bytes() == before
 
 
@@ -138,6 +139,8 @@ def test_a_newer_opset_whose_ops_did_not_change_runs_as_a_copy(tmp_path, caplog)
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(model(x), load_model(model_path("tiny_cnn"), device="cpu")(x))
     assert model.graph().opset_import[0].version == limit
+    assert model.describe()["declared_as"] == {"opset": limit}
+    assert "declared_as" not in load_model(model_path("tiny_cnn"), device="cpu").describe()
 
 
 def test_a_newer_opset_whose_ops_changed_is_refused_in_one_line(tmp_path, monkeypatch, run):
