@@ -181,7 +181,7 @@ class Preprocessing:
         layers: list[tuple[str, dict[str, Any]]] = [("guessed", _GUESS)]
         meta = read_metadata(model_path) if metadata is None else metadata
         layers.append(("metadata", {k: _check(k, v, f"model metadata {k}", channels)
-                                    for k, v in meta.items() if k != "labels"}))
+                                    for k, v in meta.items() if k not in _NOT_RECIPE}))
         sidecar = Path(f"{model_path}.json")
         side: dict[str, Any] = read_sidecar(sidecar, channels, num_classes) if sidecar.is_file() else {}
         layers.append(("sidecar", {k: v for k, v in side.items() if k != "labels"}))
@@ -206,6 +206,12 @@ class Preprocessing:
             rank = [s for s, _ in layers]
             if rank.index(sources["resize"]) < rank.index(sources["mode"]):
                 values["resize"], sources["resize"] = None, sources["mode"]
+        if meta.get("integer_pixels") and not _raw_pixels(values):
+            raise BlackboxError(
+                f"{Path(model_path).name} takes {meta['integer_pixels']} pixels, 0-255 as they are, "
+                f"but the recipe (scale from {sources['scale']}, mean from {sources['mean']}, std "
+                f"from {sources['std']}) would feed it (pixel / {values['scale']:g} - mean) / std: "
+                "drop those settings")
         labels = side.get("labels") or _metadata_labels(meta, num_classes)
         if labels:
             sources["labels"] = "sidecar" if side.get("labels") else "metadata"
@@ -389,6 +395,16 @@ def read_sidecar(path: Path, channels: int | None = None, num_classes: int | Non
     return out
 
 
+#: read_metadata's keys that are not recipe fields
+_NOT_RECIPE = frozenset(("labels", "integer_pixels"))
+
+
+def _raw_pixels(values: dict[str, Any]) -> bool:
+    """Whether a recipe feeds pixel values as they are: scale 1, mean 0, std 1."""
+    return bool(values["scale"] == 1 and np.allclose(values["mean"], 0)
+                and np.allclose(values["std"], 1))
+
+
 def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     """What a model's ``metadata_props`` state about its input: recipe fields and ``labels``.
 
@@ -398,8 +414,11 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     newline separated text). ``model`` is a path or an ``onnx.ModelProto``; values it cannot
     read are logged and ignored (the metadata is the vendor's, not the user's). An input of
     integer pixels (uint8: :mod:`~blackbox_xai.graph.pixel_input`) states their range too: the
-    pixels as they are, 0-255, unless ``Image.NominalPixelRange`` says otherwise.
+    pixels as they are, 0-255 (``integer_pixels`` names the type; :meth:`Preprocessing.
+    for_model` refuses a recipe that would normalise them).
     """
+    from onnx import helper
+
     from .graph.io import load
     from .graph.pixel_input import PIXEL_TYPES
     from .graph.zipmap import zipmap_labels
@@ -410,7 +429,8 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     inits = {t.name for t in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in PIXEL_TYPES:
-        out.update(_META_RANGE["NominalRange_0_255"])
+        out.update(_META_RANGE["NominalRange_0_255"], integer_pixels=helper.tensor_dtype_to_np_dtype(
+            inputs[0].type.tensor_type.elem_type).name)
     for key, table in (("Image.BitmapPixelFormat", _META_PIXEL_FORMAT),
                        ("Image.NominalPixelRange", _META_RANGE), ("Image.ColorSpaceGamma", _META_GAMMA)):
         if key in props:

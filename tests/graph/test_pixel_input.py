@@ -10,7 +10,7 @@ from helpers import EXAMPLES
 from onnx import TensorProto, helper, numpy_helper
 
 from blackbox_xai import explain, load_model
-from blackbox_xai.errors import ModelInputError
+from blackbox_xai.errors import BlackboxError, ModelInputError
 from blackbox_xai.preprocess import Preprocessing
 
 TARGET = 2
@@ -71,18 +71,27 @@ def test_the_float_view_equals_the_float_network(pair):
     assert pair[0].read_bytes() == before
 
 
-def test_integer_pixels_are_taken_as_they_are(pair, tmp_path):
+def test_integer_pixels_are_taken_as_they_are(pair, tmp_path, run):
     """A uint8 input states its range: pixel values 0-255 as they are (scale 1, no mean or
-    std), unless the file's Windows ML metadata says otherwise; channel order stays a guess."""
+    std); a recipe that would normalise them (a preset, flags, metadata) is refused in one
+    line, as a uint8 input cannot hold what it makes. Channel order stays a guess."""
     pre = Preprocessing.for_model(pair[0], (32, 32), warn_if_guessed=False)
     assert (pre.scale, pre.mean, pre.std, pre.sources["scale"]) == (1.0, (0.0,), (1.0,),
                                                                     "metadata")
     assert Preprocessing.for_model(pair[1], (32, 32), warn_if_guessed=False).scale == 255.0
-    stated = nhwc_net(tmp_path / "stated.onnx", TensorProto.UINT8,
-                      metadata={"Image.NominalPixelRange": "Normalized_0_1"})
-    assert Preprocessing.for_model(stated, (32, 32), warn_if_guessed=False).scale == 255.0
     tensor = pre.prepare(EXAMPLES / "cat.jpg").tensor
     assert tensor.max() > 1 and np.array_equal(tensor, np.round(tensor))
+    with pytest.raises(BlackboxError, match="takes uint8 pixels.*scale from preset torchvision"):
+        Preprocessing.for_model(pair[0], (32, 32), preset="torchvision")
+    stated = nhwc_net(tmp_path / "stated.onnx", TensorProto.UINT8,
+                      metadata={"Image.NominalPixelRange": "Normalized_0_1"})
+    with pytest.raises(BlackboxError, match="scale from metadata"):
+        Preprocessing.for_model(stated, (32, 32))
+    r = run("explain", "occlusion", pair[0], EXAMPLES / "cat.jpg", "--mean", "0.5", "--out",
+            tmp_path / "out")
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("bbx: ")]
+    assert r.exit_code == 2 and len(errors) == 1 and "mean from flag" in errors[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_integers_used_otherwise_are_refused_in_one_line(tmp_path, run):
