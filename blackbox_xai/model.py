@@ -28,7 +28,7 @@ from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_y
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
-from .graph.io import copy_model, load
+from .graph.io import copy_model, fed_inputs, load
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -377,8 +377,7 @@ class Model:
         """``proto`` and None, or, when the image input arrives as integer pixels that the graph
         only casts to float, its float view and the integer type (:mod:`~blackbox_xai.graph.
         pixel_input`; a one-line error when the graph uses the integers otherwise)."""
-        inits = {t.name for t in proto.graph.initializer}
-        inputs = [i for i in proto.graph.input if i.name not in inits]
+        inputs = fed_inputs(proto.graph)
         if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type not in PIXEL_TYPES:
             return proto, None
         inp = inputs[0]
@@ -393,8 +392,7 @@ class Model:
         return float_pixel_input(proto, inp.name), kind
 
     def _find_input(self, proto: onnx.ModelProto, layout: Layout | None) -> InputSpec:
-        inits = {t.name for t in proto.graph.initializer}
-        inputs = [i for i in proto.graph.input if i.name not in inits]
+        inputs = fed_inputs(proto.graph)
         if len(inputs) != 1:
             names = ", ".join(f"{i.name}{_shape_of(i)}" for i in inputs)
             raise ModelInputError(f"model has {len(inputs)} inputs ({names}): an image model has one")

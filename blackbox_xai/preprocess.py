@@ -419,15 +419,14 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     """
     from onnx import helper
 
-    from .graph.io import load
+    from .graph.io import fed_inputs, load
     from .graph.pixel_input import PIXEL_TYPES
     from .graph.zipmap import zipmap_labels
 
     proto = load(model, load_external_data=False) if isinstance(model, (str, os.PathLike)) else model
     props = {p.key: p.value for p in proto.metadata_props}
     out: dict[str, Any] = {}
-    inits = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
+    inputs = fed_inputs(proto.graph)
     if len(inputs) == 1 and inputs[0].type.tensor_type.elem_type in PIXEL_TYPES:
         out.update(_META_RANGE["NominalRange_0_255"], integer_pixels=helper.tensor_dtype_to_np_dtype(
             inputs[0].type.tensor_type.elem_type).name)

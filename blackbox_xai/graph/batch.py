@@ -8,7 +8,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import BlackboxError
 from .inspect import constant_value, node_inputs
-from .io import copy_model, finalize
+from .io import copy_model, fed_inputs, finalize
 
 
 def make_batch_dynamic(model: onnx.ModelProto, dim_name: str = "N") -> onnx.ModelProto:
@@ -26,8 +26,7 @@ def make_batch_dynamic(model: onnx.ModelProto, dim_name: str = "N") -> onnx.Mode
     """
     out = copy_model(model)
     g = out.graph
-    inits = {t.name for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in inits]
+    inputs = fed_inputs(g)
     sizes = {d.dim_value for i in inputs if (d := _batch_dim(i)) is not None and d.dim_value > 0}
     if not sizes:
         return out

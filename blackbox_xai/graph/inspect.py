@@ -18,7 +18,7 @@ from onnx import TensorProto, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from ..errors import BlackboxError, UnknownNameError, did_you_mean
-from .io import infer_shapes
+from .io import fed_inputs, infer_shapes
 
 Dim = int | str | None  # a size, a symbolic name, or unknown
 TensorKind = Literal["input", "initializer", "intermediate", "output"]
@@ -173,8 +173,7 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 
 def tensor_names(model: onnx.ModelProto) -> list[str]:
     """Names that can be exposed or cut at: graph inputs and node outputs, in graph order."""
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
+    names = [i.name for i in fed_inputs(model.graph)]
     return names + [o for n in model.graph.node for o in n.output if o]
 
 

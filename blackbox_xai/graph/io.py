@@ -98,6 +98,13 @@ def external_data_path(path: str | os.PathLike) -> Path:
     return Path(path).with_name(Path(path).name + ".data")
 
 
+def fed_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs a caller feeds: those that are not initializers too (IR 3 files list
+    every weight as an input)."""
+    inits = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A deep copy of ``model``."""
     copy = onnx.ModelProto()

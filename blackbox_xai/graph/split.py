@@ -13,7 +13,7 @@ from .inspect import (
     resolve_tensor,
     typed_outputs,
 )
-from .io import finalize, infer_shapes, with_graph
+from .io import fed_inputs, finalize, infer_shapes, with_graph
 
 
 def split(model: onnx.ModelProto, tensor: str, *, allow_crossing: bool = True
@@ -70,8 +70,7 @@ def split(model: onnx.ModelProto, tensor: str, *, allow_crossing: bool = True
 
 
 def _real_inputs(g: onnx.GraphProto) -> list[str]:
-    inits = {t.name for t in g.initializer}
-    return [i.name for i in g.input if i.name not in inits]
+    return [i.name for i in fed_inputs(g)]
 
 
 def _reads(g: onnx.GraphProto, nodes: list[int]) -> set[str]:
