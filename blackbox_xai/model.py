@@ -40,7 +40,7 @@ from .graph.normalize import (
 from .graph.perturbation import Kind, perturbation_graph
 from .graph.pixel_input import PIXEL_TYPES, float_pixel_input, why_no_float_view
 from .graph.runtime_versions import declare_ir, declare_opset
-from .graph.zipmap import unzipped_outputs
+from .graph.zipmap import unzipped_outputs, without_string_outputs
 from .runtime import (
     CPU,
     CUDA,
@@ -74,6 +74,7 @@ DETECTION = "bbx_detection"  # the (N, 1) score output of a detection view (Mode
 # Ops that pass scores through unchanged on the way to a graph output.
 _PASS_THROUGH = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze")
 _ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
+_NON_NUMERIC_ELEM_TYPES = frozenset((onnx.TensorProto.STRING, onnx.TensorProto.BOOL))
 _INTEGER_ELEM_TYPES = frozenset(getattr(onnx.TensorProto, t) for t in (
     "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"))
 
@@ -258,13 +259,17 @@ class Model:
             log.info("output %r is a ZipMap's list of {label: score} maps: its input %r holds "
                      "the scores", zipped, scores)
         output = unzipped.get(output, output) if output is not None else None
+        self.proto, strings = without_string_outputs(self.proto)
+        if output in strings:
+            raise ModelInputError(f"output {output!r} holds strings, not class scores: choose "
+                                  "them with --output NAME")
         self.input = self._find_input(self.proto, layout)
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
         # the file declares too new an IR or opset, takes integer pixels or zips its scores
         changed = (changed or source is not original or self.pixel_type is not None
-                   or bool(unzipped))
+                   or bool(unzipped) or bool(strings))
         self.output_names = [self._find_output(output)] if output is not None or task != "detect" \
             else [o.name for o in self.proto.graph.output]
         self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES
@@ -431,7 +436,12 @@ class Model:
             return output
         if len(outs) == 1:
             return next(iter(outs))
-        two_d = [name for name, shape in outs.items() if shape is not None and len(shape) == 2]
+        if len(self.zipped_outputs) == 1:  # a ZipMap's scores, beside its label output
+            return next(iter(self.zipped_outputs.values()))
+        numeric = {o.name for o in self.proto.graph.output
+                   if o.type.tensor_type.elem_type not in _NON_NUMERIC_ELEM_TYPES}
+        two_d = [name for name, shape in outs.items()
+                 if name in numeric and shape is not None and len(shape) == 2]
         if len(two_d) == 1:
             return two_d[0]
         listed = ", ".join(f"{n} {list(s) if s is not None else '?'}" for n, s in outs.items())

@@ -411,7 +411,10 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
     Reads the Windows ML image keys (``Image.BitmapPixelFormat`` Bgr8/Rgb8/Gray8,
     ``Image.NominalPixelRange``, ``Image.ColorSpaceGamma``) and a label list under ``labels``,
     ``classes``, ``class_names`` or ``names`` (JSON or Python list or {index: name}, or comma /
-    newline separated text). ``model`` is a path or an ``onnx.ModelProto``; values it cannot
+    newline separated text); an image described by ``Image.BitmapPixelFormat`` without a
+    ``Image.NominalPixelRange`` has Windows ML's default range, 0-255 (``LearningModelPixelRange``:
+    ZeroTo255 when the value is not specified; Azure Custom Vision's exports are such files).
+    ``model`` is a path or an ``onnx.ModelProto``; values it cannot
     read are logged and ignored (the metadata is the vendor's, not the user's). An input of
     integer pixels (uint8: :mod:`~blackbox_xai.graph.pixel_input`) states their range too: the
     pixels as they are, 0-255 (``integer_pixels`` names the type; :meth:`Preprocessing.
@@ -437,6 +440,9 @@ def read_metadata(model: str | os.PathLike | Any) -> dict[str, Any]:
                 out.update(table[props[key]])
             else:
                 log.warning("model metadata %s=%r not understood; ignored", key, props[key])
+    if props.get("Image.BitmapPixelFormat") in _META_PIXEL_FORMAT and \
+            "Image.NominalPixelRange" not in props:  # Windows ML's default range: 0-255
+        out.update(_META_RANGE["NominalRange_0_255"])
     for key, value in props.items():
         if key.lower() in _META_LABEL_KEYS:
             labels = _parse_labels(value)

@@ -126,6 +126,9 @@ def test_precedence_flags_preset_sidecar_metadata_guess(tmp_path):
     ({"names": "{0: 'person', 1: 'bicycle'}"}, {"labels": ("person", "bicycle")}),
     ({"Classes": "cat\ndog\nfox"}, {"labels": ("cat", "dog", "fox")}),
     ({"Image.BitmapPixelFormat": "Yuv"}, {}),  # not understood: ignored
+    # Windows ML's default range when a pixel format but no range is given (Custom Vision)
+    ({"Image.BitmapPixelFormat": "Bgr8"},
+     {"channel_order": "BGR", "scale": 1.0, "mean": (0.0,), "std": (1.0,)}),
 ])
 def test_read_metadata(tmp_path, props, expected):
     assert read_metadata(tiny_copy(tmp_path, props)) == expected

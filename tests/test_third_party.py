@@ -70,3 +70,31 @@ def test_third_party_classifier_gradients(name, output, top1, fp16):
 def test_third_party_files_that_are_not_classifiers_are_refused(name, message):
     with pytest.raises(ModelInputError, match=message):
         load_model(FILES / name, device="cpu")
+
+
+def test_a_custom_vision_export_is_explained_through_its_zipmap(run, tmp_path):
+    """Azure Custom Vision's export (OnnxMLTools 1.2, IR 3, opset 7): its scores reach the
+    outputs only as a ZipMap and a string label, its input is scaled by the ImageScaler op that
+    opset 10 removed, and its Windows ML metadata says Bgr8 without a pixel range (0-255 by
+    Windows ML's default). The scores are the ZipMap's input, explained before the final
+    Sigmoid; the class names are the ZipMap's; the cat photo is a "laptop" at the top."""
+    path = FILES / "customvision_computer.onnx"
+    model = load_model(path, device="cpu")
+    assert (model.zipped_outputs, model.logits_name, model.activation) == (
+        {"loss": "loss1"}, "fc", "Sigmoid")
+    assert model.graph_problem is None  # the ImageScaler replaced, the opset upgraded
+    pre = Preprocessing.for_model(path, model.input.chw[1:], num_classes=model.num_classes)
+    assert (pre.channel_order, pre.scale, pre.sources["scale"]) == ("BGR", 1.0, "metadata")
+    assert pre.labels == ["controller", "keyboard", "laptop", "monitor", "mouse"]
+    x = pre.prepare(EXAMPLES / "cat.jpg", model.input.channels).tensor
+    _, g = model.input_gradient(x[None], one_hot(1, model.num_classes, 2))
+    v = g[0] / np.linalg.norm(g[0])
+    # central differences along the steepest direction converge to the backward graph's
+    # derivative (0.151) as the step shrinks: 0.110, 0.147, 0.150, 0.151 at 1e-3 to 1e-6 |x|
+    # (|x| = 48,000 for 0-255 pixels: the larger steps cross ReLU and MaxPool kinks)
+    eps = 1e-5 * float(np.linalg.norm(x))
+    up, down = (model((x + s * eps * v)[None])[0, 2] for s in (1, -1))
+    assert (up - down) / (2 * eps) == pytest.approx(float((g[0] * v).sum()), rel=0.01)
+    r = run("explain", "gradcam", path, EXAMPLES / "cat.jpg", "--output", "loss", "--out",
+            tmp_path / "out")
+    assert r.exit_code == 0 and "target 2 (laptop)" in r.output, r.output

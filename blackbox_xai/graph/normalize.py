@@ -80,6 +80,12 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     out, changes, problem, converted = copy_model(model), [], None, False
     ir = out.ir_version
     opset = default_opset(out)
+    scalers = replace_image_scalers(out)
+    if scalers:
+        changes.append(f"{scalers} ImageScaler -> Mul + Add")
+    if out.ir_version < 4:  # IR 3 lists every initializer as a graph input too: the converter
+        _list_initializers_as_inputs(out.graph)  # reads their types there, and its adapters
+        out.ir_version = 4  # add initializers of their own, which IR 4 need not list
     if opset < MIN_OPSET:
         try:
             upgraded = version_converter.convert_version(out, MIN_OPSET)
@@ -108,6 +114,42 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     if added:
         changes.append(f"ranks of {added} tensors completed")
     return Normalized(out, tuple(changes), converted, problem)
+
+
+def replace_image_scalers(model: onnx.ModelProto) -> int:
+    """Replace every ``ImageScaler`` (an experimental op of opsets 1-9, removed in opset 10,
+    which Custom Vision's and other early exports use on their input) by what it computes:
+    ``y = scale * x + bias[c]`` over NCHW, a Mul by a constant and an Add of a (1, C, 1, 1)
+    constant. The version converter has no rule for it, so without this such a file could not
+    be upgraded for graph rewrites. Works in place; returns how many were replaced."""
+    g = model.graph
+    nodes, count = [], 0
+    for n in g.node:
+        if n.op_type != "ImageScaler" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        bias = np.asarray(attrs.get("bias", [0.0]), np.float32)
+        stem = f"{n.output[0]}/image_scaler"
+        consts = [
+            numpy_helper.from_array(np.asarray(attrs.get("scale", 1.0), np.float32), stem + "/scale"),
+            numpy_helper.from_array(bias.reshape(1, -1, 1, 1), stem + "/bias")]
+        g.initializer.extend(consts)
+        nodes += [helper.make_node("Mul", [n.input[0], stem + "/scale"], [stem + "/scaled"]),
+                  helper.make_node("Add", [stem + "/scaled", stem + "/bias"], [n.output[0]])]
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+    return count
+
+
+def _list_initializers_as_inputs(g: onnx.GraphProto) -> None:
+    """Add a graph input for every initializer that has none (what IR 3 requires; some IR 3
+    exports, and our own replacements above, leave them out)."""
+    listed = {i.name for i in g.input}
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                   for t in g.initializer if t.name not in listed)
 
 
 def _drop_initializer_inputs(g: onnx.GraphProto) -> None:

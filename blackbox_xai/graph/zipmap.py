@@ -4,8 +4,8 @@
 Azure Custom Vision exports, skl2onnx pipelines and others end in a ZipMap (output ``loss``, a
 sequence of maps) beside a string label (``classLabel``): neither is a tensor of class scores,
 but the ZipMap's input is. :func:`unzipped_outputs` declares that input as the graph output in
-the ZipMap's place (the ZipMap dropped), and :func:`zipmap_labels` reads the class names the
-ZipMap carries.
+the ZipMap's place (the ZipMap dropped), :func:`without_string_outputs` drops the label output
+and the nodes only it needs, and :func:`zipmap_labels` reads the class names the ZipMap carries.
 
 Pure ``ModelProto -> ModelProto``; no ONNX Runtime here.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from .inspect import needed_nodes
 from .io import copy_model
 
 
@@ -49,11 +50,15 @@ def unzipped_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
         seen.add(name)
         if name == o.name:
             outputs.append(o)
-        elif name in typed:  # shape inference's (N, K)
-            outputs.append(typed[name])
-        else:  # ZipMap's input is (N, C) by its definition
-            outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                         ["N", f"{name}_classes"]))
+            continue
+        # ZipMap's input is float (N, C) by its definition; shape inference may know more
+        v = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", f"{name}_classes"])
+        known = typed[name].type.tensor_type if name in typed else None
+        if known is not None and known.HasField("shape"):
+            v.type.tensor_type.shape.CopyFrom(known.shape)
+        if known is not None and known.elem_type:
+            v.type.tensor_type.elem_type = known.elem_type
+        outputs.append(v)
     del out.graph.output[:]
     out.graph.output.extend(outputs)
     return out, renamed
@@ -68,3 +73,25 @@ def zipmap_labels(model: onnx.ModelProto) -> list[str] | None:
             if a.name == "classlabels_int64s":
                 return [str(i) for i in a.ints]
     return None
+
+
+def without_string_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` and [] when no graph output is a string tensor (or all are); else a copy
+    without them (a classifier's label name beside its scores) and the nodes only they need,
+    and their names. No method explains a string, and Custom Vision's opset-7 files make theirs
+    from a string Constant that opset 7 does not allow, which fails the strict check every
+    rewritten graph gets."""
+    strings = [o.name for o in model.graph.output
+               if o.type.tensor_type.elem_type == onnx.TensorProto.STRING]
+    keep = [o.name for o in model.graph.output if o.name not in strings]
+    if not strings or not keep:
+        return model, []
+    out = copy_model(model)
+    g = out.graph
+    kept = [g.node[i] for i in needed_nodes(g, keep)]
+    del g.node[:]
+    g.node.extend(kept)
+    outputs = [o for o in g.output if o.name in keep]
+    del g.output[:]
+    g.output.extend(outputs)
+    return out, strings
