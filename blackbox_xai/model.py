@@ -259,7 +259,9 @@ class Model:
             log.info("output %r is a ZipMap's list of {label: score} maps: its input %r holds "
                      "the scores", zipped, scores)
         output = unzipped.get(output, output) if output is not None else None
-        self.proto, strings = without_string_outputs(self.proto)
+        # a detector keeps every raw output for its decoder, strings included
+        self.proto, strings = without_string_outputs(self.proto) if task != "detect" \
+            else (self.proto, [])
         if output in strings:
             raise ModelInputError(f"output {output!r} holds strings, not class scores: choose "
                                   "them with --output NAME")

@@ -95,3 +95,24 @@ def test_the_cli_refuses_the_string_output_and_explains_through_the_zipmap(pair,
     listed = run("layers", pair[0], "--output", "loss")  # the ZipMap's output means its scores
     assert listed.exit_code == 0 and any(line.startswith("* r ") for line in
                                          listed.output.splitlines()), listed.output
+
+
+def test_a_detector_keeps_its_string_outputs(tmp_path):
+    """A classifier's string label output is dropped, but a detector's raw outputs all reach its
+    decoder in their order, a string one (here a list of class names) included."""
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([0, 4, -1], np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Reshape", ["c", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["boxes"], perm=[0, 2, 1]),
+             helper.make_node("Constant", [], ["names"], value=helper.make_tensor(
+                 "names", TensorProto.STRING, [1], [b"box"]))]
+    graph = helper.make_graph(
+        nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 64, 4]),
+         helper.make_tensor_value_info("names", TensorProto.STRING, [1])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    assert load_model(tmp_path / "det.onnx", device="cpu", task="detect").output_names == [
+        "boxes", "names"]
