@@ -244,17 +244,23 @@ def complete_ranks(model: onnx.ModelProto) -> int:
 
     Rules: Gemm and Flatten give 2-D; MatMul the larger input rank (1-D operands per numpy);
     Reshape the length of its shape tensor when that is known; same-rank and broadcasting
-    element-wise ops; a graph output's declared rank (when it is not 0). Returns how many
-    tensors were completed. Works in place on ``model`` (a private copy).
+    element-wise ops; a graph output's declared rank (when it is not 0). The element type is
+    the op's (:func:`_node_elem_type`); a tensor whose element type cannot be known keeps its
+    rank for the tensors after it but gets no ``value_info`` (ONNX Runtime refuses type 0:
+    ops from other domains, e.g. ORT's fused ``com.microsoft`` ops, leave their outputs so).
+    Returns how many tensors were completed. Works in place on ``model`` (a private copy).
     """
     g = model.graph
     types: dict[str, onnx.TypeProto] = {}
+    elem: dict[str, int] = {}
     for v in [*g.input, *g.value_info, *g.output]:
+        if v.type.tensor_type.elem_type:
+            elem.setdefault(v.name, v.type.tensor_type.elem_type)
         if _rank_of(v) is not None and (v.name not in types or _rank_of(types[v.name]) == 0):
             types[v.name] = v.type
     for t in g.initializer:
         types.setdefault(t.name, helper.make_tensor_type_proto(t.data_type, t.dims))
-    elem = {name: t.tensor_type.elem_type for name, t in types.items()}
+        elem.setdefault(t.name, t.data_type)
     declared = {o.name: _rank_of(o) for o in g.output}
 
     def rank(name: str) -> int | None:
@@ -271,10 +277,10 @@ def complete_ranks(model: onnx.ModelProto) -> int:
                 r = declared[out]
             if r is None or r == known:
                 continue
-            et = elem.get(n.input[0], 0) if n.input else 0
-            if n.op_type in ("Shape", "Size"):
-                et = onnx.TensorProto.INT64
+            et = elem.get(out) or _node_elem_type(n, elem)
             types[out] = helper.make_tensor_type_proto(et, [None] * r)
+            if not et:
+                continue
             elem[out] = et
             existing = [v for v in g.value_info if v.name == out]
             if existing:
@@ -283,9 +289,46 @@ def complete_ranks(model: onnx.ModelProto) -> int:
                 g.value_info.append(helper.make_value_info(out, types[out]))
             added += 1
     for o in g.output:
-        if declared[o.name] != rank(o.name) and rank(o.name) is not None:
+        if declared[o.name] != rank(o.name) and rank(o.name) is not None and elem.get(o.name):
             o.type.CopyFrom(types[o.name])  # a declared rank 0 that is really (N, K)
     return added
+
+
+#: Ops whose output element type is not their first input's.
+_BOOL_OUTPUT = frozenset(("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And",
+                          "Or", "Xor", "Not", "IsNaN", "IsInf"))
+
+
+def _node_elem_type(n: onnx.NodeProto, elem: dict[str, int]) -> int:
+    """The element type of ``n``'s first output from its op and its inputs' types; 0 when
+    unknown (an input of unknown type, or an op whose rule is not here)."""
+    op, ins = n.op_type, list(n.input)
+    if n.domain not in ("", "ai.onnx"):
+        return 0
+    if op in ("Shape", "Size", "ArgMax", "ArgMin", "NonZero"):
+        return onnx.TensorProto.INT64
+    if op in _BOOL_OUTPUT:
+        return onnx.TensorProto.BOOL
+    if op == "Cast":
+        return next((a.i for a in n.attribute if a.name == "to"), 0)
+    if op == "QuantizeLinear":
+        return elem.get(ins[2], 0) if len(ins) > 2 and ins[2] else onnx.TensorProto.UINT8
+    if op == "DequantizeLinear":
+        return elem.get(ins[1], 0) if len(ins) > 1 else 0
+    if op not in _SAME_RANK and op not in _BROADCAST and op not in _TYPE_OF_DATA:
+        return 0
+    typed_like_output = ins[1:] if op == "Where" else ins if op in _ALL_INPUTS_TYPED_ALIKE \
+        else ins[:1]
+    return next((elem[i] for i in typed_like_output if i and elem.get(i)), 0)
+
+
+#: Ops (besides same-rank and element-wise ones) whose output has their first input's type.
+_TYPE_OF_DATA = frozenset(("Gemm", "Flatten", "MatMul", "Reshape", "Concat", "Split", "Squeeze",
+                           "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"))
+#: Ops whose every input has the output's type (the others' shapes, axes, exponents may not).
+_ALL_INPUTS_TYPED_ALIKE = frozenset(("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean",
+                                     "Mod", "Concat", "Gemm", "MatMul", "PRelu", "Conv",
+                                     "ConvTranspose", "InstanceNormalization"))
 
 
 def _node_rank(n: onnx.NodeProto, index: int, rank, types: dict[str, onnx.TypeProto]) -> int | None:
