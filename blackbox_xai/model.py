@@ -310,20 +310,19 @@ class Model:
     def _normalized(self, source: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         """(graph to rewrite, why graph rewrites cannot run on this model or None).
 
-        The normalised graph computes what the file computes (an opset conversion is checked
-        in ONNX Runtime on a probe batch); when it does not, graph methods refuse and the
-        black-box methods run on the file as it is.
+        The normalised graph computes what the file computes (an opset conversion or unfused
+        ONNX Runtime ops are checked in ONNX Runtime on a probe batch); when it does not, graph
+        methods refuse and the black-box methods run on the file as it is.
         """
         norm = normalize(source)
         if norm.changes:
             log.info("normalised %s: %s", self.path.name, ", ".join(norm.changes))
-        if not norm.opset_converted:
+        if not norm.rewritten:
             return norm.model, norm.problem
-        old, new = default_opset(source), default_opset(norm.model)
         try:
-            verify_same_function(source, norm.model, norm.model, f"upgrading opset {old} to {new}")
+            verify_same_function(source, norm.model, norm.model, norm.rewritten)
         except BlackboxError as e:
-            problem = f"the model's opset {old} cannot be upgraded for graph rewrites ({e})"
+            problem = f"the model cannot be rewritten for graph methods ({e})"
             log.info("%s; running the file as it is", problem)
             return source, problem
         return norm.model, None

@@ -64,11 +64,15 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
                 continue
     finally:
         package_log.setLevel(level)
+    problem = None
     if model is None:  # not a model of images, or no graph rewrites: the shapes inferred
-        model = normalize(load(model_path)).model
+        norm = normalize(load(model_path))
+        model, problem = norm.model, norm.problem
     if output_name is not None:
         model = keep_output(model, output_name)
     layers = candidate_layers(model)
+    if not layers and problem:
+        raise BlackboxError(problem)  # why the graph shows no layer (e.g. ONNX Runtime's NCHWc)
     default = default_layer(model)
     print_table([(f"{'*' if c.name == default else ' '} {c.name}", _shape(c.shape),
                   describe_layout(c), c.op, "yes" if c.feeds_pooling else "no") for c in layers],

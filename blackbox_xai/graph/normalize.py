@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from .io import copy_model, infer_shapes
+from .unfuse import blocked_layout_problem, unfuse_runtime_ops
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,15 @@ class Normalized:
     Attributes:
         model: the canonical model (never the caller's object).
         changes: human-readable steps, e.g. ``("IR 3 -> 7", "opset 7 -> 13")``.
-        opset_converted: the opset conversion ran: check the result computes the same function.
+        rewritten: what was rewritten beyond declarations (an opset conversion, unfused ONNX
+            Runtime ops), for the caller to check the result computes the same function; None
+            when nothing was.
         problem: why graph rewrites cannot run on this model (``None`` when they can).
     """
 
     model: onnx.ModelProto
     changes: tuple[str, ...]
-    opset_converted: bool
+    rewritten: str | None
     problem: str | None
 
 
@@ -77,12 +80,17 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def normalize(model: onnx.ModelProto) -> Normalized:
     """A canonical copy of ``model`` (see the module docstring); ``model`` is not modified."""
-    out, changes, problem, converted = copy_model(model), [], None, False
+    out, changes, problem = copy_model(model), [], blocked_layout_problem(model)
     ir = out.ir_version
     opset = default_opset(out)
     scalers = replace_image_scalers(out)
     if scalers:
         changes.append(f"{scalers} ImageScaler -> Mul + Add")
+    rewrites = []
+    unfused = unfuse_runtime_ops(out)
+    if unfused:
+        changes.append(f"{unfused} ONNX Runtime fused ops -> standard ops")
+        rewrites.append(f"unfusing {unfused} ONNX Runtime ops")
     if out.ir_version < 4:  # IR 3 lists every initializer as a graph input too: the converter
         _list_initializers_as_inputs(out.graph)  # reads their types there, and its adapters
         out.ir_version = 4  # add initializers of their own, which IR 4 need not list
@@ -96,8 +104,9 @@ def normalize(model: onnx.ModelProto) -> Normalized:
                        f"rewrites ({detail})")
             log.info("%s", problem)
         else:
-            out, converted = upgraded, True
+            out = upgraded
             changes.append(f"opset {opset} -> {MIN_OPSET}")
+            rewrites.append(f"upgrading opset {opset} to {MIN_OPSET}")
     _drop_initializer_inputs(out.graph)  # after the converter, which expects IR 3's inputs
     min_ir = MIN_IR if default_opset(out) >= MIN_OPSET else 4
     out.ir_version = max(out.ir_version, min_ir)
@@ -113,7 +122,7 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     added = complete_ranks(out)
     if added:
         changes.append(f"ranks of {added} tensors completed")
-    return Normalized(out, tuple(changes), converted, problem)
+    return Normalized(out, tuple(changes), " and ".join(rewrites) or None, problem)
 
 
 def replace_image_scalers(model: onnx.ModelProto) -> int:

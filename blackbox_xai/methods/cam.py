@@ -58,6 +58,7 @@ def resolve_layer(ctx: Context, layer: str | None) -> CandidateLayer:
 
     if ctx.model is None:
         raise BlackboxError("CAM methods need a Model from load_model(), not a plain function")
+    ctx.model.graph()  # every CAM method rewrites the graph: its refusal comes first
     # graph inspection runs shape inference: once per model and layer
     return ctx.model.fact(("layer", layer), lambda: feature_map(ctx.model.proto, layer))
 

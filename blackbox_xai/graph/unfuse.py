@@ -1,0 +1,201 @@
+"""ONNX Runtime's fused ops back into standard ONNX ops, for files saved after its optimisation.
+
+A file written by ``SessionOptions.optimized_model_filepath`` (at ``ORT_ENABLE_EXTENDED``, as
+deployment pipelines do to skip optimisation at load time) carries ``com.microsoft`` ops that
+ONNX shape inference does not know and that have no gradient rule: every tensor after the first
+one lost its type and shape, so no layer could be found and no gradient taken. Each is replaced
+by what it computes (ONNX Runtime's contrib op definitions):
+
+* ``FusedConv(X, W, B, Z)`` = act(Conv(X, W, B) + Z), ``activation`` one of Relu, Tanh,
+  Sigmoid, LeakyRelu (``activation_params`` = [alpha]), Clip ([min, max]), HardSigmoid
+  ([alpha, beta]);
+* ``FusedGemm(A, B, C)`` = act(Gemm(A, B, C)), the activation's attributes prefixed
+  ``activation_`` (``activation_alpha`` ...);
+* ``Gelu(x)`` = x/2 (1 + erf(x / sqrt 2)); ``BiasGelu(a, b)`` = Gelu(a + b);
+  ``QuickGelu(x)`` = x sigmoid(alpha x), alpha 1.702 by default;
+  ``FastGelu(x, bias)`` = u/2 (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))), u = x + bias.
+
+Ops with an activation or an attribute not listed stay as they are. The Conv or Gemm before a
+fused activation gets back the name PyTorch's exporter gives it (``<node>_output_0``), so a
+layer is named as in the original export. The caller checks the
+result in ONNX Runtime (:func:`blackbox_xai.runtime.verify_same_function`). Works in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+MICROSOFT = "com.microsoft"
+
+#: Activations a fused op may carry, and the names of their float parameters in order.
+ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "Relu": (), "Tanh": (), "Sigmoid": (), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+    "Clip": ("min", "max"),
+}
+
+
+class _Emitter:
+    """Builds the replacement nodes of one fused node, with unique tensor names."""
+
+    def __init__(self, node: onnx.NodeProto, dtype: np.dtype, opset: int, taken: set[str]):
+        self.node, self.dtype, self.opset, self.taken = node, dtype, opset, taken
+        self.prefix = f"{node.name or node.output[0]}/unfused"
+        self.nodes: list[onnx.NodeProto] = []
+
+    def main_output(self) -> str | None:
+        """A name for the fused op's own result (the Conv or Gemm before its activation): what
+        PyTorch's exporter names a node's output, ``<node name>_output_0``, which the fusion
+        took away, when no other tensor has it (else a generated name)."""
+        name = f"{self.node.name}_output_0"
+        if not self.node.name or name in self.taken:
+            return None
+        self.taken.add(name)
+        return name
+
+    def tensor(self, hint: str) -> str:
+        return f"{self.prefix}/{hint}_{len(self.nodes)}"
+
+    def const(self, value: float) -> str:
+        name = self.tensor("const")
+        self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.asarray(value, self.dtype), name)))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.tensor(op_type.lower())
+        self.taken.add(out)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def activation(self, kind: str, params: list[float], x: str, out: str) -> str:
+        if kind == "Clip":
+            if self.opset < 11:
+                return self.op("Clip", [x], out, min=params[0], max=params[1])
+            return self.op("Clip", [x, self.const(params[0]), self.const(params[1])], out)
+        names = ACTIVATIONS[kind]
+        return self.op(kind, [x], out, **dict(zip(names, params)))
+
+    def gelu(self, x: str, out: str) -> str:
+        erf = self.op("Erf", [self.op("Div", [x, self.const(math.sqrt(2.0))])])
+        half_x = self.op("Mul", [x, self.const(0.5)])
+        return self.op("Mul", [half_x, self.op("Add", [erf, self.const(1.0)])], out)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _activation_name(attrs: dict[str, object]) -> str | None:
+    """The fused activation's op name ("" for none), or None for one we cannot write."""
+    kind = attrs.get("activation", b"")
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    return kind if kind == "" or kind in ACTIVATIONS else None
+
+
+def _fused_conv(e: _Emitter) -> bool:
+    attrs = _attrs(e.node)
+    kind = _activation_name(attrs)
+    params = [float(v) for v in attrs.get("activation_params", [])]
+    if kind is None or kind and len(params) < len(ACTIVATIONS[kind]):
+        return False
+    conv_attrs = {k: v for k, v in attrs.items() if k not in ("activation", "activation_params")}
+    inputs, y = list(e.node.input), e.node.output[0]
+    summand = inputs[3] if len(inputs) > 3 and inputs[3] else None
+    t = e.op("Conv", inputs[:3], e.main_output() if kind or summand else y, **conv_attrs)
+    if summand:
+        t = e.op("Add", [t, summand], None if kind else y)
+    if kind:
+        e.activation(kind, params, t, y)
+    return True
+
+
+def _fused_gemm(e: _Emitter) -> bool:
+    attrs = _attrs(e.node)
+    kind = _activation_name(attrs)
+    names = ACTIVATIONS.get(kind or "", ())
+    if kind is None or any(f"activation_{n}" not in attrs for n in names):
+        return False
+    gemm_attrs = {k: v for k, v in attrs.items() if not k.startswith("activation")}
+    y = e.node.output[0]
+    t = e.op("Gemm", list(e.node.input), e.main_output() if kind else y, **gemm_attrs)
+    if kind:
+        e.activation(kind, [float(attrs[f"activation_{n}"]) for n in names], t, y)
+    return True
+
+
+def _gelu(e: _Emitter) -> bool:
+    e.gelu(e.node.input[0], e.node.output[0])
+    return True
+
+
+def _bias_gelu(e: _Emitter) -> bool:
+    e.gelu(e.op("Add", list(e.node.input[:2])), e.node.output[0])
+    return True
+
+
+def _quick_gelu(e: _Emitter) -> bool:
+    x = e.node.input[0]
+    alpha = float(_attrs(e.node).get("alpha", 1.702))
+    gate = e.op("Sigmoid", [e.op("Mul", [x, e.const(alpha)])])
+    e.op("Mul", [x, gate], e.node.output[0])
+    return True
+
+
+def _fast_gelu(e: _Emitter) -> bool:
+    ins = [i for i in e.node.input if i]
+    u = e.op("Add", ins[:2]) if len(ins) > 1 else ins[0]
+    cube = e.op("Mul", [e.op("Mul", [u, u]), u])
+    inner = e.op("Add", [u, e.op("Mul", [cube, e.const(0.044715)])])
+    tanh = e.op("Tanh", [e.op("Mul", [inner, e.const(math.sqrt(2.0 / math.pi))])])
+    half_u = e.op("Mul", [u, e.const(0.5)])
+    e.op("Mul", [half_u, e.op("Add", [tanh, e.const(1.0)])], e.node.output[0])
+    return True
+
+
+_RULES: dict[str, Callable[[_Emitter], bool]] = {
+    "FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "Gelu": _gelu, "BiasGelu": _bias_gelu,
+    "QuickGelu": _quick_gelu, "FastGelu": _fast_gelu,
+}
+
+
+def unfuse_runtime_ops(model: onnx.ModelProto) -> int:
+    """Replace ONNX Runtime's fused ``com.microsoft`` ops in the main graph by standard ops
+    (see the module docstring); returns how many were replaced."""
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    dtypes = {t.name: helper.tensor_dtype_to_np_dtype(t.data_type) for t in g.initializer}
+    taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
+    nodes, count = [], 0
+    for n in g.node:
+        rule = _RULES.get(n.op_type) if n.domain == MICROSOFT and len(n.output) == 1 else None
+        dtype = next((dtypes[i] for i in n.input if i in dtypes), np.dtype(np.float32))
+        emitter = _Emitter(n, dtype, opset, taken)
+        if rule is None or not rule(emitter):
+            nodes.append(n)
+            continue
+        nodes.extend(emitter.nodes)
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+    return count
+
+
+#: ONNX Runtime's NCHWc ops (saved at ``ORT_ENABLE_ALL``): a blocked channel layout specific to
+#: the CPU that wrote the file, with reordered weights; not unfused.
+NCHWC = "com.microsoft.nchwc"
+
+
+def blocked_layout_problem(model: onnx.ModelProto) -> str | None:
+    """Why graph methods cannot run on a file with NCHWc ops, or None."""
+    count = sum(n.domain == NCHWC for n in model.graph.node)
+    if not count:
+        return None
+    return (f"the model was saved by ONNX Runtime at ORT_ENABLE_ALL: its {count} {NCHWC} ops compute "
+            "in a blocked channel layout of the CPU that saved it, so no layer or gradient can "
+            "be read; use the original export or a file saved at ORT_ENABLE_EXTENDED")

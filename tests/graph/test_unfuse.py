@@ -1,0 +1,172 @@
+"""Files saved after ONNX Runtime's graph optimisation (graph/unfuse.py): its fused
+``com.microsoft`` ops become standard ops again, so layers and gradients are those of the
+original export; its NCHWc files are refused for graph methods in one line."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import EXAMPLES, SHIPPED
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+from PIL import Image
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.errors import BlackboxError
+from blackbox_xai.graph.inspect import default_layer
+from blackbox_xai.graph.unfuse import unfuse_runtime_ops
+from blackbox_xai.model import one_hot
+
+
+def optimised(source, path, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED) -> str:
+    """The file ONNX Runtime writes after optimising ``source`` at ``level``."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+    return str(path)
+
+
+def ops(path) -> collections.Counter:
+    return collections.Counter((n.domain, n.op_type) for n in onnx.load(path).graph.node)
+
+
+def cnn(path) -> str:
+    """x (N,3,12,12) -> six Convs, each followed by an activation ORT fuses (Relu, LeakyRelu,
+    Clip 0-6, HardSigmoid, Sigmoid, Tanh), the first two added (a residual) -> GlobalAveragePool
+    -> Flatten -> Gemm -> Relu -> Gemm (4 classes). Nodes are named as PyTorch's exporter names
+    them (``c1`` makes ``c1_output_0``)."""
+    rng = np.random.default_rng(0)
+    inits, nodes, x = [], [], "x"
+    acts = [("Relu", {}), ("LeakyRelu", {"alpha": 0.2}), ("Clip", None), ("HardSigmoid", {}),
+            ("Sigmoid", {}), ("Tanh", {})]
+    for i, (act, attrs) in enumerate(acts, 1):
+        cin = 3 if i == 1 else 8
+        inits += [numpy_helper.from_array(rng.normal(0, 0.4, (8, cin, 3, 3)).astype(np.float32),
+                                          f"w{i}"),
+                  numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), f"b{i}")]
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}_output_0"],
+                                      name=f"c{i}", pads=[1, 1, 1, 1]))
+        if act == "Clip":
+            nodes.append(helper.make_node("Clip", [f"c{i}_output_0", "zero", "six"], [f"a{i}"]))
+        else:
+            nodes.append(helper.make_node(act, [f"c{i}_output_0"], [f"a{i}"], **attrs))
+        x = f"a{i}"
+        if i == 2:
+            nodes.append(helper.make_node("Add", ["a1", "a2"], ["res"]))
+            x = "res"
+    inits += [numpy_helper.from_array(np.float32(0), "zero"),
+              numpy_helper.from_array(np.float32(6), "six"),
+              numpy_helper.from_array(rng.normal(0, 0.5, (8, 6)).astype(np.float32), "g1"),
+              numpy_helper.from_array(rng.normal(0, 0.1, 6).astype(np.float32), "h1"),
+              numpy_helper.from_array(rng.normal(0, 0.5, (6, 4)).astype(np.float32), "g2")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
+              helper.make_node("Flatten", ["gap"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "g1", "h1"], ["fc1_output_0"], name="fc1"),
+              helper.make_node("Relu", ["fc1_output_0"], ["fc1_relu"]),
+              helper.make_node("Gemm", ["fc1_relu", "g2"], ["logits"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", T.FLOAT,
+                                                                           ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", T.FLOAT, ["N", 4])], inits)
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]),
+              path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unfuse")
+    original = cnn(d / "cnn.onnx")
+    fused = optimised(original, d / "cnn_ort.onnx")
+    return load_model(original), load_model(fused), fused
+
+
+def test_the_premise_onnx_runtime_writes_fused_ops(pair):
+    counts = ops(pair[2])
+    assert counts[("com.microsoft", "FusedConv")] == 6
+    assert counts[("com.microsoft", "FusedGemm")] == 1
+    assert not any(domain == "com.microsoft" for domain, _ in ops_of(pair[1].graph()))
+
+
+def ops_of(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter((n.domain, n.op_type) for n in model.graph.node)
+
+
+def test_scores_and_input_gradients_are_the_original_exports(pair):
+    original, fused, _ = pair
+    x = np.random.default_rng(1).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    seed = one_hot(2, 4, 3)
+    s0, g0 = original.input_gradient(x, seed)
+    s1, g1 = fused.input_gradient(x, seed)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6)
+    assert np.abs(g0).max() > 1e-3  # a gradient that says something
+
+
+@pytest.mark.parametrize("layer", ["c1_output_0", "c5_output_0", "a6"])
+def test_layers_keep_the_original_names_and_grad_cam_maps(pair, layer):
+    original, fused, _ = pair
+    x = np.random.default_rng(2).normal(size=(3, 12, 12)).astype(np.float32)
+    m0 = explain(original, x, "gradcam", layer=layer, target=2).map
+    m1 = explain(fused, x, "gradcam", layer=layer, target=2).map
+    assert np.abs(m0).max() > 0
+    np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5 * np.abs(m0).max())
+
+
+def gelu_family(path) -> str:
+    """The Gelu-like ops ONNX Runtime's fusions write, side by side on one input."""
+    nodes = [helper.make_node("Gelu", ["x"], ["gelu"], domain="com.microsoft"),
+             helper.make_node("QuickGelu", ["x"], ["quick"], domain="com.microsoft", alpha=1.5),
+             helper.make_node("FastGelu", ["x", "bias"], ["fast"], domain="com.microsoft"),
+             helper.make_node("BiasGelu", ["x", "bias"], ["biased"], domain="com.microsoft"),
+             helper.make_node("Sum", ["gelu", "quick", "fast", "biased"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "gelus", [helper.make_tensor_value_info("x", T.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info(n, T.FLOAT, [2, 5])
+         for n in ("gelu", "quick", "fast", "biased")],
+        [numpy_helper.from_array(np.linspace(-1, 1, 5).astype(np.float32), "bias")])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_gelu_family_computes_what_onnx_runtime_kernels_compute(tmp_path):
+    path = gelu_family(tmp_path / "gelus.onnx")
+    model = onnx.load(path)
+    assert unfuse_runtime_ops(model) == 4
+    assert all(n.domain == "" for n in model.graph.node)
+    x = {"x": np.array([[-6, -2.5, -0.3, 0, 0.7], [1.3, 2.2, 3, 5, 9]], np.float32)}
+    want = ort.InferenceSession(path).run(None, x)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, x)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_the_shipped_model_saved_by_onnx_runtime_explains_as_the_export(tmp_path):
+    fused = optimised(SHIPPED, tmp_path / "effnet_ort.onnx")
+    assert ops(fused)[("com.microsoft", "FusedConv")] > 20
+    original, loaded = load_model(SHIPPED), load_model(fused)
+    assert default_layer(loaded.graph()) == default_layer(original.graph())
+    img = Image.open(EXAMPLES / "cat.jpg").convert("RGB").resize((224, 224))
+    x = ((np.asarray(img, np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+    m0 = explain(original, x, "saliency", target=282).map
+    m1 = explain(loaded, x, "saliency", target=282).map
+    assert np.corrcoef(m0.ravel(), m1.ravel())[0, 1] > 0.9999
+
+
+def test_a_blocked_layout_file_refuses_graph_methods_in_one_line(tmp_path, run):
+    blocked = optimised(SHIPPED, tmp_path / "effnet_all.onnx",
+                        ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert ops(blocked)[("com.microsoft.nchwc", "Conv")] > 0
+    model = load_model(blocked)
+    x = np.zeros((3, 224, 224), np.float32)
+    with pytest.raises(BlackboxError, match="ORT_ENABLE_ALL.*ORT_ENABLE_EXTENDED"):
+        explain(model, x, "gradcam", target=1)
+    result = run("layers", blocked)
+    assert result.exit_code == 2 and "com.microsoft.nchwc" in result.output
+    assert len(result.output.strip().splitlines()) == 1
