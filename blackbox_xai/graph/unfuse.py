@@ -13,7 +13,12 @@ by what it computes (ONNX Runtime's contrib op definitions):
   ``activation_`` (``activation_alpha`` ...);
 * ``Gelu(x)`` = x/2 (1 + erf(x / sqrt 2)); ``BiasGelu(a, b)`` = Gelu(a + b);
   ``QuickGelu(x)`` = x sigmoid(alpha x), alpha 1.702 by default;
-  ``FastGelu(x, bias)`` = u/2 (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))), u = x + bias.
+  ``FastGelu(x, bias)`` = u/2 (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))), u = x + bias;
+* ``FusedMatMul(A, B)`` = alpha op(A) op(B), op transposing the last two axes when ``transA`` /
+  ``transB`` (not the ``transBatch`` forms);
+* ``SkipLayerNormalization(x, skip, gamma, beta, bias)`` = LayerNorm over the last axis of
+  x + skip + bias, times gamma plus beta (``LayerNormalization`` from opset 17, its formula
+  before), its optional 4th output the sum.
 
 Ops with an activation or an attribute not listed stay as they are. The Conv or Gemm before a
 fused activation gets back the name PyTorch's exporter gives it (``<node>_output_0``), so a
@@ -30,6 +35,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .io import infer_shapes
+
 MICROSOFT = "com.microsoft"
 
 #: Activations a fused op may carry, and the names of their float parameters in order.
@@ -42,8 +49,10 @@ ACTIVATIONS: dict[str, tuple[str, ...]] = {
 class _Emitter:
     """Builds the replacement nodes of one fused node, with unique tensor names."""
 
-    def __init__(self, node: onnx.NodeProto, dtype: np.dtype, opset: int, taken: set[str]):
+    def __init__(self, node: onnx.NodeProto, dtype: np.dtype, opset: int, taken: set[str],
+                 ranks: dict[str, int]):
         self.node, self.dtype, self.opset, self.taken = node, dtype, opset, taken
+        self.ranks = ranks
         self.prefix = f"{node.name or node.output[0]}/unfused"
         self.nodes: list[onnx.NodeProto] = []
 
@@ -157,24 +166,93 @@ def _fast_gelu(e: _Emitter) -> bool:
     return True
 
 
+def _fused_matmul(e: _Emitter) -> bool:
+    attrs = _attrs(e.node)
+    if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
+        return False
+    operands = []
+    for name, flag in zip(e.node.input[:2], ("transA", "transB")):
+        if attrs.get(flag, 0):
+            rank = e.ranks.get(name)
+            if rank is None or rank < 2:
+                return False  # its rank comes from shape inference, in a later pass
+            perm = [*range(rank - 2), rank - 1, rank - 2]
+            name = e.op("Transpose", [name], perm=perm)
+        operands.append(name)
+    alpha = float(attrs.get("alpha", 1.0))
+    y = e.node.output[0]
+    product = e.op("MatMul", operands, y if alpha == 1.0 else None)
+    if alpha != 1.0:
+        e.op("Mul", [product, e.const(alpha)], y)
+    return True
+
+
+def _skip_layer_norm(e: _Emitter) -> bool:
+    """y = LayerNorm(input + skip + bias) gamma + beta over the last axis; a 4th output is the
+    sum itself (the mean and inverse deviation outputs are not written)."""
+    ins, outs = list(e.node.input), list(e.node.output)
+    if any(outs[1:3]):
+        return False
+    total = e.op("Add", ins[:2], outs[3] if len(outs) > 3 and outs[3] and len(ins) < 5 else None)
+    if len(ins) > 4 and ins[4]:
+        total = e.op("Add", [total, ins[4]], outs[3] if len(outs) > 3 and outs[3] else None)
+    eps = float(_attrs(e.node).get("epsilon", 1e-12))
+    gamma, beta = ins[2], ins[3] if len(ins) > 3 and ins[3] else None
+    if e.opset >= 17:
+        e.op("LayerNormalization", [total, gamma, *([beta] if beta else [])], outs[0], axis=-1,
+             epsilon=eps)
+        return True
+    centred = e.op("Sub", [total, e.op("ReduceMean", [total], axes=[-1])])
+    var = e.op("ReduceMean", [e.op("Mul", [centred, centred])], axes=[-1])
+    normed = e.op("Div", [centred, e.op("Sqrt", [e.op("Add", [var, e.const(eps)])])])
+    scaled = e.op("Mul", [normed, gamma], None if beta else outs[0])
+    if beta:
+        e.op("Add", [scaled, beta], outs[0])
+    return True
+
+
 _RULES: dict[str, Callable[[_Emitter], bool]] = {
     "FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "Gelu": _gelu, "BiasGelu": _bias_gelu,
-    "QuickGelu": _quick_gelu, "FastGelu": _fast_gelu,
+    "QuickGelu": _quick_gelu, "FastGelu": _fast_gelu, "FusedMatMul": _fused_matmul,
+    "SkipLayerNormalization": _skip_layer_norm,
 }
 
 
 def unfuse_runtime_ops(model: onnx.ModelProto) -> int:
     """Replace ONNX Runtime's fused ``com.microsoft`` ops in the main graph by standard ops
-    (see the module docstring); returns how many were replaced."""
+    (see the module docstring); returns how many were replaced.
+
+    A FusedMatMul that transposes an operand needs its rank: after a first pass, shape
+    inference runs on the partly unfused graph and the pass repeats while it makes progress.
+    """
+    total, ranks = 0, {}
+    while True:
+        count = _unfuse_pass(model, ranks)
+        total += count
+        if not count or not any(n.domain == MICROSOFT and n.op_type in _RULES
+                                for n in model.graph.node):
+            return total
+        ranks = _ranks(infer_shapes(model))
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    g = model.graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*g.input, *g.value_info)
+             if v.type.tensor_type.HasField("shape")}
+    ranks.update({t.name: len(t.dims) for t in g.initializer})
+    return ranks
+
+
+def _unfuse_pass(model: onnx.ModelProto, ranks: dict[str, int]) -> int:
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     dtypes = {t.name: helper.tensor_dtype_to_np_dtype(t.data_type) for t in g.initializer}
     taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
     nodes, count = [], 0
     for n in g.node:
-        rule = _RULES.get(n.op_type) if n.domain == MICROSOFT and len(n.output) == 1 else None
+        rule = _RULES.get(n.op_type) if n.domain == MICROSOFT else None
         dtype = next((dtypes[i] for i in n.input if i in dtypes), np.dtype(np.float32))
-        emitter = _Emitter(n, dtype, opset, taken)
+        emitter = _Emitter(n, dtype, opset, taken, ranks)
         if rule is None or not rule(emitter):
             nodes.append(n)
             continue

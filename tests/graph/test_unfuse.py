@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import EXAMPLES, SHIPPED
+from helpers import EXAMPLES, SHIPPED, TEST_MODELS
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 from PIL import Image
@@ -170,3 +170,52 @@ def test_a_blocked_layout_file_refuses_graph_methods_in_one_line(tmp_path, run):
     result = run("layers", blocked)
     assert result.exit_code == 2 and "com.microsoft.nchwc" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def attention_pieces(path, opset: int) -> str:
+    """FusedMatMul with a transposed operand after another fused op (its rank comes from shape
+    inference on the partly unfused graph) and SkipLayerNormalization with its sum output."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("QuickGelu", ["a"], ["a1"], domain="com.microsoft"),
+             helper.make_node("FusedMatMul", ["a1", "b"], ["scores"], domain="com.microsoft",
+                              transB=1, alpha=0.5),
+             helper.make_node("SkipLayerNormalization", ["scores", "skip", "gamma", "beta", "bias"],
+                              ["normed", "", "", "sum"], domain="com.microsoft", epsilon=1e-5)]
+    graph = helper.make_graph(
+        nodes, "attention", [helper.make_tensor_value_info("a", T.FLOAT, [2, 3, 4]),
+                             helper.make_tensor_value_info("b", T.FLOAT, [2, 5, 4])],
+        [helper.make_tensor_value_info(n, T.FLOAT, [2, 3, 5]) for n in ("normed", "sum")],
+        [numpy_helper.from_array(rng.normal(size=(2, 3, 5)).astype(np.float32), "skip"),
+         numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "gamma"),
+         numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "beta"),
+         numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "bias")])
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)]), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("opset", [13, 17])  # LayerNormalization's formula before opset 17
+def test_attention_pieces_compute_what_onnx_runtime_kernels_compute(tmp_path, opset):
+    path = attention_pieces(tmp_path / "attention.onnx", opset)
+    model = onnx.load(path)
+    assert unfuse_runtime_ops(model) == 3
+    assert all(n.domain == "" for n in model.graph.node)
+    rng = np.random.default_rng(4)
+    feeds = {"a": rng.normal(size=(2, 3, 4)).astype(np.float32),
+             "b": rng.normal(size=(2, 5, 4)).astype(np.float32)}
+    want = ort.InferenceSession(path).run(None, feeds)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_vision_transformer_saved_by_onnx_runtime_explains_as_the_export(tmp_path):
+    source = TEST_MODELS / "transformers" / "vit_tiny_dynamo.onnx"
+    fused = optimised(source, tmp_path / "vit_ort.onnx")
+    assert ops(fused)[("com.microsoft", "SkipLayerNormalization")] >= 1  # the premise
+    x = np.random.default_rng(5).normal(size=(3, 32, 32)).astype(np.float32)
+    original, loaded = load_model(source), load_model(fused)
+    assert x.shape == original.example_chw()
+    m0 = explain(original, x, "saliency", target=1).map
+    m1 = explain(loaded, x, "saliency", target=1).map
+    np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5 * np.abs(m0).max())
