@@ -28,7 +28,8 @@ from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_y
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
-from .graph.io import copy_model, fed_inputs, load
+from .graph.inspect import value_infos
+from .graph.io import copy_model, fed_inputs, infer_shapes, load
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -519,8 +520,7 @@ class Model:
         else:
             nodes.append(helper.make_node("Identity", [last], [SCORES]))
         out.graph.node.extend(nodes)
-        elem = next(o.type.tensor_type.elem_type for o in proto.graph.output
-                    if o.name == self.output_name)
+        elem = self._elem_type(self.logits_name)
         out.graph.output.append(helper.make_tensor_value_info(SCORES, elem, ["N", self.num_classes]))
         return out, SCORES
 
@@ -862,6 +862,20 @@ class Model:
             return self._score_view(nodes, inits, DETECTION, elem)
 
         return self.fact(("detection_view", output, tuple(int(e) for e in entries)), build)
+
+    def _elem_type(self, name: str) -> int:
+        """The element type of tensor ``name`` of the normalised graph, from shape inference
+        when no ``value_info`` declares it (a dynamic batch drops them), else the score output's.
+        The logits need not have the output's type: ONNX Runtime's CPU optimisation computes an
+        fp16 model in float and casts to fp16 after the final Softmax."""
+        def inferred() -> int:
+            for proto in (self.graph(), infer_shapes(self.graph())):
+                known = value_infos(proto).get(name)
+                if known is not None and known.type.tensor_type.elem_type:
+                    return known.type.tensor_type.elem_type
+            return self._output_elem(self.output_name)
+
+        return self.fact(("elem_type", name), inferred)
 
     def _output_elem(self, name: str) -> int:
         return next(o.type.tensor_type.elem_type for o in self.proto.graph.output if o.name == name)

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models"
 SHIPPED = ROOT / "models" / "efficientnet_lite0.onnx"
 EXAMPLES = ROOT / "examples"
+THIRD_PARTY = ROOT / "tests" / "third_party"
 
 
 def model_path(name: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import EXAMPLES, SHIPPED, TEST_MODELS
+from helpers import EXAMPLES, SHIPPED, TEST_MODELS, THIRD_PARTY
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 from PIL import Image
@@ -219,3 +219,23 @@ def test_a_vision_transformer_saved_by_onnx_runtime_explains_as_the_export(tmp_p
     m0 = explain(original, x, "saliency", target=1).map
     m1 = explain(loaded, x, "saliency", target=1).map
     np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5 * np.abs(m0).max())
+
+
+def test_an_fp16_model_saved_by_onnx_runtime_computes_in_float_and_explains(tmp_path):
+    """ONNX Runtime's CPU optimisation runs an fp16 model in float: Casts in front, the
+    Softmax in float, a Cast to fp16 after it. The explained logits are float while the output
+    is fp16; the scores graph declared them fp16 and ONNX Runtime refused it (an internal
+    error in every gradient method)."""
+    source = THIRD_PARTY / "wml_squeezenet11_fp16_caffe2.onnx"
+    fused = optimised(source, tmp_path / "squeezenet_ort.onnx")
+    proto = onnx.load(fused)
+    assert proto.graph.node[-1].op_type == "Cast"  # the premise: fp16 only after the Softmax
+    x = np.random.default_rng(6).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    original, loaded = load_model(source), load_model(fused)
+    graph, name = loaded.scores_graph()
+    assert next(o for o in graph.graph.output if o.name == name).type.tensor_type.elem_type \
+        == T.FLOAT
+    s0, g0 = original.input_gradient(x, one_hot(1, 1000, 281))
+    s1, g1 = loaded.input_gradient(x, one_hot(1, 1000, 281))
+    np.testing.assert_allclose(s1, s0, atol=0.05 * np.abs(s0).max())  # fp16 against float
+    assert np.corrcoef(g0.ravel(), g1.ravel())[0, 1] > 0.99
