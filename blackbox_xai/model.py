@@ -29,7 +29,7 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose
 from .graph.inspect import value_infos
-from .graph.io import copy_model, fed_inputs, infer_shapes, load
+from .graph.io import copy_model, fed_inputs, infer_shapes, load, without_unread_inputs
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -266,13 +266,17 @@ class Model:
         if output in strings:
             raise ModelInputError(f"output {output!r} holds strings, not class scores: choose "
                                   "them with --output NAME")
+        self.proto, unread = without_unread_inputs(self.proto)
+        if unread:
+            log.info("dropped inputs that nothing reads (ONNX Runtime would ask for them): %s",
+                     ", ".join(unread))
         self.input = self._find_input(self.proto, layout)
         # The file itself runs unless the batch was made dynamic or the logits are exposed:
         # the normalised graph computes the same function.
         changed = self.input.batch is not None and dynamic_batch and self._try_dynamic_batch(layout)
         # the file declares too new an IR or opset, takes integer pixels or zips its scores
         changed = (changed or source is not original or self.pixel_type is not None
-                   or bool(unzipped) or bool(strings))
+                   or bool(unzipped) or bool(strings) or bool(unread))
         self.output_names = [self._find_output(output)] if output is not None or task != "detect" \
             else [o.name for o in self.proto.graph.output]
         self.output_integer = [o.type.tensor_type.elem_type in _INTEGER_ELEM_TYPES
@@ -320,8 +324,9 @@ class Model:
             log.info("normalised %s: %s", self.path.name, ", ".join(norm.changes))
         if not norm.rewritten:
             return norm.model, norm.problem
-        try:
-            verify_same_function(source, norm.model, norm.model, norm.rewritten)
+        try:  # against the file as ONNX Runtime runs it, fed only what the graph reads
+            verify_same_function(without_unread_inputs(source)[0], norm.model, norm.model,
+                                 norm.rewritten)
         except BlackboxError as e:
             problem = f"the model cannot be rewritten for graph methods ({e})"
             log.info("%s; running the file as it is", problem)

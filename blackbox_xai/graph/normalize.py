@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from .io import copy_model, infer_shapes
+from .io import copy_model, infer_shapes, without_unread_inputs
 from .unfuse import blocked_layout_problem, unfuse_runtime_ops
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ def normalize(model: onnx.ModelProto) -> Normalized:
             changes.append(f"opset {opset} -> {MIN_OPSET}")
             rewrites.append(f"upgrading opset {opset} to {MIN_OPSET}")
     _drop_initializer_inputs(out.graph)  # after the converter, which expects IR 3's inputs
+    out, unread = without_unread_inputs(out)
+    if unread:
+        changes.append(f"{len(unread)} inputs nothing reads dropped")
     min_ir = MIN_IR if default_opset(out) >= MIN_OPSET else 4
     out.ir_version = max(out.ir_version, min_ir)
     if out.ir_version != ir:

@@ -239,3 +239,24 @@ def test_an_fp16_model_saved_by_onnx_runtime_computes_in_float_and_explains(tmp_
     s1, g1 = loaded.input_gradient(x, one_hot(1, 1000, 281))
     np.testing.assert_allclose(s1, s0, atol=0.05 * np.abs(s0).max())  # fp16 against float
     assert np.corrcoef(g0.ravel(), g1.ravel())[0, 1] > 0.99
+
+
+def test_an_ir3_file_saved_by_onnx_runtime_keeps_no_input_nobody_reads(tmp_path):
+    """ONNX Runtime saving an IR 3 export (every weight listed as an input) folds a weight and
+    leaves it listed as an input that no node reads but that its sessions ask for. Before,
+    the model was refused as having two inputs; with the input dropped and the FusedGemm's
+    Sigmoid unfused, the scores are the original's logits before that Sigmoid."""
+    source = THIRD_PARTY / "customvision_computer.onnx"
+    fused = optimised(source, tmp_path / "customvision_ort.onnx")
+    proto = onnx.load(fused)
+    read = {i for n in proto.graph.node for i in n.input}
+    initializers = {t.name for t in proto.graph.initializer}
+    unread = [i.name for i in proto.graph.input if i.name not in read | initializers]
+    assert unread  # the premise
+    with pytest.raises(Exception, match="missing from input feed"):
+        ort.InferenceSession(fused).run(None, {"data": np.zeros((1, 3, 227, 227), np.float32)})
+    x = np.random.default_rng(7).uniform(0, 255, (2, 3, 227, 227)).astype(np.float32)
+    original, loaded = load_model(source), load_model(fused)
+    assert loaded.activation == original.activation == "Sigmoid"
+    assert loaded.graph_problem is None
+    np.testing.assert_allclose(loaded(x), original(x), rtol=1e-4, atol=1e-4)
