@@ -4,6 +4,7 @@
     python tools/check_third_party.py                       # /work/thirdparty, every command
     python tools/check_third_party.py DIR --markdown out.md --timeout 120
     python tools/check_third_party.py DIR --models cntk_mnist --commands predict,gradcam
+    python tools/check_third_party.py tests/third_party --ort-saved extended   # as ORT saves them
 
 For each MODEL.onnx in DIR (its sidecar MODEL.onnx.json, when there is one, gives the
 preprocessing, as it does for any user), each of these runs in its own subprocess with a timeout:
@@ -105,6 +106,23 @@ def method_budget(fast: dict, meth: str, side: int | None) -> dict:
         opts["window"] = max(2, side // 4)
         opts["stride"] = max(1, opts["window"] // 2)
     return opts
+
+
+def ort_saved(path: Path, folder: Path, level: str) -> Path:
+    """The file ONNX Runtime writes after optimising ``path`` at ``level``, with its sidecar."""
+    import onnxruntime as ort
+
+    out = folder / path.name
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sidecar = path.with_name(path.name + ".json")
+    if sidecar.is_file():
+        shutil.copy(sidecar, out.with_name(out.name + ".json"))
+    return out
 
 
 def manifest_entries(paths: list[Path]) -> dict[Path, dict]:
@@ -247,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="write the table and the messages as markdown here")
     ap.add_argument("--json", type=Path, help="write every record as JSON here")
     ap.add_argument("--threads", type=int, help="pass --threads N to explain (ONNX Runtime CPU threads)")
+    ap.add_argument("--ort-saved", choices=("basic", "extended", "all"),
+                    help="check each file as ONNX Runtime saves it after its graph optimisation "
+                         "at this level (optimized_model_filepath), not the file itself")
     args = ap.parse_args(argv)
 
     args.folder, args.image = args.folder.resolve(), args.image.resolve()
@@ -260,6 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         paths = [p for p in paths if ids[p] in want or p.stem in want]
         if not paths:
             ap.error(f"none of {sorted(want)} in {args.folder}")
+    saved_dir = tempfile.TemporaryDirectory(prefix="bbx_ort_saved_") if args.ort_saved else None
+    if saved_dir:
+        saved = {ort_saved(p, Path(saved_dir.name), args.ort_saved): p for p in paths}
+        entries = {q: {**entries[p], "id": f"{ids[p]} (ORT-saved, {args.ort_saved})"}
+                   for q, p in saved.items()}
+        ids = {q: e["id"] for q, e in entries.items()}
+        paths = list(saved)
     bbx = find_bbx(args.bbx)
     methods = list_methods(bbx)
     neutral = Path(tempfile.gettempdir())
