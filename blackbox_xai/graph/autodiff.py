@@ -230,7 +230,8 @@ def _path(
             reach.update(o for o in n.output
                          if o and (info.is_float(o) or n.op_type == "QuantizeLinear"))
     if score not in reach:
-        raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {wrt}")
+        raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {wrt}"
+                            f"{_where_the_float_path_ends(nodes, reach, info)}")
     relevant, path = {score}, []
     for n in reversed(nodes):
         if any(o in relevant for o in n.output) and any(i in reach for i in node_inputs(n)):
@@ -240,6 +241,25 @@ def _path(
     if missing:
         raise BlackboxError(f"the scores {score!r} do not depend (differentiably) on {missing}")
     return reach, path
+
+
+def _where_the_float_path_ends(nodes: list[onnx.NodeProto], reach: set[str],
+                               info: GraphInfo) -> str:
+    """': the float path ends at ...' naming the ops that read a differentiable tensor and give
+    none (integer outputs: quantized arithmetic; or ops without a derivative), or ''."""
+    ends = [n for n in nodes if any(i in reach for i in node_inputs(n))
+            and not any(o in reach for o in n.output)]
+    if not ends:
+        return ""
+    first = ends[0]
+    out = next((o for o in first.output if o), "")
+    dtype = info.dtype(out)
+    why = (f"its output is {helper.tensor_dtype_to_np_dtype(dtype).name}: integer (quantized) "
+           "arithmetic has no gradient; explain the float model or use a black-box method"
+           if dtype and not info.is_float(out) else "it has no derivative")
+    kinds = sorted({n.op_type for n in ends})
+    more = f" (and {len(ends) - 1} more: {', '.join(kinds)})" if len(ends) > 1 else ""
+    return f": the float path ends at {first.op_type} {first.name or out!r}{more}: {why}"
 
 
 def _reverse(

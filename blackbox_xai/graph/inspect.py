@@ -590,9 +590,14 @@ def _default(model: onnx.ModelProto, info: dict[str, TensorInfo], layers: list[C
              ) -> CandidateLayer:
     """The default CAM layer among ``layers`` (see :func:`default_layer`)."""
     if not layers:
-        raise BlackboxError("the model has no 4-D feature map (N, C, H, W or N, H, W, C) nor "
-                            "token grid (N, tokens, C) on the path to its outputs: CAM methods "
-                            "need a convolutional or vision-transformer layer")
+        quantized = sorted({n.op_type for n in model.graph.node
+                            if n.op_type.startswith("QLinear") or n.op_type == "QGemm"})
+        why = (f"its layers are quantized ({', '.join(quantized)}: integer feature maps); "
+               "explain the float model or use a black-box method" if quantized else
+               "CAM methods need a convolutional or vision-transformer layer")
+        raise BlackboxError("the model has no 4-D feature map (N, C, H, W or N, H, W, C) of "
+                            "floats nor token grid (N, tokens, C) on the path to its outputs: "
+                            f"{why}")
     tokens = [c for c in layers if c.layout == "tokens"]
     if tokens:
         g = model.graph
