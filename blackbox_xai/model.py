@@ -266,7 +266,8 @@ class Model:
         if output in strings:
             raise ModelInputError(f"output {output!r} holds strings, not class scores: choose "
                                   "them with --output NAME")
-        self.proto, unread = without_unread_inputs(self.proto)
+        self.proto, _ = without_unread_inputs(self.proto)
+        unread = without_unread_inputs(source)[1]  # the file asks for them: run the rewrite
         if unread:
             log.info("dropped inputs that nothing reads (ONNX Runtime would ask for them): %s",
                      ", ".join(unread))

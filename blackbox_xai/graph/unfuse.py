@@ -22,8 +22,8 @@ by what it computes (ONNX Runtime's contrib op definitions):
 
 Ops with an activation or an attribute not listed stay as they are. The Conv or Gemm before a
 fused activation gets back the name PyTorch's exporter gives it (``<node>_output_0``), so a
-layer is named as in the original export. The caller checks the
-result in ONNX Runtime (:func:`blackbox_xai.runtime.verify_same_function`). Works in place.
+layer is named as in the original export. The caller checks the result in ONNX Runtime
+(:func:`blackbox_xai.runtime.verify_same_function`). Works in place.
 """
 
 from __future__ import annotations
@@ -67,7 +67,13 @@ class _Emitter:
         return name
 
     def tensor(self, hint: str) -> str:
-        return f"{self.prefix}/{hint}_{len(self.nodes)}"
+        """A new tensor name no other tensor of the graph has."""
+        k, name = len(self.nodes), f"{self.prefix}/{hint}_{len(self.nodes)}"
+        while name in self.taken:
+            k += 1
+            name = f"{self.prefix}/{hint}_{k}"
+        self.taken.add(name)
+        return name
 
     def const(self, value: float) -> str:
         name = self.tensor("const")

@@ -260,3 +260,21 @@ def test_an_ir3_file_saved_by_onnx_runtime_keeps_no_input_nobody_reads(tmp_path)
     assert loaded.activation == original.activation == "Sigmoid"
     assert loaded.graph_problem is None
     np.testing.assert_allclose(loaded(x), original(x), rtol=1e-4, atol=1e-4)
+
+
+def test_an_input_nothing_reads_is_not_asked_for(tmp_path):
+    """A graph input no node reads (ONNX Runtime still asks for it) is dropped even when
+    nothing else about the file changes."""
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"])], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["N", 1, 4, 4]),
+         helper.make_tensor_value_info("unread", T.FLOAT, [3])],
+        [helper.make_tensor_value_info("logits", T.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.arange(48, dtype=np.float32).reshape(16, 3) / 48, "w")])
+    path = tmp_path / "unread.onnx"
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)]),
+              path)
+    x = np.random.default_rng(8).normal(size=(2, 1, 4, 4)).astype(np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x, "unread": np.zeros(3, np.float32)})
+    np.testing.assert_allclose(load_model(path)(x), want[0], rtol=1e-6)
