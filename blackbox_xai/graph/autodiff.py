@@ -27,6 +27,7 @@ from .vjp_rules import (
     Evaluate,
     GraphInfo,
     UnsupportedOpError,
+    has_rule,
     unsupported,
     vjp,
 )
@@ -78,6 +79,9 @@ def backward(
     score = _score_output(m.graph, output)
     taken = _check_names(m.graph, wrt, [seed_name, *(w + grad_suffix for w in wrt)])
     reach, path = _path(list(m.graph.node), wrt, score, info)
+    for node in reversed(path):  # the first op without a rule, not a rule after it that
+        if not has_rule(node):   # misses a shape that op left unknown
+            raise unsupported(node, "no gradient rule for this op")
     e = Emitter(info, taken, evaluate=evaluate)
     grads = _reverse(e, path, reach, wrt, score, seed_name)
     _attach(m.graph, e, wrt, grads, score, seed_name, grad_suffix)

@@ -281,9 +281,14 @@ def register(*op_types: str, inputs: tuple[int, ...] | None = (0,)) -> Callable[
     return deco
 
 
+def has_rule(node: onnx.NodeProto) -> bool:
+    """Whether a gradient rule exists for ``node``'s op."""
+    return node.domain in ("", "ai.onnx") and node.op_type in RULES
+
+
 def vjp(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
     """Gradients of ``node``'s inputs given its outputs' gradients, or UnsupportedOpError."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
+    if not has_rule(node):
         raise unsupported(node, "no gradient rule for this op")
     allowed = _DIFFERENTIABLE[node.op_type]
     for i, n in enumerate(need):

@@ -278,3 +278,37 @@ def test_an_input_nothing_reads_is_not_asked_for(tmp_path):
     x = np.random.default_rng(8).normal(size=(2, 1, 4, 4)).astype(np.float32)
     want = ort.InferenceSession(str(path)).run(None, {"x": x, "unread": np.zeros(3, np.float32)})
     np.testing.assert_allclose(load_model(path)(x), want[0], rtol=1e-6)
+
+
+def test_an_op_kept_fused_is_named_by_the_gradient_refusal(tmp_path):
+    """com.microsoft.Attention (ONNX Runtime's transformer optimiser) is not unfused: the
+    model runs for the black-box methods, and the gradient refusal names Attention, not the
+    ReduceMean after it whose rank Attention left unknown."""
+    rng = np.random.default_rng(9)
+
+    def f(a, n):
+        return numpy_helper.from_array(np.asarray(a, np.float32), n)
+
+    nodes = [helper.make_node("Conv", ["x", "pw"], ["patches"], kernel_shape=[4, 4],
+                              strides=[4, 4]),
+             helper.make_node("Reshape", ["patches", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+             helper.make_node("Attention", ["tokens", "qkv", "qkv_b"], ["attended"],
+                              domain="com.microsoft", num_heads=2),
+             helper.make_node("ReduceMean", ["attended"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["pooled", "head"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "attention", [helper.make_tensor_value_info("x", T.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", T.FLOAT, ["N", 5])],
+        [f(rng.normal(0, 0.3, (8, 3, 4, 4)), "pw"), f(rng.normal(0, 0.3, (8, 24)), "qkv"),
+         f(rng.normal(0, 0.1, 24), "qkv_b"), f(rng.normal(0, 0.5, (8, 5)), "head"),
+         numpy_helper.from_array(np.array([0, 8, 4], np.int64), "shape")])
+    path = tmp_path / "attention.onnx"
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]), path)
+    model = load_model(path)
+    x = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(path)).run(None, {"x": x[None]})[0]
+    np.testing.assert_allclose(model(x[None]), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BlackboxError, match="Attention node 'attended': no gradient rule"):
+        explain(model, x, "saliency", target=0)
