@@ -1,6 +1,7 @@
 """Make the FP16 and INT8 versions of the shipped EfficientNet-Lite0, for `blackbox-xai compare`.
 
     python tools/make_quantized_models.py            # writes models/efficientnet_lite0_{fp16,int8}.onnx
+    python tools/make_quantized_models.py --only int8 --int8-format qoperator --out-dir DIR
 
 * FP16: every float32 initializer and op converted to float16 with float32 input and output kept
   (``keep_io_types``), by ``onnxruntime.transformers.float16`` (ships with ONNX Runtime; falls
@@ -81,7 +82,7 @@ def calibration_inputs(model_path: Path, photos: list[Path]) -> list[np.ndarray]
     return out
 
 
-def make_int8(src: Path, dst: Path, inputs: list[np.ndarray]) -> None:
+def make_int8(src: Path, dst: Path, inputs: list[np.ndarray], fmt: str = "qdq") -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -103,7 +104,8 @@ def make_int8(src: Path, dst: Path, inputs: list[np.ndarray]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
-        quantize_static(str(prepped), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+        quant_format = QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ
+        quantize_static(str(prepped), str(dst), Reader(), quant_format=quant_format,
                         per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
                         activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax)
 
@@ -131,6 +133,9 @@ def main() -> None:
     ap.add_argument("--calibration", type=Path, nargs="+",
                     default=sorted((ROOT / "examples").glob("*.jpg")), help="calibration photos")
     ap.add_argument("--only", choices=["fp16", "int8"], default=None)
+    ap.add_argument("--int8-format", choices=["qdq", "qoperator"], default="qdq",
+                    help="qoperator: ONNX Runtime's integer-op format (QLinearConv ...), written "
+                         "as <model>_int8_qoperator.onnx; blackbox-xai reads it in QDQ form")
     args = ap.parse_args()
     src: Path = args.model
     out_dir = args.out_dir or src.parent
@@ -141,8 +146,9 @@ def main() -> None:
         make_fp16(src, dst)
         made.append(dst)
     if args.only in (None, "int8"):
-        dst = out_dir / f"{src.stem}_int8.onnx"
-        make_int8(src, dst, calibration_inputs(src, args.calibration))
+        suffix = "_qoperator" if args.int8_format == "qoperator" else ""
+        dst = out_dir / f"{src.stem}_int8{suffix}.onnx"
+        make_int8(src, dst, calibration_inputs(src, args.calibration), args.int8_format)
         made.append(dst)
     sidecar = Path(f"{src}.json")
     for dst in made:

@@ -590,8 +590,8 @@ def _default(model: onnx.ModelProto, info: dict[str, TensorInfo], layers: list[C
              ) -> CandidateLayer:
     """The default CAM layer among ``layers`` (see :func:`default_layer`)."""
     if not layers:
-        quantized = sorted({n.op_type for n in model.graph.node
-                            if n.op_type.startswith("QLinear") or n.op_type == "QGemm"})
+        quantized = sorted({n.op_type for n in model.graph.node if n.op_type.startswith("QLinear")
+                            or n.op_type in ("QGemm", "ConvInteger", "MatMulInteger")})
         why = (f"its layers are quantized ({', '.join(quantized)}: integer feature maps); "
                "explain the float model or use a black-box method" if quantized else
                "CAM methods need a convolutional or vision-transformer layer")

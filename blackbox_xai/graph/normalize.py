@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from .io import copy_model, infer_shapes, without_unread_inputs
+from .qoperator import qoperator_to_qdq
 from .unfuse import blocked_layout_problem, unfuse_runtime_ops
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ def normalize(model: onnx.ModelProto) -> Normalized:
             changes.append(f"opset {opset} -> {MIN_OPSET}")
             rewrites.append(f"upgrading opset {opset} to {MIN_OPSET}")
     _drop_initializer_inputs(out.graph)  # after the converter, which expects IR 3's inputs
+    requantized = qoperator_to_qdq(out)  # after it too: per-channel DequantizeLinear is opset 13
+    if requantized:
+        changes.append(f"{requantized} QOperator INT8 ops -> QDQ form")
+        rewrites.append(f"rewriting {requantized} QOperator INT8 ops in QDQ form")
     out, unread = without_unread_inputs(out)
     if unread:
         changes.append(f"{len(unread)} inputs nothing reads dropped")

@@ -58,43 +58,37 @@ def test_gradcam_on_int8_model_agrees_with_fp32():
     assert spearman(fp32.map, int8.map) > 0.95
 
 
-def qoperator_model(path) -> str:
-    """x -> QuantizeLinear -> QLinearConv (uint8 in and out, ONNX Runtime's QOperator format)
-    -> QLinearGlobalAveragePool -> DequantizeLinear -> 2 scores: no float feature map."""
-    def q(v, n):
-        return numpy_helper.from_array(np.array(v, np.uint8), n)
-
-    def f(v, n):
-        return numpy_helper.from_array(np.array(v, np.float32), n)
-
-    w = numpy_helper.from_array(np.full((2, 3, 3, 3), 130, np.uint8), "w")
+def integer_conv_model(path) -> str:
+    """x -> QuantizeLinear -> ConvInteger (int32 out, as dynamic quantization writes it) ->
+    ReduceMean over the pixels (int32) -> Cast -> times the scales: 2 scores, no float map."""
+    w = numpy_helper.from_array(np.full((2, 3, 3, 3), 2, np.uint8), "w")
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-             helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
-                              ["yq"], name="conv_quant", pads=[1, 1, 1, 1]),
-             helper.make_node("QLinearGlobalAveragePool", ["yq", "ys", "yz", "ys", "yz"],
-                              ["pq"], domain="com.microsoft", channels_last=0),
-             helper.make_node("DequantizeLinear", ["pq", "ys", "yz"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["scores"])]
+             helper.make_node("ConvInteger", ["xq", "w", "xz"], ["acc"], name="conv_int",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["acc"], ["pooled"], axes=[2, 3], keepdims=0),
+             helper.make_node("Cast", ["pooled"], ["pooled_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["pooled_f", "scale"], ["scores"])]
     graph = helper.make_graph(
-        nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        nodes, "integer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])],
-        [w, f(0.02, "xs"), q(128, "xz"), f(0.01, "ws"), q(128, "wz"), f(0.05, "ys"),
-         q(100, "yz")])
-    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[
-        helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]), path)
+        [w, numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+         numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+         numpy_helper.from_array(np.array(0.01, np.float32), "scale")])
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)]),
+              path)
     return str(path)
 
 
-def test_a_qoperator_model_names_where_its_float_path_ends(tmp_path):
-    """Integer arithmetic has no gradient: the refusal names the op where the float path ends;
-    the model still runs for the black-box methods."""
-    path = qoperator_model(tmp_path / "qop.onnx")
+def test_an_integer_model_names_where_its_float_path_ends(tmp_path):
+    """Integer arithmetic without a QDQ form has no gradient: the refusal names the op where
+    the float path ends, CAM methods name the integer layers; the black-box methods run."""
+    path = integer_conv_model(tmp_path / "integer.onnx")
     model = load_model(path)
     x = np.random.default_rng(0).uniform(0, 2, size=(3, 8, 8)).astype(np.float32)
     want = ort.InferenceSession(path).run(None, {"x": x[None]})[0]
     np.testing.assert_allclose(model(x[None]), want)
     assert np.abs(want).max() > 0
-    with pytest.raises(BlackboxError, match="float path ends at QLinearConv 'conv_quant'.*uint8"):
+    with pytest.raises(BlackboxError, match="float path ends at ConvInteger 'conv_int'.*int32"):
         explain(model, x, "saliency", target=0)
-    with pytest.raises(BlackboxError, match="no 4-D feature map.*quantized \\(QLinearConv"):
+    with pytest.raises(BlackboxError, match="no 4-D feature map.*quantized \\(ConvInteger"):
         explain(model, x, "scorecam", target=0)

@@ -1,0 +1,230 @@
+"""INT8 models in ONNX Runtime's QOperator format, rewritten in the QDQ format.
+
+``quantize_static(..., quant_format=QOperator)`` (and the ONNX Model Zoo's INT8 builds) write
+integer ops end to end: QLinearConv, QLinearMatMul and ``com.microsoft`` QLinearAdd /
+QLinearMul / QLinearGlobalAveragePool / QLinearAveragePool / QLinearSigmoid / QLinearLeakyRelu /
+QLinearConcat / QGemm. No tensor between the first QuantizeLinear and the last DequantizeLinear
+is float, so no layer can be read and no gradient taken. Each such op computes, by definition,
+
+    y = Q(op(DQ(a), DQ(b), ...), y_scale, y_zero_point),   DQ(q) = (q - zp) scale
+
+(a bias of int32 dequantized with scale a_scale b_scale, zero point 0), and is replaced by
+exactly that: the QDQ form ONNX Runtime's own QDQ quantization writes, whose float tensors our
+gradient rules differentiate straight through QuantizeLinear (``tests/graph/test_qdq.py``).
+Integer data movement on a quantized tensor (MaxPool, Reshape, Flatten, Transpose, Squeeze,
+Unsqueeze, Identity) runs in float between a DequantizeLinear and a QuantizeLinear with the
+tensor's own scale, which gives the same integers (DQ is monotone and Q(DQ(q)) = q).
+
+ONNX Runtime's integer kernels round their int32 accumulators once; the float form rounds
+each product: an output can move by one quantization step, so the caller checks the result
+within the model's output step (:func:`blackbox_xai.runtime.verify_same_function`). Ops with
+per-channel scales where the format needs an axis we cannot tell, channels-last pooling, and
+any other integer op stay as they are. Works in place on ``model`` (opset 13 or later: the
+per-channel DequantizeLinear needs its ``axis``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+from onnx import helper
+
+MICROSOFT = "com.microsoft"
+
+#: Ops that move integers without arithmetic: run on the dequantized tensor, requantized alike.
+DATA_MOVEMENT = frozenset(("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                           "Identity"))
+
+Quantization = tuple[str, str]  # (scale tensor, zero point tensor)
+
+
+class _Rewriter:
+    """Replacement nodes for one QOperator node, with names no tensor has."""
+
+    def __init__(self, node: onnx.NodeProto, taken: set[str],
+                 quantized: dict[str, Quantization], dequantized: dict[tuple, str]):
+        self.node, self.taken, self.quantized = node, taken, quantized
+        self.dequantized = dequantized
+        self.prefix = f"{node.name or node.output[0]}/qdq"
+        self.nodes: list[onnx.NodeProto] = []
+
+    def tensor(self, hint: str) -> str:
+        k = len(self.nodes)
+        name = f"{self.prefix}/{hint}_{k}"
+        while name in self.taken:
+            k += 1
+            name = f"{self.prefix}/{hint}_{k}"
+        self.taken.add(name)
+        return name
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.tensor(op_type.lower())
+        self.taken.add(out)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def named(self, name: str) -> str | None:
+        """``name`` when no tensor has it yet (then reserved), else None."""
+        if name in self.taken:
+            return None
+        self.taken.add(name)
+        return name
+
+    def float_output(self) -> str | None:
+        """The float result's name: the quantized output's without ONNX Runtime's
+        ``_quantized`` suffix (the float model's tensor), when free."""
+        y = self.node.output[0]
+        return self.named(y[:-len("_quantized")]) if y.endswith("_quantized") else None
+
+    def dq(self, q: str, scale: str, zero: str, axis: int | None = None) -> str:
+        """``DQ(q)``, one node per quantized tensor (``<q>_dequantized``) whoever reads it."""
+        key = (q, scale, zero, axis)
+        if key not in self.dequantized:
+            attrs = {} if axis is None else {"axis": axis}
+            self.dequantized[key] = self.op(
+                "DequantizeLinear", [q, scale, *([zero] if zero else [])],
+                self.named(f"{q}_dequantized"), **attrs)
+        return self.dequantized[key]
+
+    def q(self, x: str, scale: str, zero: str, out: str) -> str:
+        self.quantized[out] = (scale, zero)
+        return self.op("QuantizeLinear", [x, scale, *([zero] if zero else [])], out)
+
+
+def _ins(node: onnx.NodeProto, count: int) -> list[str]:
+    return [*node.input, *[""] * (count - len(node.input))][:count]
+
+
+def _attrs(node: onnx.NodeProto, drop: tuple[str, ...] = ()) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
+
+
+def _per_channel(sizes: dict[str, int], scale: str) -> bool:
+    return sizes.get(scale, 1) > 1
+
+
+def _conv(r: _Rewriter, sizes: dict[str, int]) -> bool:
+    x, xs, xz, w, ws, wz, ys, yz, bias = _ins(r.node, 9)
+    xf = r.dq(x, xs, xz)
+    wf = r.dq(w, ws, wz, axis=0 if _per_channel(sizes, ws) else None)
+    inputs = [xf, wf]
+    if bias:
+        inputs.append(r.dq(bias, r.op("Mul", [xs, ws]), "",
+                           axis=0 if _per_channel(sizes, ws) else None))
+    r.q(r.op("Conv", inputs, r.float_output(), **_attrs(r.node)), ys, yz, r.node.output[0])
+    return True
+
+
+def _matmul(r: _Rewriter, sizes: dict[str, int]) -> bool:
+    a, as_, az, b, bs, bz, ys, yz = _ins(r.node, 8)
+    if _per_channel(sizes, as_) or _per_channel(sizes, bs):
+        return False  # per-column B needs the last axis of an operand of unknown rank
+    product = r.op("MatMul", [r.dq(a, as_, az), r.dq(b, bs, bz)], r.float_output())
+    r.q(product, ys, yz, r.node.output[0])
+    return True
+
+
+def _gemm(r: _Rewriter, sizes: dict[str, int]) -> bool:
+    a, as_, az, b, bs, bz, c, ys, yz = _ins(r.node, 9)
+    attrs = _attrs(r.node)
+    column = 0 if attrs.get("transB", 0) else 1
+    per_column = _per_channel(sizes, bs)
+    inputs = [r.dq(a, as_, az), r.dq(b, bs, bz, axis=column if per_column else None)]
+    if c:  # int32 bias at scale alpha a_scale b_scale
+        scale = r.op("Mul", [as_, bs])
+        alpha = float(attrs.get("alpha", 1.0))
+        if alpha != 1.0:
+            alpha_t = r.op("Constant", [], value=helper.make_tensor("alpha", 1, [], [alpha]))
+            scale = r.op("Mul", [scale, alpha_t])
+        inputs.append(r.dq(c, scale, "", axis=0 if per_column else None))
+    y = r.node.output[0]
+    product = r.op("Gemm", inputs, r.float_output() if ys else y, **attrs)
+    if ys:
+        r.q(product, ys, yz, y)
+    return True
+
+
+def _binary(op_type: str) -> Callable[[_Rewriter, dict[str, int]], bool]:
+    def rule(r: _Rewriter, sizes: dict[str, int]) -> bool:
+        a, as_, az, b, bs, bz, cs, cz = _ins(r.node, 8)
+        y = r.op(op_type, [r.dq(a, as_, az), r.dq(b, bs, bz)], r.float_output())
+        r.q(y, cs, cz, r.node.output[0])
+        return True
+    return rule
+
+
+def _unary(op_type: str, keep: tuple[str, ...] = ()) -> Callable[[_Rewriter, dict[str, int]], bool]:
+    def rule(r: _Rewriter, sizes: dict[str, int]) -> bool:
+        attrs = _attrs(r.node)
+        if attrs.get("channels_last", 0):
+            return False
+        x, xs, xz, ys, yz = _ins(r.node, 5)
+        y = r.op(op_type, [r.dq(x, xs, xz)], r.float_output(),
+                 **{k: v for k, v in attrs.items() if k in keep})
+        r.q(y, ys, yz, r.node.output[0])
+        return True
+    return rule
+
+
+def _concat(r: _Rewriter, sizes: dict[str, int]) -> bool:
+    ys, yz, *rest = r.node.input
+    parts = [r.dq(*rest[i:i + 3]) for i in range(0, len(rest), 3)]
+    r.q(r.op("Concat", parts, r.float_output(), axis=_attrs(r.node)["axis"]), ys, yz,
+        r.node.output[0])
+    return True
+
+
+_POOL = ("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides")
+_RULES: dict[tuple[str, str], Callable[[_Rewriter, dict[str, int]], bool]] = {
+    ("", "QLinearConv"): _conv, ("", "QLinearMatMul"): _matmul, (MICROSOFT, "QGemm"): _gemm,
+    (MICROSOFT, "QLinearAdd"): _binary("Add"), (MICROSOFT, "QLinearMul"): _binary("Mul"),
+    (MICROSOFT, "QLinearGlobalAveragePool"): _unary("GlobalAveragePool"),
+    (MICROSOFT, "QLinearAveragePool"): _unary("AveragePool", _POOL),
+    (MICROSOFT, "QLinearSigmoid"): _unary("Sigmoid"),
+    (MICROSOFT, "QLinearLeakyRelu"): _unary("LeakyRelu", ("alpha",)),
+    (MICROSOFT, "QLinearConcat"): _concat,
+}
+
+
+def qoperator_to_qdq(model: onnx.ModelProto) -> int:
+    """Rewrite the QOperator ops of the main graph in QDQ form (see the module docstring);
+    returns how many were rewritten."""
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset < 13 or not any((n.domain if n.domain != "ai.onnx" else "", n.op_type) in _RULES
+                             for n in g.node):
+        return 0
+    sizes = {t.name: int(max(1, _count(t.dims))) for t in g.initializer}
+    taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
+    quantized: dict[str, Quantization] = {
+        n.output[0]: (n.input[1], n.input[2] if len(n.input) > 2 else "")
+        for n in g.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")}
+    dequantized: dict[tuple, str] = {}
+    nodes, count = [], 0
+    for n in g.node:
+        r = _Rewriter(n, taken, quantized, dequantized)
+        rule = _RULES.get((n.domain if n.domain != "ai.onnx" else "", n.op_type))
+        if rule is not None and rule(r, sizes):
+            nodes.extend(r.nodes)
+            count += 1
+        elif (n.domain in ("", "ai.onnx") and n.op_type in DATA_MOVEMENT and n.input
+              and n.input[0] in quantized and len(n.output) == 1):
+            scale, zero = quantized[n.input[0]]
+            moved = r.op(n.op_type, [r.dq(n.input[0], scale, zero), *n.input[1:]],
+                         r.float_output(), **_attrs(n))
+            r.q(moved, scale, zero, n.output[0])
+            nodes.extend(r.nodes)
+        else:
+            nodes.append(n)
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+    return count
+
+
+def _count(dims) -> int:
+    total = 1
+    for d in dims:
+        total *= d
+    return total

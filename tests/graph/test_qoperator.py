@@ -1,0 +1,109 @@
+"""INT8 models in ONNX Runtime's QOperator format (graph/qoperator.py): rewritten in QDQ form,
+they compute what the file computes and explain like the QDQ build of the same calibration."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.model import one_hot
+
+
+def float_cnn(path) -> str:
+    """x (N,3,16,16) -> Conv-Relu (c1) -> MaxPool -> Conv-Relu (c2) + c1 residual -> Conv-Sigmoid
+    (c3) -> GlobalAveragePool -> Flatten -> Gemm (4 classes)."""
+    rng = np.random.default_rng(0)
+
+    def f(a, n):
+        return numpy_helper.from_array(np.asarray(a, np.float32), n)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1_output_0"], name="c1",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1_output_0"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2_output_0"], name="c2",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2_output_0"], ["r2"]),
+             helper.make_node("Add", ["r2", "p1"], ["res"]),
+             helper.make_node("Conv", ["res", "w3", "b3"], ["c3_output_0"], name="c3",
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c3_output_0"], ["s3"]),
+             helper.make_node("GlobalAveragePool", ["s3"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "g", "h"], ["logits"])]
+    inits = [f(rng.normal(0, 0.4, (8, 3, 3, 3)), "w1"), f(rng.normal(0, 0.1, 8), "b1"),
+             f(rng.normal(0, 0.2, (8, 8, 3, 3)), "w2"), f(rng.normal(0, 0.1, 8), "b2"),
+             f(rng.normal(0, 0.2, (8, 8, 3, 3)), "w3"), f(rng.normal(0, 0.1, 8), "b3"),
+             f(rng.normal(0, 2.0, (8, 4)), "g"), f(rng.normal(0, 0.1, 4), "h")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info(
+        "x", T.FLOAT, ["N", 3, 16, 16])], [helper.make_tensor_value_info(
+            "logits", T.FLOAT, ["N", 4])], inits)
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)]),
+              path)
+    return str(path)
+
+
+def quantized(source: str, path, fmt) -> str:
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(1)
+            self.items = iter([{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)}
+                               for _ in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(source, str(path), Reader(), quant_format=fmt, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    from onnxruntime.quantization import QuantFormat
+
+    d = tmp_path_factory.mktemp("qoperator")
+    source = float_cnn(d / "cnn.onnx")
+    return (quantized(source, d / "cnn_qop.onnx", QuantFormat.QOperator),
+            quantized(source, d / "cnn_qdq.onnx", QuantFormat.QDQ))
+
+
+def test_the_premise_the_qoperator_file_computes_in_integers(builds):
+    ops = collections.Counter((n.domain, n.op_type) for n in onnx.load(builds[0]).graph.node)
+    assert ops[("", "QLinearConv")] == 3 and ops[("com.microsoft", "QLinearAdd")] == 1
+    assert ops[("com.microsoft", "QLinearGlobalAveragePool")] == 1
+
+
+def test_the_rewrite_computes_what_the_file_computes(builds):
+    model = load_model(builds[0])
+    graph_ops = {(n.domain, n.op_type) for n in model.graph().graph.node}
+    assert not any(op.startswith("QLinear") or domain for domain, op in graph_ops)
+    x = np.random.default_rng(2).normal(size=(5, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(builds[0]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model(x), want, rtol=1e-6, atol=1e-6)
+    rewritten = ort.InferenceSession(model.graph().SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(rewritten, want, rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_and_grad_cam_equal_the_qdq_build(builds):
+    qop, qdq = load_model(builds[0]), load_model(builds[1])
+    x = np.random.default_rng(3).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    s0, g0 = qdq.input_gradient(x, one_hot(2, 4, 1))
+    s1, g1 = qop.input_gradient(x, one_hot(2, 4, 1))
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6 * np.abs(g0).max())
+    assert np.abs(g0).max() > 0
+    for layer in ("res", "c3_output_0"):  # named alike in both builds
+        m0 = explain(qdq, x[0], "gradcam", layer=layer, target=1).map
+        m1 = explain(qop, x[0], "gradcam", layer=layer, target=1).map
+        assert np.abs(m0).max() > 0
+        np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5 * np.abs(m0).max())
