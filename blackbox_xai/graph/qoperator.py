@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -195,7 +196,9 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
     if opset < 13 or not any((n.domain if n.domain != "ai.onnx" else "", n.op_type) in _RULES
                              for n in g.node):
         return 0
-    sizes = {t.name: int(max(1, _count(t.dims))) for t in g.initializer}
+    sizes = {t.name: _count(t.dims) for t in g.initializer}  # scales: initializers or Constants
+    sizes.update({n.output[0]: _count(a.t.dims) for n in g.node if n.op_type == "Constant"
+                  for a in n.attribute if a.name == "value"})
     taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
     quantized: dict[str, Quantization] = {
         n.output[0]: (n.input[1], n.input[2] if len(n.input) > 2 else "")
@@ -224,7 +227,5 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
 
 
 def _count(dims) -> int:
-    total = 1
-    for d in dims:
-        total *= d
-    return total
+    """Elements of a tensor of these dims (1 for a scalar)."""
+    return int(np.prod(dims)) if len(dims) else 1
