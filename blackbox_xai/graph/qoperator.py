@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .node_builder import NodeBuilder
+
 MICROSOFT = "com.microsoft"
 
 #: Ops that move integers without arithmetic: run on the dequantized tensor, requantized alike.
@@ -40,37 +42,13 @@ DATA_MOVEMENT = frozenset(("MaxPool", "Reshape", "Flatten", "Transpose", "Squeez
 Quantization = tuple[str, str]  # (scale tensor, zero point tensor)
 
 
-class _Rewriter:
-    """Replacement nodes for one QOperator node, with names no tensor has."""
+class _Rewriter(NodeBuilder):
+    """Replacement nodes for one QOperator node."""
 
     def __init__(self, node: onnx.NodeProto, taken: set[str],
                  quantized: dict[str, Quantization], dequantized: dict[tuple, str]):
-        self.node, self.taken, self.quantized = node, taken, quantized
-        self.dequantized = dequantized
-        self.prefix = f"{node.name or node.output[0]}/qdq"
-        self.nodes: list[onnx.NodeProto] = []
-
-    def tensor(self, hint: str) -> str:
-        k = len(self.nodes)
-        name = f"{self.prefix}/{hint}_{k}"
-        while name in self.taken:
-            k += 1
-            name = f"{self.prefix}/{hint}_{k}"
-        self.taken.add(name)
-        return name
-
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.tensor(op_type.lower())
-        self.taken.add(out)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
-        return out
-
-    def named(self, name: str) -> str | None:
-        """``name`` when no tensor has it yet (then reserved), else None."""
-        if name in self.taken:
-            return None
-        self.taken.add(name)
-        return name
+        super().__init__(f"{node.name or node.output[0]}/qdq", taken)
+        self.node, self.quantized, self.dequantized = node, quantized, dequantized
 
     def float_output(self) -> str | None:
         """The float result's name: the quantized output's without ONNX Runtime's

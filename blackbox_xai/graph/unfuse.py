@@ -36,6 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .io import infer_shapes
+from .node_builder import NodeBuilder
 
 MICROSOFT = "com.microsoft"
 
@@ -46,46 +47,25 @@ ACTIVATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class _Emitter:
-    """Builds the replacement nodes of one fused node, with unique tensor names."""
+class _Emitter(NodeBuilder):
+    """Builds the replacement nodes of one fused node."""
 
     def __init__(self, node: onnx.NodeProto, dtype: np.dtype, opset: int, taken: set[str],
                  ranks: dict[str, int]):
-        self.node, self.dtype, self.opset, self.taken = node, dtype, opset, taken
-        self.ranks = ranks
-        self.prefix = f"{node.name or node.output[0]}/unfused"
-        self.nodes: list[onnx.NodeProto] = []
+        super().__init__(f"{node.name or node.output[0]}/unfused", taken)
+        self.node, self.dtype, self.opset, self.ranks = node, dtype, opset, ranks
 
     def main_output(self) -> str | None:
         """A name for the fused op's own result (the Conv or Gemm before its activation): what
         PyTorch's exporter names a node's output, ``<node name>_output_0``, which the fusion
         took away, when no other tensor has it (else a generated name)."""
-        name = f"{self.node.name}_output_0"
-        if not self.node.name or name in self.taken:
-            return None
-        self.taken.add(name)
-        return name
-
-    def tensor(self, hint: str) -> str:
-        """A new tensor name no other tensor of the graph has."""
-        k, name = len(self.nodes), f"{self.prefix}/{hint}_{len(self.nodes)}"
-        while name in self.taken:
-            k += 1
-            name = f"{self.prefix}/{hint}_{k}"
-        self.taken.add(name)
-        return name
+        return self.named(f"{self.node.name}_output_0") if self.node.name else None
 
     def const(self, value: float) -> str:
         name = self.tensor("const")
         self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
             np.asarray(value, self.dtype), name)))
         return name
-
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.tensor(op_type.lower())
-        self.taken.add(out)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
-        return out
 
     def activation(self, kind: str, params: list[float], x: str, out: str) -> str:
         if kind == "Clip":
