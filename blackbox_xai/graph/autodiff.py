@@ -230,6 +230,9 @@ def _path(
     reach = set(wrt)
     for n in nodes:  # node_inputs: If/Loop subgraphs read outer tensors without listing them
         if n.op_type not in NON_DIFFERENTIABLE and any(i in reach for i in node_inputs(n)):
+            if n.op_type == "DynamicQuantizeLinear":  # its scale and zero point: constants
+                reach.add(n.output[0])  # for the straight-through estimator
+                continue
             # QuantizeLinear's integer output carries a straight-through gradient (QDQ models)
             reach.update(o for o in n.output
                          if o and (info.is_float(o) or n.op_type == "QuantizeLinear"))

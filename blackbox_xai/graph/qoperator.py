@@ -1,4 +1,4 @@
-"""INT8 models in ONNX Runtime's QOperator format, rewritten in the QDQ format.
+"""INT8 models in ONNX Runtime's QOperator and dynamic formats, rewritten in the QDQ format.
 
 ``quantize_static(..., quant_format=QOperator)`` (and the ONNX Model Zoo's INT8 builds) write
 integer ops end to end: QLinearConv, QLinearMatMul and ``com.microsoft`` QLinearAdd /
@@ -14,6 +14,12 @@ gradient rules differentiate straight through QuantizeLinear (``tests/graph/test
 Integer data movement on a quantized tensor (MaxPool, Reshape, Flatten, Transpose, Squeeze,
 Unsqueeze, Identity) runs in float between a DequantizeLinear and a QuantizeLinear with the
 tensor's own scale, which gives the same integers (DQ is monotone and Q(DQ(q)) = q).
+
+Dynamic quantization (``quantize_dynamic``) writes DynamicQuantizeLinear -> ConvInteger /
+MatMulInteger -> Cast -> Mul(a_scale b_scale): the integer op runs in float on DQ(q, 1, zp)
+= q - zp (the same integers, summed in float) when only that Cast reads it, and
+DynamicQuantizeLinear differentiates straight through with its computed scale held constant
+(``vjp_rules``).
 
 ONNX Runtime's integer kernels round their int32 accumulators once; the float form rounds
 each product: an output can move by one quantization step, so the caller checks the result
@@ -46,9 +52,11 @@ class _Rewriter(NodeBuilder):
     """Replacement nodes for one QOperator node."""
 
     def __init__(self, node: onnx.NodeProto, taken: set[str],
-                 quantized: dict[str, Quantization], dequantized: dict[tuple, str]):
+                 quantized: dict[str, Quantization], dequantized: dict[tuple, str],
+                 cast_only: bool):
         super().__init__(f"{node.name or node.output[0]}/qdq", taken)
         self.node, self.quantized, self.dequantized = node, quantized, dequantized
+        self.cast_only = cast_only  # every reader of the output is a Cast
 
     def float_output(self) -> str | None:
         """The float result's name: the quantized output's without ONNX Runtime's
@@ -154,6 +162,23 @@ def _concat(r: _Rewriter, sizes: dict[str, int]) -> bool:
     return True
 
 
+def _integer(op_type: str) -> Callable[[_Rewriter, dict[str, int]], bool]:
+    """ConvInteger / MatMulInteger (dynamic quantization: int32 = (a - a_zp) op (b - b_zp),
+    then Cast to float and a Mul by the scales) in float, DQ with scale 1: the same integers,
+    summed in float. Only when every reader is that Cast (the output turns float)."""
+    def rule(r: _Rewriter, sizes: dict[str, int]) -> bool:
+        a, b, az, bz = _ins(r.node, 4)
+        if not r.cast_only or (op_type == "MatMul" and _per_channel(sizes, bz)):
+            return False
+        one = r.op("Constant", [], value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [],
+                                                             [1.0]))
+        w_axis = 0 if op_type == "Conv" and _per_channel(sizes, bz) else None
+        r.op(op_type, [r.dq(a, one, az), r.dq(b, one, bz, axis=w_axis)], r.node.output[0],
+             **_attrs(r.node))
+        return True
+    return rule
+
+
 _POOL = ("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides")
 _RULES: dict[tuple[str, str], Callable[[_Rewriter, dict[str, int]], bool]] = {
     ("", "QLinearConv"): _conv, ("", "QLinearMatMul"): _matmul, (MICROSOFT, "QGemm"): _gemm,
@@ -163,6 +188,7 @@ _RULES: dict[tuple[str, str], Callable[[_Rewriter, dict[str, int]], bool]] = {
     (MICROSOFT, "QLinearSigmoid"): _unary("Sigmoid"),
     (MICROSOFT, "QLinearLeakyRelu"): _unary("LeakyRelu", ("alpha",)),
     (MICROSOFT, "QLinearConcat"): _concat,
+    ("", "ConvInteger"): _integer("Conv"), ("", "MatMulInteger"): _integer("MatMul"),
 }
 
 
@@ -182,9 +208,16 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
         n.output[0]: (n.input[1], n.input[2] if len(n.input) > 2 else "")
         for n in g.node if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")}
     dequantized: dict[tuple, str] = {}
+    readers: dict[str, list[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.op_type)
+    outputs = {o.name for o in g.output}
     nodes, count = [], 0
     for n in g.node:
-        r = _Rewriter(n, taken, quantized, dequantized)
+        read_by = readers.get(n.output[0], []) if n.output else []
+        cast_only = bool(read_by) and set(read_by) == {"Cast"} and n.output[0] not in outputs
+        r = _Rewriter(n, taken, quantized, dequantized, cast_only)
         rule = _RULES.get((n.domain if n.domain != "ai.onnx" else "", n.op_type))
         if rule is not None and rule(r, sizes):
             nodes.extend(r.nodes)

@@ -413,6 +413,14 @@ def _quantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) ->
     return [e.op("Div", gys[0], _along_axis(e, node.input[1], node.input[0], _qdq_axis(node), dt))]
 
 
+@register("DynamicQuantizeLinear", inputs=(0,))
+def _dynamic_quantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
+    """Straight-through with the scale it computed held constant: y = round(x / s) + z is
+    differentiated as x / s + z, so dx = dy / s (dynamic quantization's activations)."""
+    dt = e.gdtype(node.input[0])
+    return [e.op("Div", gys[0], e.fwd(node.output[1], dt))]
+
+
 @register("DequantizeLinear")
 def _dequantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
     """x = (q - z) s, so dq = dx s; a QuantizeLinear -> DequantizeLinear pair passes dy as is."""

@@ -107,3 +107,50 @@ def test_gradients_and_grad_cam_equal_the_qdq_build(builds):
         m1 = explain(qop, x[0], "gradcam", layer=layer, target=1).map
         assert np.abs(m0).max() > 0
         np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5 * np.abs(m0).max())
+
+
+def linear_net(path, weights: dict[str, np.ndarray]) -> str:
+    """x (N,2,6,6) -> Conv w1 (+b1) -> Flatten -> MatMul g (+h): a linear function of x."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["conv"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "g"], ["mm"]),
+             helper.make_node("Add", ["mm", "h"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "linear", [helper.make_tensor_value_info("x", T.FLOAT, ["N", 2, 6, 6])],
+        [helper.make_tensor_value_info("logits", T.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)]),
+              path)
+    return str(path)
+
+
+def test_dynamic_quantization_differentiates_straight_through(tmp_path):
+    """quantize_dynamic writes DynamicQuantizeLinear -> ConvInteger / MatMulInteger -> Cast ->
+    Mul(scales). Straight through the activations' quantization, a linear net's input
+    gradient is the float net's with the dequantized weights (w_q - w_zp) w_scale, exactly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(4)
+    weights = {"w1": rng.normal(size=(4, 2, 3, 3)), "b1": rng.normal(size=4),
+               "g": rng.normal(size=(144, 3)), "h": rng.normal(size=3)}
+    source = linear_net(tmp_path / "linear.onnx", weights)
+    dynamic = tmp_path / "linear_dynamic.onnx"
+    quantize_dynamic(source, str(dynamic), weight_type=QuantType.QUInt8)
+    ops = {n.op_type for n in onnx.load(dynamic).graph.node}
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops  # the premise
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(dynamic).graph.initializer}
+
+    def dequantized(name):
+        q, zp = stored[f"{name}_quantized"].astype(np.float64), stored[f"{name}_zero_point"]
+        return (q - zp.astype(np.float64)) * stored[f"{name}_scale"]
+
+    reference = linear_net(tmp_path / "reference.onnx",
+                           {**weights, "w1": dequantized("w1"), "g": dequantized("g")})
+    x = rng.normal(size=(2, 2, 6, 6)).astype(np.float32)
+    model = load_model(dynamic, layout="NCHW")
+    want = ort.InferenceSession(str(dynamic)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-5)
+    _, g = model.input_gradient(x, one_hot(2, 3, 2))
+    _, g_ref = load_model(reference, layout="NCHW").input_gradient(x, one_hot(2, 3, 2))
+    assert np.abs(g_ref).max() > 0.1
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * np.abs(g_ref).max())

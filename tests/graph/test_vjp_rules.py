@@ -892,7 +892,8 @@ def test_rule_matches_finite_differences(name: str) -> None:
 
 def test_every_rule_has_a_case() -> None:
     tested = {n.op_type for c in ALL.values() for n in c.nodes}
-    tested |= {"QuantizeLinear", "DequantizeLinear"}  # straight-through: see test_qdq.py
+    tested |= {"QuantizeLinear", "DequantizeLinear",  # straight-through: see test_qdq.py and
+               "DynamicQuantizeLinear"}  # test_qoperator.py
     assert set(RULES) <= tested, sorted(set(RULES) - tested)
 
 
