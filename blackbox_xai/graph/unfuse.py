@@ -18,7 +18,10 @@ by what it computes (ONNX Runtime's contrib op definitions):
   ``transB`` (not the ``transBatch`` forms);
 * ``SkipLayerNormalization(x, skip, gamma, beta, bias)`` = LayerNorm over the last axis of
   x + skip + bias, times gamma plus beta (``LayerNormalization`` from opset 17, its formula
-  before), its optional 4th output the sum.
+  before), its optional 4th output the sum;
+* ``Attention(x, W, b)`` (the transformer optimiser's, without mask, cache or attention bias)
+  = softmax(Q K^T / sqrt d) V over ``num_heads`` heads of Q | K | V = x W + b, written as the
+  MatMul / Softmax / MatMul chain the attention methods find.
 
 Ops with an activation or an attribute not listed stay as they are. The Conv or Gemm before a
 fused activation gets back the name PyTorch's exporter gives it (``<node>_output_0``), so a
@@ -51,15 +54,22 @@ class _Emitter(NodeBuilder):
     """Builds the replacement nodes of one fused node."""
 
     def __init__(self, node: onnx.NodeProto, dtype: np.dtype, opset: int, taken: set[str],
-                 ranks: dict[str, int]):
+                 ranks: dict[str, int], widths: dict[str, int]):
         super().__init__(f"{node.name or node.output[0]}/unfused", taken)
         self.node, self.dtype, self.opset, self.ranks = node, dtype, opset, ranks
+        self.widths = widths  # last axis of each initializer
 
     def main_output(self) -> str | None:
         """A name for the fused op's own result (the Conv or Gemm before its activation): what
         PyTorch's exporter names a node's output, ``<node name>_output_0``, which the fusion
         took away, when no other tensor has it (else a generated name)."""
         return self.named(f"{self.node.name}_output_0") if self.node.name else None
+
+    def const_ints(self, values: list[int]) -> str:
+        name = self.tensor("shape")
+        self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.asarray(values, np.int64), name)))
+        return name
 
     def const(self, value: float) -> str:
         name = self.tensor("const")
@@ -197,10 +207,44 @@ def _skip_layer_norm(e: _Emitter) -> bool:
     return True
 
 
+def _attention(e: _Emitter) -> bool:
+    """Multi-head self-attention (the transformer optimiser's Attention, no mask, cache or
+    attention bias): Q | K | V = x W + b split along the last axis, each (B, S, heads, d) ->
+    (B, heads, S, d); softmax(Q K^T scale) V back to (B, S, heads d); scale 1/sqrt(d) unless
+    given. The weights (H, 3H) must be an initializer (their width gives H)."""
+    ins, attrs = list(e.node.input), _attrs(e.node)
+    heads = int(attrs.get("num_heads", 0))
+    width = e.widths.get(ins[1]) if len(ins) > 1 else None
+    if (any(ins[3:]) or len(e.node.output) > 1 and any(e.node.output[1:]) or not heads
+            or width is None or width % (3 * heads) or attrs.get("unidirectional", 0)
+            or any(k in attrs for k in ("qkv_hidden_sizes", "do_rotary"))):
+        return False
+    hidden = width // 3
+    d = hidden // heads
+    qkv = e.op("MatMul", ins[:2])
+    if len(ins) > 2 and ins[2]:
+        qkv = e.op("Add", [qkv, ins[2]])
+    q, k, v = (e.tensor(n) for n in ("q", "k", "v"))
+    sizes = [hidden, hidden, hidden]
+    e.nodes.append(helper.make_node("Split", [qkv, e.const_ints(sizes)], [q, k, v], axis=-1)
+                   if e.opset >= 13 else  # the sizes were an attribute before opset 13
+                   helper.make_node("Split", [qkv], [q, k, v], axis=-1, split=sizes))
+    per_head = e.const_ints([0, 0, heads, d])
+    q, k, v = (e.op("Transpose", [e.op("Reshape", [t, per_head])], perm=[0, 2, 1, 3])
+               for t in (q, k, v))
+    scale = float(attrs.get("scale", 1.0 / math.sqrt(d)))
+    scores = e.op("Mul", [e.op("MatMul", [q, e.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                          e.const(scale)])
+    context = e.op("MatMul", [e.op("Softmax", [scores], axis=-1), v])
+    merged = e.op("Transpose", [context], perm=[0, 2, 1, 3])
+    e.op("Reshape", [merged, e.const_ints([0, 0, hidden])], e.node.output[0])
+    return True
+
+
 _RULES: dict[str, Callable[[_Emitter], bool]] = {
     "FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "Gelu": _gelu, "BiasGelu": _bias_gelu,
     "QuickGelu": _quick_gelu, "FastGelu": _fast_gelu, "FusedMatMul": _fused_matmul,
-    "SkipLayerNormalization": _skip_layer_norm,
+    "SkipLayerNormalization": _skip_layer_norm, "Attention": _attention,
 }
 
 
@@ -233,12 +277,13 @@ def _unfuse_pass(model: onnx.ModelProto, ranks: dict[str, int]) -> int:
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     dtypes = {t.name: helper.tensor_dtype_to_np_dtype(t.data_type) for t in g.initializer}
+    widths = {t.name: t.dims[-1] for t in g.initializer if t.dims}
     taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
     nodes, count = [], 0
     for n in g.node:
         rule = _RULES.get(n.op_type) if n.domain == MICROSOFT else None
         dtype = next((dtypes[i] for i in n.input if i in dtypes), np.dtype(np.float32))
-        emitter = _Emitter(n, dtype, opset, taken, ranks)
+        emitter = _Emitter(n, dtype, opset, taken, ranks, widths)
         if rule is None or not rule(emitter):
             nodes.append(n)
             continue

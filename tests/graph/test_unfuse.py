@@ -280,35 +280,63 @@ def test_an_input_nothing_reads_is_not_asked_for(tmp_path):
     np.testing.assert_allclose(load_model(path)(x), want[0], rtol=1e-6)
 
 
-def test_an_op_kept_fused_is_named_by_the_gradient_refusal(tmp_path):
-    """com.microsoft.Attention (ONNX Runtime's transformer optimiser) is not unfused: the
-    model runs for the black-box methods, and the gradient refusal names Attention, not the
-    ReduceMean after it whose rank Attention left unknown."""
+def attention_model(path, *, mask: bool = False) -> str:
+    """Patches (Conv 4x4 stride 4) -> 4 tokens of width 8 -> com.microsoft.Attention (2 heads;
+    with ``mask``, a mask_index input, which is not unfused) -> mean over the tokens -> Gemm."""
     rng = np.random.default_rng(9)
 
     def f(a, n):
         return numpy_helper.from_array(np.asarray(a, np.float32), n)
 
+    extra = ["mask"] if mask else []
     nodes = [helper.make_node("Conv", ["x", "pw"], ["patches"], kernel_shape=[4, 4],
                               strides=[4, 4]),
              helper.make_node("Reshape", ["patches", "shape"], ["flat"]),
              helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
-             helper.make_node("Attention", ["tokens", "qkv", "qkv_b"], ["attended"],
+             helper.make_node("Attention", ["tokens", "qkv", "qkv_b", *extra], ["attended"],
                               domain="com.microsoft", num_heads=2),
              helper.make_node("ReduceMean", ["attended"], ["pooled"], axes=[1], keepdims=0),
              helper.make_node("Gemm", ["pooled", "head"], ["logits"])]
+    inits = [f(rng.normal(0, 0.3, (8, 3, 4, 4)), "pw"), f(rng.normal(0, 0.3, (8, 24)), "qkv"),
+             f(rng.normal(0, 0.1, 24), "qkv_b"), f(rng.normal(0, 0.5, (8, 5)), "head"),
+             numpy_helper.from_array(np.array([0, 8, 4], np.int64), "shape")]
+    if mask:
+        inits.append(numpy_helper.from_array(np.ones((1, 4), np.int32), "mask"))
     graph = helper.make_graph(
-        nodes, "attention", [helper.make_tensor_value_info("x", T.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", T.FLOAT, ["N", 5])],
-        [f(rng.normal(0, 0.3, (8, 3, 4, 4)), "pw"), f(rng.normal(0, 0.3, (8, 24)), "qkv"),
-         f(rng.normal(0, 0.1, 24), "qkv_b"), f(rng.normal(0, 0.5, (8, 5)), "head"),
-         numpy_helper.from_array(np.array([0, 8, 4], np.int64), "shape")])
-    path = tmp_path / "attention.onnx"
+        nodes, "attention", [helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", T.FLOAT, [1, 5])], inits)
     onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[
         helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]), path)
+    return str(path)
+
+
+def test_attention_is_unfused_into_the_chain_the_attention_methods_find(tmp_path):
+    path = attention_model(tmp_path / "attention.onnx")
     model = load_model(path)
-    x = rng.normal(size=(3, 8, 8)).astype(np.float32)
-    want = ort.InferenceSession(str(path)).run(None, {"x": x[None]})[0]
+    assert not any(n.domain for n in model.graph().graph.node)
+    x = np.random.default_rng(10).normal(size=(3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(path).run(None, {"x": x[None]})[0]
+    np.testing.assert_allclose(model(x[None]), want, rtol=1e-5, atol=1e-6)
+    _, g = model.input_gradient(x[None], one_hot(1, 5, 2))  # against central differences
+    eps, rng = 1e-2, np.random.default_rng(11)
+    for _ in range(3):
+        d = rng.normal(size=x.shape).astype(np.float32)
+        up = ort.InferenceSession(path).run(None, {"x": (x + eps * d)[None]})[0][0, 2]
+        down = ort.InferenceSession(path).run(None, {"x": (x - eps * d)[None]})[0][0, 2]
+        assert abs(float((g[0] * d).sum()) - (up - down) / (2 * eps)) < 2e-3
+    # the attention methods find its heads (and refuse this toy only for having no class token)
+    with pytest.raises(BlackboxError, match="attention is over its 2x2 patch tokens"):
+        explain(model, x, "attention-rollout", target=2)
+
+
+def test_an_op_kept_fused_is_named_by_the_gradient_refusal(tmp_path):
+    """An Attention with a mask input stays fused: the model runs for the black-box methods,
+    and the gradient refusal names Attention, not the ReduceMean after it whose rank
+    Attention left unknown."""
+    path = attention_model(tmp_path / "masked.onnx", mask=True)
+    model = load_model(path)
+    x = np.random.default_rng(12).normal(size=(3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(path).run(None, {"x": x[None]})[0]
     np.testing.assert_allclose(model(x[None]), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(BlackboxError, match="Attention node 'attended': no gradient rule"):
         explain(model, x, "saliency", target=0)
