@@ -173,13 +173,26 @@ def log_softmax(z: npt.NDArray[np.floating], axis: int = -1) -> npt.NDArray[np.f
 
 def final_activation(proto: onnx.ModelProto, output: str) -> tuple[str, str | None]:
     """(logits tensor, activation): the input of a Softmax/LogSoftmax/Sigmoid that ends the
-    graph at ``output`` (through Identity/Cast/Reshape/Flatten/Squeeze), else (output, None)."""
+    graph at ``output`` (through Identity/Cast/Reshape/Flatten/Squeeze), else (output, None).
+
+    Raises:
+        ModelInputError: the activation is fused into an ONNX Runtime op that the graph still
+            has (normalisation, which unfuses it, failed): no logits tensor exists, and the
+            probabilities must not be explained as logits.
+    """
     producers = {o: n for n in proto.graph.node for o in n.output}
     node = producers.get(output)
     while node is not None and node.op_type in _PASS_THROUGH:
         node = producers.get(node.input[0])
     if node is not None and node.op_type in _ACTIVATIONS:
         return node.input[0], node.op_type
+    fused = next((a.s.decode() for a in node.attribute if a.name == "activation"), "") \
+        if node is not None and node.domain == "com.microsoft" else ""
+    if fused in _ACTIVATIONS:
+        raise ModelInputError(f"the scores' final {fused} is fused into ONNX Runtime's "
+                              f"{node.op_type} {node.name or node.output[0]!r} and the graph "
+                              "could not be rewritten to separate it, so there are no logits "
+                              "to explain: use the original export")
     return output, None
 
 

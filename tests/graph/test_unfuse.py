@@ -340,3 +340,26 @@ def test_an_op_kept_fused_is_named_by_the_gradient_refusal(tmp_path):
     np.testing.assert_allclose(model(x[None]), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(BlackboxError, match="Attention node 'attended': no gradient rule"):
         explain(model, x, "saliency", target=0)
+
+def test_a_final_sigmoid_left_fused_is_refused_not_explained_as_logits(tmp_path, monkeypatch):
+    """When normalisation fails (simulated), a FusedGemm keeps the final Sigmoid inside it:
+    its probabilities would have been explained as logits; it is refused in one line."""
+    import blackbox_xai.model as model_module
+    from blackbox_xai.graph.normalize import Normalized
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]),
+         helper.make_node("FusedGemm", ["flat", "w"], ["probs"], domain="com.microsoft",
+                          name="head", activation="Sigmoid")], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("probs", T.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.ones((48, 2), np.float32) / 48, "w")])
+    path = tmp_path / "fused_sigmoid.onnx"
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]), path)
+    assert load_model(path).activation == "Sigmoid"  # normalised: unfused, cut before it
+    monkeypatch.setattr(model_module, "normalize", lambda m: Normalized(
+        m, (), None, "the model's opset cannot be upgraded (simulated)"))
+    with pytest.raises(BlackboxError, match="final Sigmoid is fused into ONNX Runtime's "
+                                            "FusedGemm 'head'"):
+        load_model(path)
