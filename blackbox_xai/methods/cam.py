@@ -297,6 +297,8 @@ def _batched(fn: WeightFn, source: Source, relu: bool) -> Callable[..., BatchRes
 # ---- methods ------------------------------------------------------------------------------------
 #: ops a pooled vector passes through unchanged on its way to the linear layer or the scores
 _FLATTEN_OPS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
+#: an INT8 build's quantize / dequantize pairs, read as the identity they approximate
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: readers of a tensor's shape only (PyTorch 1.x's flatten chain: Shape -> Gather -> Unsqueeze
 #: -> Concat feeds the Reshape of the pooled vector), not of its values
 _SHAPE_READERS = ("Shape", "Size")
@@ -358,8 +360,8 @@ def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
             w = _linear_weight(g, node)
             if w is None:
                 break
-        elif not (node.op_type in _FLATTEN_OPS or w is not None and node.op_type == "Add"
-                  and constant_value(g, node.input[1]) is not None):
+        elif not (node.op_type in _FLATTEN_OPS + _QDQ_OPS or w is not None
+                  and node.op_type == "Add" and constant_value(g, node.input[1]) is not None):
             break  # after the linear layer only its bias and flattening may follow
         tensor = node.output[0]
     after = " -> ".join(path) or "nothing"
@@ -378,12 +380,32 @@ def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
 
 
 def _linear_weight(g: onnx.GraphProto, node: onnx.NodeProto) -> npt.NDArray[np.float32] | None:
-    """W (K, k) of a Gemm/MatMul reading the pooled vector with a constant 2-D weight."""
+    """W (K, k) of a Gemm/MatMul reading the pooled vector with a constant 2-D weight (an INT8
+    build's dequantized one, (q - zero point) scale, included)."""
     w = constant_value(g, node.input[1])
+    if w is None:
+        w = _dequantized_constant(g, node.input[1])
     if w is None or w.ndim != 2:
         return None
     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
     return (w if trans_b else w.T).astype(np.float32)
+
+
+def _dequantized_constant(g: onnx.GraphProto, name: str) -> npt.NDArray[np.float64] | None:
+    """``DequantizeLinear(q, scale, zero point)`` of constants: (q - zp) scale, the scale and
+    zero point per slice along ``axis`` (default 1) when they are vectors; else None."""
+    node = next((n for n in g.node if name in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    values = [constant_value(g, i) if i else None for i in node.input]
+    q, scale = values[0], values[1]
+    if q is None or scale is None:
+        return None
+    zero = values[2] if len(values) > 2 and values[2] is not None else np.zeros_like(scale)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(q.ndim, 1)
+    shape = [-1 if a == axis else 1 for a in range(q.ndim)] if np.ndim(scale) == 1 else []
+    return ((q.astype(np.float64) - np.reshape(zero, shape).astype(np.float64))
+            * np.reshape(scale, shape).astype(np.float64))
 
 
 @register_cam("cam", reference="Zhou et al. 2016, arXiv:1512.04150", relu=False,

@@ -154,3 +154,17 @@ def test_dynamic_quantization_differentiates_straight_through(tmp_path):
     _, g_ref = load_model(reference, layout="NCHW").input_gradient(x, one_hot(2, 3, 2))
     assert np.abs(g_ref).max() > 0.1
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * np.abs(g_ref).max())
+
+
+def test_cam_reads_an_int8_head_through_its_quantize_dequantize_pairs(builds):
+    """CAM's weights are the dequantized linear layer, (q - zp) scale, read through the
+    Q/DQ pairs an INT8 build puts between the pooling and the head; both formats alike."""
+    qop, qdq = load_model(builds[0]), load_model(builds[1])
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(builds[1]).graph.initializer}
+    scale = stored["g_scale"].astype(np.float64)
+    weights = (stored["g_quantized"] - stored["g_zero_point"].astype(np.float64)) * scale
+    x = np.random.default_rng(5).normal(size=(3, 16, 16)).astype(np.float32)
+    cams = [explain(m, x, "cam", target=2) for m in (qdq, qop)]
+    for c in cams:
+        np.testing.assert_allclose(c.extras["weights"], weights[:, 2], rtol=1e-6)
+    np.testing.assert_allclose(cams[1].map, cams[0].map, rtol=1e-5, atol=1e-6)
