@@ -569,7 +569,8 @@ def norm_outputs(model: onnx.ModelProto, tokens: Collection[str]) -> list[str]:
         if not n.input or n.input[0] not in tokens:
             continue
         if n.op_type == "LayerNormalization":
-            ends.add(n.output[0])
+            if n.output[0] in tokens:  # a typed token tensor (an output shape inference left
+                ends.add(n.output[0])  # untyped is no candidate)
         elif n.op_type == "ReduceMean" and _reduce_axes(g, n, 3) == {2}:
             x, reached, stack = n.input[0], {n.output[0]}, [n.output[0]]
             while stack:

@@ -19,6 +19,8 @@ by what it computes (ONNX Runtime's contrib op definitions):
 * ``SkipLayerNormalization(x, skip, gamma, beta, bias)`` = LayerNorm over the last axis of
   x + skip + bias, times gamma plus beta (``LayerNormalization`` from opset 17, its formula
   before), its optional 4th output the sum;
+* ``LayerNormalization`` in the default domain at an opset before 17 (ONNX Runtime's own,
+  which its LayerNormFusion writes; ONNX has none there) = the formula over the last axis;
 * ``Attention(x, W, b)`` (the transformer optimiser's, without mask, cache or attention bias)
   = softmax(Q K^T / sqrt d) V over ``num_heads`` heads of Q | K | V = x W + b, written as the
   MatMul / Softmax / MatMul chain the attention methods find.
@@ -84,6 +86,18 @@ class _Emitter(NodeBuilder):
             return self.op("Clip", [x, self.const(params[0]), self.const(params[1])], out)
         names = ACTIVATIONS[kind]
         return self.op(kind, [x], out, **dict(zip(names, params)))
+
+    def layer_norm(self, x: str, gamma: str, beta: str | None, eps: float, out: str) -> str:
+        """(x - mean) / sqrt(var + eps) gamma + beta over the last axis: LayerNormalization from
+        opset 17, its formula before."""
+        if self.opset >= 17:
+            return self.op("LayerNormalization", [x, gamma, *([beta] if beta else [])], out,
+                           axis=-1, epsilon=eps)
+        centred = self.op("Sub", [x, self.op("ReduceMean", [x], axes=[-1])])
+        var = self.op("ReduceMean", [self.op("Mul", [centred, centred])], axes=[-1])
+        normed = self.op("Div", [centred, self.op("Sqrt", [self.op("Add", [var, self.const(eps)])])])
+        scaled = self.op("Mul", [normed, gamma], None if beta else out)
+        return self.op("Add", [scaled, beta], out) if beta else scaled
 
     def gelu(self, x: str, out: str) -> str:
         erf = self.op("Erf", [self.op("Div", [x, self.const(math.sqrt(2.0))])])
@@ -193,17 +207,19 @@ def _skip_layer_norm(e: _Emitter) -> bool:
     if len(ins) > 4 and ins[4]:
         total = e.op("Add", [total, ins[4]], outs[3] if len(outs) > 3 and outs[3] else None)
     eps = float(_attrs(e.node).get("epsilon", 1e-12))
-    gamma, beta = ins[2], ins[3] if len(ins) > 3 and ins[3] else None
-    if e.opset >= 17:
-        e.op("LayerNormalization", [total, gamma, *([beta] if beta else [])], outs[0], axis=-1,
-             epsilon=eps)
-        return True
-    centred = e.op("Sub", [total, e.op("ReduceMean", [total], axes=[-1])])
-    var = e.op("ReduceMean", [e.op("Mul", [centred, centred])], axes=[-1])
-    normed = e.op("Div", [centred, e.op("Sqrt", [e.op("Add", [var, e.const(eps)])])])
-    scaled = e.op("Mul", [normed, gamma], None if beta else outs[0])
-    if beta:
-        e.op("Add", [scaled, beta], outs[0])
+    e.layer_norm(total, ins[2], ins[3] if len(ins) > 3 and ins[3] else None, eps, outs[0])
+    return True
+
+
+def _legacy_layer_norm(e: _Emitter) -> bool:
+    """ONNX Runtime's own LayerNormalization, which its LayerNormFusion writes in the default
+    domain at opsets before 17 (where ONNX has none, so the checker refuses the file's every
+    rewrite): the same normalisation, over the last axis only here."""
+    ins, outs, attrs = list(e.node.input), list(e.node.output), _attrs(e.node)
+    if any(outs[1:]) or attrs.get("axis", -1) != -1:
+        return False
+    e.layer_norm(ins[0], ins[1], ins[2] if len(ins) > 2 and ins[2] else None,
+                 float(attrs.get("epsilon", 1e-5)), outs[0])
     return True
 
 
@@ -259,10 +275,17 @@ def unfuse_runtime_ops(model: onnx.ModelProto) -> int:
     while True:
         count = _unfuse_pass(model, ranks)
         total += count
-        if not count or not any(n.domain == MICROSOFT and n.op_type in _RULES
-                                for n in model.graph.node):
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        if not count or not any(_rule(n, opset) for n in model.graph.node):
             return total
         ranks = _ranks(infer_shapes(model))
+
+
+def _rule(n: onnx.NodeProto, opset: int) -> Callable[[_Emitter], bool] | None:
+    if n.domain == MICROSOFT:
+        return _RULES.get(n.op_type)
+    legacy = n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") and opset < 17
+    return _legacy_layer_norm if legacy else None
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -281,7 +304,7 @@ def _unfuse_pass(model: onnx.ModelProto, ranks: dict[str, int]) -> int:
     taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
     nodes, count = [], 0
     for n in g.node:
-        rule = _RULES.get(n.op_type) if n.domain == MICROSOFT else None
+        rule = _rule(n, opset)
         dtype = next((dtypes[i] for i in n.input if i in dtypes), np.dtype(np.float32))
         emitter = _Emitter(n, dtype, opset, taken, ranks, widths)
         if rule is None or not rule(emitter):

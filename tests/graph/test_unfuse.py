@@ -363,3 +363,19 @@ def test_a_final_sigmoid_left_fused_is_refused_not_explained_as_logits(tmp_path,
     with pytest.raises(BlackboxError, match="final Sigmoid is fused into ONNX Runtime's "
                                             "FusedGemm 'head'"):
         load_model(path)
+
+
+def test_onnx_runtimes_own_layer_norm_before_opset_17_is_written_out(tmp_path):
+    """ORT's LayerNormFusion writes LayerNormalization in the default domain into an opset-14
+    ViT, where ONNX has no such op: every rewrite failed the checker (an internal error in
+    backward, Grad-CAM, saliency) and the layer search crashed on its untyped output."""
+    source = TEST_MODELS / "transformers" / "vit_tiny_opset14.onnx"
+    fused = optimised(source, tmp_path / "vit14_ort.onnx")
+    assert ops(fused)[("", "LayerNormalization")] > 0  # the premise, at opset 14
+    assert default_layer(onnx.load(fused))  # the raw file: no KeyError on the untyped output
+    x = np.random.default_rng(13).normal(size=(3, 32, 32)).astype(np.float32)
+    original, loaded = load_model(source), load_model(fused)
+    assert not any(n.op_type == "LayerNormalization" for n in loaded.graph().graph.node)
+    m0 = explain(original, x, "saliency", target=1).map
+    m1 = explain(loaded, x, "saliency", target=1).map
+    np.testing.assert_allclose(m1, m0, rtol=1e-3, atol=1e-4 * np.abs(m0).max())
