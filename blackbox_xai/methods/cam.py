@@ -297,8 +297,9 @@ def _batched(fn: WeightFn, source: Source, relu: bool) -> Callable[..., BatchRes
 # ---- methods ------------------------------------------------------------------------------------
 #: ops a pooled vector passes through unchanged on its way to the linear layer or the scores
 _FLATTEN_OPS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
-#: an INT8 build's quantize / dequantize pairs, read as the identity they approximate
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: type conversions read as the identity they approximate: an INT8 build's quantize /
+#: dequantize pairs, an fp16 model's casts
+_CONVERSIONS = ("QuantizeLinear", "DequantizeLinear", "Cast")
 #: readers of a tensor's shape only (PyTorch 1.x's flatten chain: Shape -> Gather -> Unsqueeze
 #: -> Concat feeds the Reshape of the pooled vector), not of its values
 _SHAPE_READERS = ("Shape", "Size")
@@ -360,7 +361,7 @@ def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
             w = _linear_weight(g, node)
             if w is None:
                 break
-        elif not (node.op_type in _FLATTEN_OPS + _QDQ_OPS or w is not None
+        elif not (node.op_type in _FLATTEN_OPS + _CONVERSIONS or w is not None
                   and node.op_type == "Add" and constant_value(g, node.input[1]) is not None):
             break  # after the linear layer only its bias and flattening may follow
         tensor = node.output[0]
@@ -381,20 +382,25 @@ def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
 
 def _linear_weight(g: onnx.GraphProto, node: onnx.NodeProto) -> npt.NDArray[np.float32] | None:
     """W (K, k) of a Gemm/MatMul reading the pooled vector with a constant 2-D weight (an INT8
-    build's dequantized one, (q - zero point) scale, included)."""
+    build's dequantized one and a cast fp16 one included)."""
     w = constant_value(g, node.input[1])
     if w is None:
-        w = _dequantized_constant(g, node.input[1])
+        w = _converted_constant(g, node.input[1])
     if w is None or w.ndim != 2:
         return None
     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
     return (w if trans_b else w.T).astype(np.float32)
 
 
-def _dequantized_constant(g: onnx.GraphProto, name: str) -> npt.NDArray[np.float64] | None:
-    """``DequantizeLinear(q, scale, zero point)`` of constants: (q - zp) scale, the scale and
-    zero point per slice along ``axis`` (default 1) when they are vectors; else None."""
+def _converted_constant(g: onnx.GraphProto, name: str) -> npt.NDArray[np.float64] | None:
+    """A weight stored in another type: ``Cast`` of a constant (ONNX Runtime's float
+    computation of an fp16 model casts every weight), or ``DequantizeLinear(q, scale, zero
+    point)`` of constants, (q - zp) scale with vector scales along ``axis`` (default 1);
+    else None."""
     node = next((n for n in g.node if name in n.output), None)
+    if node is not None and node.op_type == "Cast":
+        value = constant_value(g, node.input[0])
+        return None if value is None else value.astype(np.float64)
     if node is None or node.op_type != "DequantizeLinear":
         return None
     values = [constant_value(g, i) if i else None for i in node.input]

@@ -379,3 +379,16 @@ def test_onnx_runtimes_own_layer_norm_before_opset_17_is_written_out(tmp_path):
     m0 = explain(original, x, "saliency", target=1).map
     m1 = explain(loaded, x, "saliency", target=1).map
     np.testing.assert_allclose(m1, m0, rtol=1e-3, atol=1e-4 * np.abs(m0).max())
+
+
+def test_cam_reads_the_cast_weights_of_an_fp16_model_saved_by_onnx_runtime(tmp_path):
+    """Saved by ONNX Runtime, an fp16 model's head is Cast(fp16 weight) -> Gemm -> Cast: CAM
+    refused it ('GlobalAveragePool -> Flatten -> Gemm'); its weights are the cast ones."""
+    source = TEST_MODELS / "tiny_cnn_fp16.onnx"
+    fused = optimised(source, tmp_path / "tiny_fp16_ort.onnx")
+    assert onnx.load(fused).graph.node[-1].op_type == "Cast"  # the premise
+    x = np.random.default_rng(14).normal(size=(3, 32, 32)).astype(np.float32)
+    c0 = explain(load_model(source), x, "cam", target=1)
+    c1 = explain(load_model(fused), x, "cam", target=1)
+    np.testing.assert_allclose(c1.extras["weights"], c0.extras["weights"], rtol=1e-6)
+    assert np.corrcoef(c0.map.ravel(), c1.map.ravel())[0, 1] > 0.9999  # fp16 against float
