@@ -357,7 +357,7 @@ def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
                            or node.op_type == "ReduceMean"
                            and reduce_layout(g, node) == layer.layout):
             pooled = True
-        elif pooled and w is None and node.op_type in ("Gemm", "MatMul"):
+        elif pooled and w is None and node.op_type in ("Gemm", "MatMul", "Conv"):
             w = _linear_weight(g, node)
             if w is None:
                 break
@@ -381,11 +381,16 @@ def gap_linear_head(proto: onnx.ModelProto, layer: CandidateLayer, logits: str
 
 
 def _linear_weight(g: onnx.GraphProto, node: onnx.NodeProto) -> npt.NDArray[np.float32] | None:
-    """W (K, k) of a Gemm/MatMul reading the pooled vector with a constant 2-D weight (an INT8
-    build's dequantized one and a cast fp16 one included)."""
+    """W (K, k) of a Gemm/MatMul reading the pooled vector with a constant 2-D weight, or of a
+    1x1 Conv reading the pooled (N, k, 1, 1) map (Caffe2-era heads); an INT8 build's dequantized
+    weight and a cast fp16 one included."""
     w = constant_value(g, node.input[1])
     if w is None:
         w = _converted_constant(g, node.input[1])
+    if node.op_type == "Conv":  # a 1x1 convolution of the pooled (N, k, 1, 1) map: W (K, k)
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return w[:, :, 0, 0].astype(np.float32) \
+            if w is not None and w.ndim == 4 and w.shape[2:] == (1, 1) and groups == 1 else None
     if w is None or w.ndim != 2:
         return None
     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)

@@ -222,3 +222,13 @@ def test_cli_refuses_a_spatial_output(run, tmp_path, command):
     errors = [line for line in r.output.splitlines() if line.lower().startswith("error")]
     assert len(errors) == 1 and "mask" in errors[0] and "class scores" in errors[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_cam_weights_are_the_linear_head(idiom, model):
+    """CAM reads the head after the pooling, whatever form it takes: Gemm, MatMul, or the
+    (N, K, 1, 1) 1x1 convolution of Caffe2-era exports."""
+    x = x_for(3)
+    t = int(np.argmax(model(x[None])[0]))
+    weights = explain(model, x, "cam", target=t).extras["weights"]
+    np.testing.assert_allclose(weights, head_weights(model_path(idiom.name), idiom)[:, t],
+                               rtol=1e-3 if idiom.fp16 else 1e-6)
