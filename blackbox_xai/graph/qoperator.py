@@ -122,7 +122,8 @@ def _gemm(r: _Rewriter, sizes: dict[str, int]) -> bool:
         scale = r.op("Mul", [as_, bs])
         alpha = float(attrs.get("alpha", 1.0))
         if alpha != 1.0:
-            alpha_t = r.op("Constant", [], value=helper.make_tensor("alpha", 1, [], [alpha]))
+            alpha_t = r.op("Constant", [], value=helper.make_tensor(
+                "alpha", onnx.TensorProto.FLOAT, [], [alpha]))
             scale = r.op("Mul", [scale, alpha_t])
         inputs.append(r.dq(c, scale, "", axis=0 if per_column else None))
     y = r.node.output[0]
@@ -168,13 +169,11 @@ def _integer(op_type: str) -> Callable[[_Rewriter, dict[str, int]], bool]:
     summed in float. Only when every reader is that Cast (the output turns float)."""
     def rule(r: _Rewriter, sizes: dict[str, int]) -> bool:
         a, b, az, bz = _ins(r.node, 4)
-        if not r.cast_only or (op_type == "MatMul" and _per_channel(sizes, bz)):
-            return False
+        if not r.cast_only or _per_channel(sizes, az) or _per_channel(sizes, bz):
+            return False  # a per-channel zero point would need a scale of ones as long
         one = r.op("Constant", [], value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [],
                                                              [1.0]))
-        w_axis = 0 if op_type == "Conv" and _per_channel(sizes, bz) else None
-        r.op(op_type, [r.dq(a, one, az), r.dq(b, one, bz, axis=w_axis)], r.node.output[0],
-             **_attrs(r.node))
+        r.op(op_type, [r.dq(a, one, az), r.dq(b, one, bz)], r.node.output[0], **_attrs(r.node))
         return True
     return rule
 
