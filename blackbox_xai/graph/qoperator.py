@@ -74,6 +74,12 @@ class _Rewriter(NodeBuilder):
                 self.named(f"{q}_dequantized"), **attrs)
         return self.dequantized[key]
 
+    def ones(self, n: int) -> str:
+        """A float scale of one: a scalar, or n ones beside a per-channel zero point."""
+        dims = [] if n == 1 else [n]
+        return self.op("Constant", [], value=helper.make_tensor(
+            "one", onnx.TensorProto.FLOAT, dims, [1.0] * n))
+
     def q(self, x: str, scale: str, zero: str, out: str) -> str:
         self.quantized[out] = (scale, zero)
         return self.op("QuantizeLinear", [x, scale, *([zero] if zero else [])], out)
@@ -166,14 +172,16 @@ def _concat(r: _Rewriter, sizes: dict[str, int]) -> bool:
 def _integer(op_type: str) -> Callable[[_Rewriter, dict[str, int]], bool]:
     """ConvInteger / MatMulInteger (dynamic quantization: int32 = (a - a_zp) op (b - b_zp),
     then Cast to float and a Mul by the scales) in float, DQ with scale 1: the same integers,
-    summed in float. Only when every reader is that Cast (the output turns float)."""
+    summed in float. Only when every reader is that Cast (the output turns float). A
+    per-channel weight zero point runs along the Conv's output channels (axis 0) or the
+    MatMul weight's columns (axis 1, a 2-D weight)."""
     def rule(r: _Rewriter, sizes: dict[str, int]) -> bool:
         a, b, az, bz = _ins(r.node, 4)
-        if not r.cast_only or _per_channel(sizes, az) or _per_channel(sizes, bz):
-            return False  # a per-channel zero point would need a scale of ones as long
-        one = r.op("Constant", [], value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [],
-                                                             [1.0]))
-        r.op(op_type, [r.dq(a, one, az), r.dq(b, one, bz)], r.node.output[0], **_attrs(r.node))
+        if not r.cast_only or _per_channel(sizes, az):
+            return False
+        b_axis = (0 if op_type == "Conv" else 1) if _per_channel(sizes, bz) else None
+        r.op(op_type, [r.dq(a, r.ones(1), az), r.dq(b, r.ones(sizes.get(bz, 1)), bz, b_axis)],
+             r.node.output[0], **_attrs(r.node))
         return True
     return rule
 

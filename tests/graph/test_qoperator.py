@@ -124,7 +124,8 @@ def linear_net(path, weights: dict[str, np.ndarray]) -> str:
     return str(path)
 
 
-def test_dynamic_quantization_differentiates_straight_through(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_quantization_differentiates_straight_through(tmp_path, per_channel):
     """quantize_dynamic writes DynamicQuantizeLinear -> ConvInteger / MatMulInteger -> Cast ->
     Mul(scales). Straight through the activations' quantization, a linear net's input
     gradient is the float net's with the dequantized weights (w_q - w_zp) w_scale, exactly."""
@@ -135,14 +136,18 @@ def test_dynamic_quantization_differentiates_straight_through(tmp_path):
                "g": rng.normal(size=(144, 3)), "h": rng.normal(size=3)}
     source = linear_net(tmp_path / "linear.onnx", weights)
     dynamic = tmp_path / "linear_dynamic.onnx"
-    quantize_dynamic(source, str(dynamic), weight_type=QuantType.QUInt8)
+    quantize_dynamic(source, str(dynamic), weight_type=QuantType.QUInt8, per_channel=per_channel)
     ops = {n.op_type for n in onnx.load(dynamic).graph.node}
     assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops  # the premise
     stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(dynamic).graph.initializer}
 
     def dequantized(name):
         q, zp = stored[f"{name}_quantized"].astype(np.float64), stored[f"{name}_zero_point"]
-        return (q - zp.astype(np.float64)) * stored[f"{name}_scale"]
+        scale = stored[f"{name}_scale"].astype(np.float64)
+        if zp.size > 1:  # per output channel of the Conv (axis 0), per column of the MatMul
+            shape = [-1, 1, 1, 1] if q.ndim == 4 else [1, -1]
+            zp, scale = zp.reshape(shape), scale.reshape(shape)
+        return (q - zp.astype(np.float64)) * scale
 
     reference = linear_net(tmp_path / "reference.onnx",
                            {**weights, "w1": dequantized("w1"), "g": dequantized("g")})
