@@ -2,6 +2,7 @@
 
     python tools/make_quantized_models.py            # writes models/efficientnet_lite0_{fp16,int8}.onnx
     python tools/make_quantized_models.py --only int8 --int8-format qoperator --out-dir DIR
+    python tools/make_quantized_models.py --only int8 --int8-format dynamic --out-dir DIR
 
 * FP16: every float32 initializer and op converted to float16 with float32 input and output kept
   (``keep_io_types``), by ``onnxruntime.transformers.float16`` (ships with ONNX Runtime; falls
@@ -82,6 +83,14 @@ def calibration_inputs(model_path: Path, photos: list[Path]) -> list[np.ndarray]
     return out
 
 
+def make_int8_dynamic(src: Path, dst: Path) -> None:
+    """Dynamic quantization: uint8 weights, activations quantized at run time from their range
+    (DynamicQuantizeLinear -> ConvInteger / MatMulInteger); no calibration."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+
+
 def make_int8(src: Path, dst: Path, inputs: list[np.ndarray], fmt: str = "qdq") -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -133,9 +142,10 @@ def main() -> None:
     ap.add_argument("--calibration", type=Path, nargs="+",
                     default=sorted((ROOT / "examples").glob("*.jpg")), help="calibration photos")
     ap.add_argument("--only", choices=["fp16", "int8"], default=None)
-    ap.add_argument("--int8-format", choices=["qdq", "qoperator"], default="qdq",
-                    help="qoperator: ONNX Runtime's integer-op format (QLinearConv ...), written "
-                         "as <model>_int8_qoperator.onnx; blackbox-xai reads it in QDQ form")
+    ap.add_argument("--int8-format", choices=["qdq", "qoperator", "dynamic"], default="qdq",
+                    help="qoperator: ONNX Runtime's integer-op format (QLinearConv ...); dynamic: "
+                         "quantize_dynamic (ConvInteger ...); written as "
+                         "<model>_int8_<format>.onnx; blackbox-xai reads both in QDQ form")
     args = ap.parse_args()
     src: Path = args.model
     out_dir = args.out_dir or src.parent
@@ -146,9 +156,12 @@ def main() -> None:
         make_fp16(src, dst)
         made.append(dst)
     if args.only in (None, "int8"):
-        suffix = "_qoperator" if args.int8_format == "qoperator" else ""
+        suffix = "" if args.int8_format == "qdq" else f"_{args.int8_format}"
         dst = out_dir / f"{src.stem}_int8{suffix}.onnx"
-        make_int8(src, dst, calibration_inputs(src, args.calibration), args.int8_format)
+        if args.int8_format == "dynamic":
+            make_int8_dynamic(src, dst)
+        else:
+            make_int8(src, dst, calibration_inputs(src, args.calibration), args.int8_format)
         made.append(dst)
     sidecar = Path(f"{src}.json")
     for dst in made:
