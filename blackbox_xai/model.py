@@ -888,8 +888,8 @@ class Model:
         The logits need not have the output's type: ONNX Runtime's CPU optimisation computes an
         fp16 model in float and casts to fp16 after the final Softmax."""
         def inferred() -> int:
-            for proto in (self.graph(), infer_shapes(self.graph())):
-                known = value_infos(proto).get(name)
+            for proto in (self.graph, lambda: infer_shapes(self.graph())):  # inference if need be
+                known = value_infos(proto()).get(name)
                 if known is not None and known.type.tensor_type.elem_type:
                     return known.type.tensor_type.elem_type
             return self._output_elem(self.output_name)
