@@ -19,6 +19,8 @@ by what it computes (ONNX Runtime's contrib op definitions):
 * ``SkipLayerNormalization(x, skip, gamma, beta, bias)`` = LayerNorm over the last axis of
   x + skip + bias, times gamma plus beta (``LayerNormalization`` from opset 17, its formula
   before), its optional 4th output the sum;
+* ``QuantizeLinear`` / ``DequantizeLinear`` (the quantizer's ``UseQDQContribOps`` form) = the
+  standard ops where the opset allows their types (8-bit, or 16-bit from opset 21);
 * ``LayerNormalization`` in the default domain at an opset before 17 (ONNX Runtime's own,
   which its LayerNormFusion writes; ONNX has none there) = the formula over the last axis;
 * ``Attention(x, W, b)`` (the transformer optimiser's, without mask, cache or attention bias)
@@ -55,11 +57,15 @@ ACTIVATIONS: dict[str, tuple[str, ...]] = {
 class _Emitter(NodeBuilder):
     """Builds the replacement nodes of one fused node."""
 
-    def __init__(self, node: onnx.NodeProto, dtype: np.dtype, opset: int, taken: set[str],
-                 ranks: dict[str, int], widths: dict[str, int]):
+    def __init__(self, node: onnx.NodeProto, opset: int, taken: set[str],
+                 ranks: dict[str, int], initializers: dict[str, onnx.TensorProto]):
         super().__init__(f"{node.name or node.output[0]}/unfused", taken)
-        self.node, self.dtype, self.opset, self.ranks = node, dtype, opset, ranks
-        self.widths = widths  # last axis of each initializer
+        self.node, self.opset, self.ranks = node, opset, ranks
+        weights = {i: initializers[i] for i in node.input if i in initializers}
+        self.dtypes = {i: helper.tensor_dtype_to_np_dtype(t.data_type) for i, t in weights.items()}
+        #: constants take the type of the node's first initializer (its weights), else float32
+        self.dtype = next(iter(self.dtypes.values()), np.dtype(np.float32))
+        self.widths = {i: t.dims[-1] for i, t in weights.items() if t.dims}  # last axes
 
     def main_output(self) -> str | None:
         """A name for the fused op's own result (the Conv or Gemm before its activation): what
@@ -257,10 +263,24 @@ def _attention(e: _Emitter) -> bool:
     return True
 
 
+def _contrib_qdq(e: _Emitter) -> bool:
+    """ONNX Runtime's QuantizeLinear / DequantizeLinear (what its quantizer writes with
+    ``UseQDQContribOps``, e.g. for 16-bit activations) are the standard ops wherever the
+    model's opset allows their types: 8-bit always, 16-bit from opset 21."""
+    ins = list(e.node.input)
+    zero = e.dtypes.get(ins[2]) if len(ins) > 2 and ins[2] else np.dtype(np.uint8)
+    eight_bit = zero is not None and zero.itemsize == 1
+    if not (e.opset >= 21 or eight_bit and (e.opset >= 13 or "axis" not in _attrs(e.node))):
+        return False
+    e.op(e.node.op_type, ins, e.node.output[0], **_attrs(e.node))
+    return True
+
+
 _RULES: dict[str, Callable[[_Emitter], bool]] = {
     "FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "Gelu": _gelu, "BiasGelu": _bias_gelu,
     "QuickGelu": _quick_gelu, "FastGelu": _fast_gelu, "FusedMatMul": _fused_matmul,
     "SkipLayerNormalization": _skip_layer_norm, "Attention": _attention,
+    "QuantizeLinear": _contrib_qdq, "DequantizeLinear": _contrib_qdq,
 }
 
 
@@ -299,14 +319,12 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 def _unfuse_pass(model: onnx.ModelProto, ranks: dict[str, int]) -> int:
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    dtypes = {t.name: helper.tensor_dtype_to_np_dtype(t.data_type) for t in g.initializer}
-    widths = {t.name: t.dims[-1] for t in g.initializer if t.dims}
+    initializers = {t.name: t for t in g.initializer}
     taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
     nodes, count = [], 0
     for n in g.node:
         rule = _rule(n, opset)
-        dtype = next((dtypes[i] for i in n.input if i in dtypes), np.dtype(np.float32))
-        emitter = _Emitter(n, dtype, opset, taken, ranks, widths)
+        emitter = _Emitter(n, opset, taken, ranks, initializers)
         if rule is None or not rule(emitter):
             nodes.append(n)
             continue
