@@ -27,7 +27,7 @@ from .cache import cache_dir, recall, remember
 from .errors import BlackboxError, GraphUnavailableError, ModelInputError, did_you_mean
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
-from .graph.expose import expose
+from .graph.expose import expose, expose_for_session
 from .graph.inspect import value_infos
 from .graph.io import copy_model, fed_inputs, infer_shapes, load, without_unread_inputs
 from .graph.normalize import (
@@ -300,7 +300,7 @@ class Model:
             if task != "detect" else (self.output_name, None)
         forward = self.proto
         if self.logits_name != self.output_name:
-            forward, changed = expose(self.proto, [self.logits_name]), True
+            forward, changed = expose_for_session(self.proto, [self.logits_name]), True
         self.session, self.provider = create_session(
             forward.SerializeToString() if changed else str(self.path), device, threads)
         log.info("model %s: provider %s", self.path.name, self.provider)
@@ -345,7 +345,7 @@ class Model:
             problem = f"the model cannot be rewritten for graph methods ({e})"
             log.info("%s; running the file as it is", problem)
             return source, problem
-        return norm.model, None
+        return norm.model, norm.problem
 
     def graph(self) -> onnx.ModelProto:
         """The normalised graph that rewrites start from, or a one-line error saying why the

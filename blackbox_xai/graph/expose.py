@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import onnx
 
 from ..errors import UnknownNameError, did_you_mean
-from .inspect import needed_nodes, resolve_tensors, typed_outputs
+from .inspect import UntypedTensorError, needed_nodes, resolve_tensors, typed_outputs
 from .io import copy_model, finalize, infer_shapes
 
 
@@ -47,4 +47,21 @@ def keep_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     only = [o for o in g.output if o.name == name]
     del g.output[:]
     g.output.extend(only)
+    return out
+
+
+def expose_for_session(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """:func:`expose`, or, when inference cannot type a tensor (it follows an op inference does
+    not know, such as ONNX Runtime's NCHWc ops), a copy with that output declared by name alone,
+    which ONNX Runtime types itself: for a session only, never written or rewritten further
+    (the onnx checker refuses untyped outputs)."""
+    try:
+        return expose(model, names)
+    except UntypedTensorError:
+        pass
+    present = {o.name for o in model.graph.output}
+    out = copy_model(model)
+    for name in dict.fromkeys(names):
+        if name not in present:
+            out.graph.output.add().name = name
     return out

@@ -114,6 +114,10 @@ def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return {v.name: v for v in everything if v.type.HasField("tensor_type")}
 
 
+class UntypedTensorError(BlackboxError):
+    """Shape inference cannot give a tensor's element type and rank."""
+
+
 def typed_outputs(inferred: onnx.ModelProto, names: Iterable[str]) -> list[onnx.ValueInfoProto]:
     """Copies of the inferred ValueInfoProtos of ``names``, each with a shape (checker-clean)."""
     known = value_infos(inferred)
@@ -121,8 +125,8 @@ def typed_outputs(inferred: onnx.ModelProto, names: Iterable[str]) -> list[onnx.
     missing = [n for n in names
                if n not in known or not known[n].type.tensor_type.HasField("shape")]
     if missing:
-        raise BlackboxError(f"shape inference cannot type {', '.join(missing)}: "
-                            "the rewrite needs its element type and rank")
+        raise UntypedTensorError(f"shape inference cannot type {', '.join(missing)}: "
+                                 "the rewrite needs its element type and rank")
     out = []
     for n in names:
         v = onnx.ValueInfoProto()

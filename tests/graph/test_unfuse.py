@@ -159,6 +159,24 @@ def test_the_shipped_model_saved_by_onnx_runtime_explains_as_the_export(tmp_path
     assert np.corrcoef(m0.ravel(), m1.ravel())[0, 1] > 0.9999
 
 
+@pytest.mark.parametrize("name", ["wml_squeezenet11_fp16_caffe2", "customvision_computer"])
+def test_blocked_layout_files_run_the_black_box_methods_and_refuse_graph_ones(tmp_path, name):
+    """At ORT_ENABLE_ALL the SqueezeNet's logits (before its Softmax) follow NCHWc ops that
+    inference cannot type: exposing them refused every command, black-box ones included. The
+    Custom Vision file (opset 7) is also upgraded; the NCHWc refusal was lost once that
+    upgrade was verified, and Grad-CAM failed on an NCHWc Conv 'without a rule'."""
+    source = THIRD_PARTY / f"{name}.onnx"
+    blocked = optimised(source, tmp_path / f"{name}_all.onnx",
+                        ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert any(domain == "com.microsoft.nchwc" for domain, _ in ops(blocked))  # the premise
+    original, model = load_model(source), load_model(blocked)
+    x = np.random.default_rng(15).uniform(0, 255, (1, *original.example_chw())).astype(np.float32)
+    np.testing.assert_allclose(model(x), original(x), rtol=0.02, atol=0.02 * np.abs(original(x)).max())
+    assert explain(model, x[0], "occlusion", window=56, stride=56, target=1).n_queries > 1
+    with pytest.raises(BlackboxError, match="ORT_ENABLE_ALL"):
+        explain(model, x[0], "gradcam", target=1)
+
+
 def test_a_blocked_layout_file_refuses_graph_methods_in_one_line(tmp_path, run):
     blocked = optimised(SHIPPED, tmp_path / "effnet_all.onnx",
                         ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
