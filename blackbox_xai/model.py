@@ -29,7 +29,7 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose, expose_for_session
 from .graph.inspect import value_infos
-from .graph.io import copy_model, fed_inputs, infer_shapes, load, without_unread_inputs
+from .graph.io import copy_model, fed_inputs, infer_shapes, load
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -37,6 +37,7 @@ from .graph.normalize import (
     fix_input_size,
     incomplete_shapes,
     normalize,
+    without_unread_inputs,
 )
 from .graph.perturbation import Kind, perturbation_graph
 from .graph.pixel_input import PIXEL_TYPES, float_pixel_input, why_no_float_view

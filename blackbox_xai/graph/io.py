@@ -105,30 +105,13 @@ def fed_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     return [i for i in graph.input if i.name not in inits]
 
 
-def without_unread_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """``model``, or a copy without the fed inputs that no node (subgraphs included) and no
-    output reads, and their names. ONNX Runtime asks for every graph input: a file it saved
-    from an IR 3 export keeps a folded weight listed as an input nobody reads."""
-    read = {o.name for o in model.graph.output} | _names_read(model.graph)
-    unread = [i.name for i in fed_inputs(model.graph) if i.name not in read]
-    if not unread:
-        return model, []
-    out = copy_model(model)
-    kept = [i for i in out.graph.input if i.name not in unread]
-    del out.graph.input[:]
-    out.graph.input.extend(kept)
-    return out, unread
-
-
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
-                      a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
-                names |= _names_read(g) | {o.name for o in g.output}
-    return names
+def node_attrs(node: onnx.NodeProto) -> dict[str, object]:
+    """The node's attributes as Python values (strings decoded)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

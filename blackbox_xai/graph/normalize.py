@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from .io import copy_model, infer_shapes, without_unread_inputs
+from .inspect import node_inputs
+from .io import copy_model, fed_inputs, infer_shapes, node_attrs
 from .qoperator import qoperator_to_qdq
 from .unfuse import blocked_layout_problem, unfuse_runtime_ops
 
@@ -133,6 +134,22 @@ def normalize(model: onnx.ModelProto) -> Normalized:
     return Normalized(out, tuple(changes), " and ".join(rewrites) or None, problem)
 
 
+def without_unread_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model``, or a copy without the fed inputs that no node (subgraphs included) and no
+    output reads, and their names. ONNX Runtime asks for every graph input: a file it saved
+    from an IR 3 export keeps a folded weight listed as an input nobody reads."""
+    g = model.graph
+    read = {o.name for o in g.output} | {i for n in g.node for i in node_inputs(n)}
+    unread = [i.name for i in fed_inputs(g) if i.name not in read]
+    if not unread:
+        return model, []
+    out = copy_model(model)
+    kept = [i for i in out.graph.input if i.name not in unread]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    return out, unread
+
+
 def replace_image_scalers(model: onnx.ModelProto) -> int:
     """Replace every ``ImageScaler`` (an experimental op of opsets 1-9, removed in opset 10,
     which Custom Vision's and other early exports use on their input) by what it computes:
@@ -145,7 +162,7 @@ def replace_image_scalers(model: onnx.ModelProto) -> int:
         if n.op_type != "ImageScaler" or n.domain not in ("", "ai.onnx"):
             nodes.append(n)
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        attrs = node_attrs(n)
         bias = np.asarray(attrs.get("bias", [0.0]), np.float32)
         stem = f"{n.output[0]}/image_scaler"
         consts = [

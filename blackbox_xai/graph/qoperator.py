@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .io import node_attrs
 from .node_builder import NodeBuilder
-
-MICROSOFT = "com.microsoft"
+from .unfuse import MICROSOFT
 
 #: Ops that move integers without arithmetic: run on the dequantized tensor, requantized alike.
 DATA_MOVEMENT = frozenset(("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
@@ -89,10 +89,6 @@ def _ins(node: onnx.NodeProto, count: int) -> list[str]:
     return [*node.input, *[""] * (count - len(node.input))][:count]
 
 
-def _attrs(node: onnx.NodeProto, drop: tuple[str, ...] = ()) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in drop}
-
-
 def _per_channel(sizes: dict[str, int], scale: str) -> bool:
     return sizes.get(scale, 1) > 1
 
@@ -105,7 +101,7 @@ def _conv(r: _Rewriter, sizes: dict[str, int]) -> bool:
     if bias:
         inputs.append(r.dq(bias, r.op("Mul", [xs, ws]), "",
                            axis=0 if _per_channel(sizes, ws) else None))
-    r.q(r.op("Conv", inputs, r.float_output(), **_attrs(r.node)), ys, yz, r.node.output[0])
+    r.q(r.op("Conv", inputs, r.float_output(), **node_attrs(r.node)), ys, yz, r.node.output[0])
     return True
 
 
@@ -120,7 +116,7 @@ def _matmul(r: _Rewriter, sizes: dict[str, int]) -> bool:
 
 def _gemm(r: _Rewriter, sizes: dict[str, int]) -> bool:
     a, as_, az, b, bs, bz, c, ys, yz = _ins(r.node, 9)
-    attrs = _attrs(r.node)
+    attrs = node_attrs(r.node)
     column = 0 if attrs.get("transB", 0) else 1
     per_column = _per_channel(sizes, bs)
     inputs = [r.dq(a, as_, az), r.dq(b, bs, bz, axis=column if per_column else None)]
@@ -150,7 +146,7 @@ def _binary(op_type: str) -> Callable[[_Rewriter, dict[str, int]], bool]:
 
 def _unary(op_type: str, keep: tuple[str, ...] = ()) -> Callable[[_Rewriter, dict[str, int]], bool]:
     def rule(r: _Rewriter, sizes: dict[str, int]) -> bool:
-        attrs = _attrs(r.node)
+        attrs = node_attrs(r.node)
         if attrs.get("channels_last", 0):
             return False
         x, xs, xz, ys, yz = _ins(r.node, 5)
@@ -164,7 +160,7 @@ def _unary(op_type: str, keep: tuple[str, ...] = ()) -> Callable[[_Rewriter, dic
 def _concat(r: _Rewriter, sizes: dict[str, int]) -> bool:
     ys, yz, *rest = r.node.input
     parts = [r.dq(*rest[i:i + 3]) for i in range(0, len(rest), 3)]
-    r.q(r.op("Concat", parts, r.float_output(), axis=_attrs(r.node)["axis"]), ys, yz,
+    r.q(r.op("Concat", parts, r.float_output(), axis=node_attrs(r.node)["axis"]), ys, yz,
         r.node.output[0])
     return True
 
@@ -181,7 +177,7 @@ def _integer(op_type: str) -> Callable[[_Rewriter, dict[str, int]], bool]:
             return False
         b_axis = (0 if op_type == "Conv" else 1) if _per_channel(sizes, bz) else None
         r.op(op_type, [r.dq(a, r.ones(1), az), r.dq(b, r.ones(sizes.get(bz, 1)), bz, b_axis)],
-             r.node.output[0], **_attrs(r.node))
+             r.node.output[0], **node_attrs(r.node))
         return True
     return rule
 
@@ -207,8 +203,8 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
     if opset < 13 or not any((n.domain if n.domain != "ai.onnx" else "", n.op_type) in _RULES
                              for n in g.node):
         return 0
-    sizes = {t.name: _count(t.dims) for t in g.initializer}  # scales: initializers or Constants
-    sizes.update({n.output[0]: _count(a.t.dims) for n in g.node if n.op_type == "Constant"
+    sizes = {t.name: int(np.prod(t.dims)) for t in g.initializer}  # scales: initializers or Constants
+    sizes.update({n.output[0]: int(np.prod(a.t.dims)) for n in g.node if n.op_type == "Constant"
                   for a in n.attribute if a.name == "value"})
     taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in g.input}
     quantized: dict[str, Quantization] = {
@@ -233,7 +229,7 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
               and n.input[0] in quantized and len(n.output) == 1):
             scale, zero = quantized[n.input[0]]
             moved = r.op(n.op_type, [r.dq(n.input[0], scale, zero), *n.input[1:]],
-                         r.float_output(), **_attrs(n))
+                         r.float_output(), **node_attrs(n))
             r.q(moved, scale, zero, n.output[0])
             nodes.extend(r.nodes)
         else:
@@ -244,6 +240,3 @@ def qoperator_to_qdq(model: onnx.ModelProto) -> int:
     return count
 
 
-def _count(dims) -> int:
-    """Elements of a tensor of these dims (1 for a scalar)."""
-    return int(np.prod(dims)) if len(dims) else 1

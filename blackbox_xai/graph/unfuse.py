@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .io import infer_shapes
+from .io import infer_shapes, node_attrs
 from .node_builder import NodeBuilder
 
 MICROSOFT = "com.microsoft"
@@ -111,19 +111,14 @@ class _Emitter(NodeBuilder):
         return self.op("Mul", [half_x, self.op("Add", [erf, self.const(1.0)])], out)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _activation_name(attrs: dict[str, object]) -> str | None:
     """The fused activation's op name ("" for none), or None for one we cannot write."""
-    kind = attrs.get("activation", b"")
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    kind = str(attrs.get("activation", ""))
     return kind if kind == "" or kind in ACTIVATIONS else None
 
 
 def _fused_conv(e: _Emitter) -> bool:
-    attrs = _attrs(e.node)
+    attrs = node_attrs(e.node)
     kind = _activation_name(attrs)
     params = [float(v) for v in attrs.get("activation_params", [])]
     if kind is None or kind and len(params) < len(ACTIVATIONS[kind]):
@@ -140,7 +135,7 @@ def _fused_conv(e: _Emitter) -> bool:
 
 
 def _fused_gemm(e: _Emitter) -> bool:
-    attrs = _attrs(e.node)
+    attrs = node_attrs(e.node)
     kind = _activation_name(attrs)
     names = ACTIVATIONS.get(kind or "", ())
     if kind is None or any(f"activation_{n}" not in attrs for n in names):
@@ -165,7 +160,7 @@ def _bias_gelu(e: _Emitter) -> bool:
 
 def _quick_gelu(e: _Emitter) -> bool:
     x = e.node.input[0]
-    alpha = float(_attrs(e.node).get("alpha", 1.702))
+    alpha = float(node_attrs(e.node).get("alpha", 1.702))
     gate = e.op("Sigmoid", [e.op("Mul", [x, e.const(alpha)])])
     e.op("Mul", [x, gate], e.node.output[0])
     return True
@@ -183,7 +178,7 @@ def _fast_gelu(e: _Emitter) -> bool:
 
 
 def _fused_matmul(e: _Emitter) -> bool:
-    attrs = _attrs(e.node)
+    attrs = node_attrs(e.node)
     if attrs.get("transBatchA", 0) or attrs.get("transBatchB", 0):
         return False
     operands = []
@@ -212,7 +207,7 @@ def _skip_layer_norm(e: _Emitter) -> bool:
     total = e.op("Add", ins[:2], outs[3] if len(outs) > 3 and outs[3] and len(ins) < 5 else None)
     if len(ins) > 4 and ins[4]:
         total = e.op("Add", [total, ins[4]], outs[3] if len(outs) > 3 and outs[3] else None)
-    eps = float(_attrs(e.node).get("epsilon", 1e-12))
+    eps = float(node_attrs(e.node).get("epsilon", 1e-12))
     e.layer_norm(total, ins[2], ins[3] if len(ins) > 3 and ins[3] else None, eps, outs[0])
     return True
 
@@ -221,7 +216,7 @@ def _legacy_layer_norm(e: _Emitter) -> bool:
     """ONNX Runtime's own LayerNormalization, which its LayerNormFusion writes in the default
     domain at opsets before 17 (where ONNX has none, so the checker refuses the file's every
     rewrite): the same normalisation, over the last axis only here."""
-    ins, outs, attrs = list(e.node.input), list(e.node.output), _attrs(e.node)
+    ins, outs, attrs = list(e.node.input), list(e.node.output), node_attrs(e.node)
     if any(outs[1:]) or attrs.get("axis", -1) != -1:
         return False
     e.layer_norm(ins[0], ins[1], ins[2] if len(ins) > 2 and ins[2] else None,
@@ -234,7 +229,7 @@ def _attention(e: _Emitter) -> bool:
     attention bias): Q | K | V = x W + b split along the last axis, each (B, S, heads, d) ->
     (B, heads, S, d); softmax(Q K^T scale) V back to (B, S, heads d); scale 1/sqrt(d) unless
     given. The weights (H, 3H) must be an initializer (their width gives H)."""
-    ins, attrs = list(e.node.input), _attrs(e.node)
+    ins, attrs = list(e.node.input), node_attrs(e.node)
     heads = int(attrs.get("num_heads", 0))
     width = e.widths.get(ins[1]) if len(ins) > 1 else None
     if (any(ins[3:]) or len(e.node.output) > 1 and any(e.node.output[1:]) or not heads
@@ -270,9 +265,9 @@ def _contrib_qdq(e: _Emitter) -> bool:
     ins = list(e.node.input)
     zero = e.dtypes.get(ins[2]) if len(ins) > 2 and ins[2] else np.dtype(np.uint8)
     eight_bit = zero is not None and zero.itemsize == 1
-    if not (e.opset >= 21 or eight_bit and (e.opset >= 13 or "axis" not in _attrs(e.node))):
+    if not (e.opset >= 21 or eight_bit and (e.opset >= 13 or "axis" not in node_attrs(e.node))):
         return False
-    e.op(e.node.op_type, ins, e.node.output[0], **_attrs(e.node))
+    e.op(e.node.op_type, ins, e.node.output[0], **node_attrs(e.node))
     return True
 
 

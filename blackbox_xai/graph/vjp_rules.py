@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import BlackboxError
+from .io import node_attrs
 
 Shape = list[int | str | None]
 Grads = list[str | None]
@@ -56,13 +57,7 @@ def unsupported(node: onnx.NodeProto, why: str) -> UnsupportedOpError:
         f"cannot differentiate {node.op_type} node {node.name or node.output[0]!r}: {why}")
 
 
-def attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    """The node's attributes as Python values (strings decoded)."""
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
+attrs = node_attrs  # the node's attributes as Python values (strings decoded)
 
 
 def _np_dtype(dtype: int) -> np.dtype:
