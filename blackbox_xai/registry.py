@@ -115,7 +115,7 @@ class Option:
             return value
         if bool in kinds and isinstance(value, (bool, np.bool_)):
             return bool(value)
-        if any(k is np.ndarray or typing.get_origin(k) is np.ndarray for k in kinds) and \
+        if any(_is_array_type(k) for k in kinds) and \
                 isinstance(value, np.ndarray):
             return value
         allowed = ", ".join(map(repr, literals)) if literals else ""
@@ -125,6 +125,15 @@ class Option:
 
     def _error(self, method: str, value: Any, why: str) -> OptionError:
         return OptionError(f"{self.flag} {value!r}: {why} ({method} option {self.name})")
+
+
+def _is_array_type(kind: Any) -> bool:
+    """``np.ndarray`` or ``npt.NDArray[...]`` (an alias of it from numpy 2.5 on: followed)."""
+    for _ in range(3):
+        if kind is np.ndarray:
+            return True
+        kind = getattr(kind, "__value__", None) or typing.get_origin(kind)
+    return False
 
 
 def _kinds(annotation: Any) -> list[Any]:

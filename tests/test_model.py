@@ -128,10 +128,10 @@ def test_model_file_is_not_modified(tmp_path):
 
 def test_an_explicit_batch_size_is_clamped_to_the_memory_budget(batch, caplog):
     with caplog.at_level("WARNING", logger="blackbox_xai"):
-        m = load_model(model_path("tiny_cnn"), batch_size=10**6)
+        m = load_model(model_path("tiny_cnn"), batch_size=10**6, device="cpu")  # its budget
     limit = 512 * 2**20 // (3 * 32 * 32 * 4)
     assert m.batch_size == limit and "using" in caplog.text
-    np.testing.assert_allclose(m(batch), load_model(model_path("tiny_cnn"))(batch), rtol=1e-6)
+    np.testing.assert_allclose(m(batch), load_model(model_path("tiny_cnn"), device="cpu")(batch), rtol=1e-6)
 
 
 def test_the_batch_size_is_probed_once_per_machine_and_remembered(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from PIL import Image
 
 from blackbox_xai import explain, load_model
-from blackbox_xai.errors import BlackboxError
+from blackbox_xai.errors import BlackboxError, ModelLoadError
 from blackbox_xai.graph.inspect import candidate_layers, default_layer
 from blackbox_xai.graph.unfuse import unfuse_runtime_ops
 from blackbox_xai.model import one_hot
@@ -105,6 +105,31 @@ def test_scores_and_input_gradients_are_the_original_exports(pair):
     np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6)
     assert np.abs(g0).max() > 1e-3  # a gradient that says something
+
+
+def test_a_file_whose_fused_kernels_do_not_load_runs_its_checked_rewrite(pair, monkeypatch):
+    """The CUDA provider cannot build FusedConv with the CPU-only activations ORT saved (seen
+    on an H200, ORT 1.31): the file's session fails to load (simulated here for the file's
+    path), and the model runs the standard-op form checked against the file on the CPU."""
+    import blackbox_xai.model as model_module
+
+    real = model_module.create_session
+    files = []
+
+    def refuse_the_file(model, *args, **kwargs):
+        if isinstance(model, str):
+            files.append(model)
+            raise ModelLoadError("ONNX Runtime cannot load the model: FusedConv (simulated)")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "create_session", refuse_the_file)
+    original, _, fused = pair
+    model = load_model(fused)
+    assert files == [fused]
+    x = np.random.default_rng(3).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(model(x), original(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ModelLoadError, match="simulated"):  # no checked rewrite: the error
+        load_model(original.path)
 
 
 @pytest.mark.parametrize("layer", ["c1_output_0", "c5_output_0", "a6"])

@@ -167,3 +167,23 @@ def test_bad_options_are_rejected(linear_query, x32):
         explain(linear_query, x32, "lime", segments=LABELS, num_samples=1)
     with pytest.raises(BlackboxError, match="kernel_width"):
         explain(linear_query, x32, "lime", segments=LABELS, kernel_width=0)
+
+
+def test_a_label_array_passes_the_option_check_with_numpys_ndarray_alias():
+    """From numpy 2.5, ``npt.NDArray`` is a type alias (``TypeAliasType``), not a generic of
+    ``np.ndarray``: every label array given as ``segments`` was refused (seen on numpy 2.5.2).
+    Checked here with the alias numpy 2.5 defines."""
+    import typing
+
+    from typing_extensions import TypeAliasType
+
+    from blackbox_xai.registry import Option
+
+    scalar = typing.TypeVar("scalar")
+    alias = TypeAliasType("NDArray", np.ndarray[tuple[int, ...], np.dtype[scalar]],
+                          type_params=(scalar,))
+    option = Option("segments", "grid", str | alias[np.integer])
+    labels = np.zeros((4, 4), np.int32)
+    assert option.check("lime", labels) is labels and option.check("lime", "slic") == "slic"
+    with pytest.raises(ValueError, match="segments"):
+        option.check("lime", 3.5)
