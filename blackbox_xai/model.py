@@ -792,9 +792,11 @@ class Model:
         near = sorted((b for b in rates if rates[b] >= best_rate * 0.85), key=lambda b: -rates[b])
         if len(near) > 1:
             again: dict[int, list[float]] = {b: [rates[b]] for b in near[:FINALISTS]}
+            # on CUDA the first run at a shape other than the last one rebuilds the cuDNN plans
+            switch_costs = self.provider.startswith(CUDA)
             for _ in range(CONFIRM_ROUNDS):
                 for b, timed in again.items():
-                    timed.append(throughput(b, warm=True))
+                    timed.append(throughput(b, warm=not switch_costs))
             best_rate, best = max((float(np.median(timed)), b) for b, timed in again.items())
         log.info("batch size %d (%.1f inputs/s)", best, best_rate)
         return best
