@@ -338,6 +338,7 @@ class Model:
         self._batch_size: int | None = None
         self.set_batch_size(batch_size)
         self._sessions: dict[Hashable, ort.InferenceSession] = {}
+        self._cuda_rows: dict[int, int] = {}  # id(session): its rows per run on CUDA
         self._facts: dict[Hashable, object] = {}
         self._shapes_measured = False
         self.num_classes = self._check_scores()
@@ -829,12 +830,16 @@ class Model:
         if self.input.name in feeds:
             self._check_shape(feeds[self.input.name])
         n = len(next(iter(feeds.values())))
-        # On CUDA every run of a session has one shape: a new batch shape rebuilds the cuDNN
-        # plans of every Conv, 0.1-1.1 s on an H200 with ORT 1.31 at each switch (a 25 ms run
-        # at batch 128), so a short chunk is padded to the full batch instead.
-        one_shape = fixed is not None or session_device(session) == "cuda"
         step = fixed or rows_per_run or (self.batch_size if n > 1 or self._batch_size is not None
-                                         or one_shape else 1)
+                                         else 1)
+        one_shape = fixed is not None or session_device(session) == "cuda"
+        if one_shape and fixed is None:
+            # On CUDA a session keeps the largest number of rows it has run with: a new batch
+            # shape rebuilds the cuDNN plans of every Conv (0.1-1.1 s a switch on an H200 with
+            # ORT 1.31, against 25 ms for a run at batch 128), so short chunks and single
+            # queries are padded to it; a session only ever asked one row at a time stays at 1.
+            step = max(self._cuda_rows.get(id(session), 0), min(step, n))
+            self._cuda_rows[id(session)] = step
         chunks: list[list[npt.NDArray]] = [[] for _ in output_names]
         for start in range(0, n, step):
             part = {k: np.asarray(v[start:start + step]) for k, v in feeds.items()}

@@ -210,8 +210,9 @@ def test_the_model_takes_its_budget_from_the_free_device_memory(monkeypatch):
 
 def test_on_cuda_every_run_of_a_session_has_one_batch_shape(x, monkeypatch):
     """A new batch shape rebuilds every Conv's cuDNN plans on CUDA (0.1-1.1 s a switch on an
-    H200, against 25 ms for a run at batch 128): short chunks and single queries are padded to
-    the batch size (the CUDA session simulated on the CPU provider); scores are unchanged."""
+    H200, against 25 ms for a run at batch 128): a session's short chunks and single queries are
+    padded to the most rows it has run with (the CUDA session simulated on the CPU provider);
+    scores are unchanged."""
     import blackbox_xai.model as model_module
 
     model = load_model(model_path("tiny_cnn"), device="cpu", batch_size=4)
@@ -230,3 +231,7 @@ def test_on_cuda_every_run_of_a_session_has_one_batch_shape(x, monkeypatch):
     np.testing.assert_array_equal(model(inputs[:1]), expected_one)
     s = explain(model, x, "occlusion", window=16, stride=8)
     assert rows[:4] == [4, 4, 4, 4] and set(rows) == {4} and s.n_queries == 10  # 9 windows + x
+    rows.clear()  # a session only ever asked one row at a time is not padded
+    model.input_gradient(x[None], one_hot(1, model.num_classes, 0))
+    model.input_gradient(x[None], one_hot(1, model.num_classes, 1))
+    assert rows == [1, 1]
