@@ -32,6 +32,9 @@ ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                     "tensor(double)": np.float64}
 UNKNOWN_DIM = 32  # size used for probe runs along symbolic non-batch axes
 DEVICE_ENV = "BLACKBOX_XAI_DEVICE"  # what device="auto" means: "cpu", "cuda" or "auto" (default)
+#: "1": CUDA sessions use TF32 as ONNX Runtime does by default (a deployment's own math);
+#: otherwise FP32, which matches the CPU (see create_session)
+CUDA_TF32_ENV = "BLACKBOX_XAI_CUDA_TF32"
 CPU_INPUT_BUDGET = 512 * 2**20  # bytes of inputs one run may take on the CPU
 CUDA_INPUT_SHARE = 32  # on CUDA: 1/32 of the free device memory for inputs, the rest activations
 MAX_PROBE_BATCH = {CPU: 32, CUDA: 4096}
@@ -156,10 +159,14 @@ def create_session(model: bytes | str, device: Device, threads: int | None, *,
         plausible, why = cuda_plausible()
         if plausible:
             _preload_cuda_libraries()
-            # TF32 off: ORT's default TF32 convolutions moved the shipped model's logits by
-            # 0.012 against the CPU and saliency maps to Spearman 0.988 (H200); in FP32
-            # they agree to 1e-5 and 1.000, for 20% of the raw throughput
-            providers = [(CUDA, {"use_tf32": "0"}), CPU]
+            # TF32 off unless asked for: ORT's default TF32 convolutions moved the shipped
+            # model's logits by 0.012 against the CPU and saliency maps to Spearman 0.988
+            # (H200); in FP32 they agree to 1e-5 and 1.000, for 20% of the raw throughput
+            tf32 = os.environ.get(CUDA_TF32_ENV, "0")
+            if tf32 not in ("0", "1"):
+                raise DeviceError(f"{CUDA_TF32_ENV}={tf32!r}: use 1 (TF32) or 0 (FP32)")
+            providers = [(CUDA, {"use_tf32": tf32}), CPU]
+            note = " (TF32)" if tf32 == "1" else ""
         elif device == "cuda":
             raise DeviceError(f"device='cuda' but the CUDA execution provider is not usable: {why}")
         else:

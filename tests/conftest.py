@@ -78,7 +78,9 @@ def shared_sessions():
     tests load the same few models (of the 1944 sessions a run created, 7 ms of CPU each, about
     half were a graph that the process had loaded before). The first creation of each runs the
     real code path; an ONNX Runtime error is never cached. Sessions are never changed after
-    creation, so the models that share one cannot see each other. Keyed by the graph's bytes, or a file's path, size and modification time."""
+    creation, so the models that share one cannot see each other. Keyed by the graph's bytes,
+    or a file's path, size and modification time, and the TF32 variable (it changes what a
+    CUDA session computes)."""
     import hashlib
 
     from blackbox_xai import model, runtime
@@ -92,7 +94,8 @@ def shared_sessions():
         return ("file", os.path.abspath(source), stat.st_size, stat.st_mtime_ns)
 
     def cached(source, device, threads, *, generated=None):
-        k = (key(source), runtime.resolve_device(device), threads, generated)
+        k = (key(source), runtime.resolve_device(device), threads, generated,
+             os.environ.get(runtime.CUDA_TF32_ENV))
         if k not in made:
             made[k] = create(source, device, threads, generated=generated)
         return made[k]

@@ -175,6 +175,35 @@ def test_the_device_variable_decides_what_auto_means(monkeypatch):
         resolve_device("auto")
 
 
+def test_cuda_sessions_run_in_fp32_unless_tf32_is_asked_for(monkeypatch):
+    """ONNX Runtime's CUDA provider runs convolutions in TF32 by default: on an H200 that moved
+    the shipped model's logits by 0.012 from the CPU's and saliency to Spearman 0.988. Our CUDA
+    sessions ask for FP32; BLACKBOX_XAI_CUDA_TF32=1 gives a deployment's default math, said in
+    the provider note. (ONNX Runtime's session is faked: no GPU here.)"""
+    from blackbox_xai import runtime
+
+    asked = []
+
+    class Session:
+        def __init__(self, model, sess_options=None, providers=()):
+            asked.append(providers[0])
+
+        def get_providers(self):
+            return [CUDA, CPU]
+
+    monkeypatch.setattr(runtime, "cuda_plausible", lambda: (True, ""))
+    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(runtime.ort, "InferenceSession", Session)
+    monkeypatch.delenv(runtime.CUDA_TF32_ENV, raising=False)
+    assert runtime.create_session(b"", "cuda", None)[1] == CUDA
+    monkeypatch.setenv(runtime.CUDA_TF32_ENV, "1")
+    assert runtime.create_session(b"", "cuda", None)[1] == f"{CUDA} (TF32)"
+    assert asked == [(CUDA, {"use_tf32": "0"}), (CUDA, {"use_tf32": "1"})]
+    monkeypatch.setenv(runtime.CUDA_TF32_ENV, "yes")
+    with pytest.raises(DeviceError, match="BLACKBOX_XAI_CUDA_TF32='yes'"):
+        runtime.create_session(b"", "cuda", None)
+
+
 def test_input_budget_arithmetic():
     assert CPU_INPUT_BUDGET == 512 * 2**20
     assert input_budget(CPU, 100 * GiB) == CPU_INPUT_BUDGET  # the CPU ignores device memory
