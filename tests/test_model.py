@@ -159,7 +159,7 @@ def test_the_probe_times_its_finalists_again_before_it_decides(monkeypatch, prod
 
     model = load_model(model_path("tiny_cnn"), device="cpu")
     clock, tried = [0.0], []
-    rates = {2: 140, 4: 130, 8: 120, 16: 100}
+    rates = {2: 140, 4: 120, 8: 110, 16: 100}
 
     class Session:
         def run(self, outputs, feeds):
@@ -195,14 +195,33 @@ def test_a_dip_while_the_best_batch_is_climbed_through_does_not_decide(monkeypat
     assert model.probe_batch_size(max_batch=64) in (16, 32)
 
 
-def test_on_cuda_the_finalists_are_warmed_again_before_they_are_timed(monkeypatch, product_probe):
-    """On CUDA the first run after a change of batch shape rebuilds the cuDNN plans (0.1-1.1 s
-    on an H200): re-timed without a warm-up run, each finalist's timing held a rebuild, which
-    favours large batches (8 at 190 inputs/s won over 2 at 210). Fake clock, CUDA simulated."""
+def test_finalists_within_ten_percent_are_tied_and_the_largest_wins(monkeypatch, product_probe):
+    """0.1 s timings cannot tell 150 from 145 inputs/s on a noisy CPU, and they favour small
+    batches: of finalists within 10% of the fastest the largest batch is kept (fake clock)."""
     from blackbox_xai import model as model_module
 
     model = load_model(model_path("tiny_cnn"), device="cpu")
-    rates = {1: 100, 2: 210, 4: 200, 8: 190}
+    rates = {1: 100, 2: 110, 4: 120, 8: 130, 16: 150, 32: 145, 64: 100}
+    clock = [0.0]
+
+    class Session:
+        def run(self, outputs, feeds):
+            b = len(next(iter(feeds.values())))
+            clock[0] += b / rates[b]
+
+    monkeypatch.setattr(model, "session", Session())
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: clock[0])
+    assert model.probe_batch_size(max_batch=64) == 32
+
+
+def test_on_cuda_the_finalists_are_warmed_again_before_they_are_timed(monkeypatch, product_probe):
+    """On CUDA the first run after a change of batch shape rebuilds the cuDNN plans (0.1-1.1 s
+    on an H200): re-timed without a warm-up run, each finalist's timing held a rebuild, which
+    favours large batches (4 at 180 inputs/s won over 2 at 210). Fake clock, CUDA simulated."""
+    from blackbox_xai import model as model_module
+
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    rates = {1: 100, 2: 210, 4: 180, 8: 170}
     clock, last = [0.0], [None]
 
     class Session:
