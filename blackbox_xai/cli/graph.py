@@ -70,9 +70,9 @@ def layers_cmd(model_path: str, output_name: str | None) -> None:
         model, problem = norm.model, norm.problem
     if output_name is not None:
         model = keep_output(model, output_name)
+    if problem:  # no layer of this graph can be read (e.g. ONNX Runtime's NCHWc): say why
+        raise BlackboxError(problem)
     layers = candidate_layers(model)
-    if not layers and problem:
-        raise BlackboxError(problem)  # why the graph shows no layer (e.g. ONNX Runtime's NCHWc)
     default = default_layer(model)
     print_table([(f"{'*' if c.name == default else ' '} {c.name}", _shape(c.shape),
                   describe_layout(c), c.op, "yes" if c.feeds_pooling else "no") for c in layers],

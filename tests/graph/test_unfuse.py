@@ -202,6 +202,16 @@ def test_blocked_layout_files_run_the_black_box_methods_and_refuse_graph_ones(tm
         explain(model, x[0], "gradcam", target=1)
 
 
+def test_layers_of_a_blocked_layout_file_are_refused_not_listed(tmp_path, run):
+    """The SqueezeNet saved at ORT_ENABLE_ALL keeps a Cast of its input before the NCHWc ops:
+    `bbx layers` listed it as the default layer, which every CAM method then refused."""
+    blocked = optimised(THIRD_PARTY / "wml_squeezenet11_fp16_caffe2.onnx",
+                        tmp_path / "squeezenet_all.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    result = run("layers", blocked)
+    assert result.exit_code == 2 and "com.microsoft.nchwc" in result.output
+    assert "Cast" not in result.output
+
+
 def test_a_blocked_layout_file_refuses_graph_methods_in_one_line(tmp_path, run):
     blocked = optimised(SHIPPED, tmp_path / "effnet_all.onnx",
                         ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
