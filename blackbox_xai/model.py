@@ -759,12 +759,13 @@ class Model:
         129, 157 inputs/s at batch 1 to 16, where a climb that stopped at the first two batches
         without a gain settled at 1 or 4), and stops at the second batch in a row that is
         slower than that. The :data:`FINALISTS` fastest batches within 15% of the best are then
-        timed again, in turn, :data:`CONFIRM_ROUNDS` times, and of those whose median timing is
-        within :data:`TIE` of the best median the largest wins: the choice is remembered for
-        good, and one short noisy timing had picked
-        batch 1 at 90 inputs/s where batch 2 ran at 140 (1 of 5 fresh caches on the 2-core
-        machine); with two finalists within 10%, a dip while batch 32 was timed kept it out and
-        batch 2 or 8 won, 15-20% slower than 32 (2 of 3 fresh caches, eighth session).
+        timed again, in turn, :data:`CONFIRM_ROUNDS` times (after a warm-up run on CUDA, where a
+        new shape rebuilds the cuDNN plans), and of those whose median timing (the climb's
+        included) is within :data:`TIE` of the fastest the largest wins. The choice is
+        remembered for good: one short noisy timing had picked batch 1 at 90 inputs/s where
+        batch 2 ran at 140 (1 of 5 fresh caches on the 2-core machine), and with two finalists
+        within 10% a dip while batch 32 was timed kept it out, so batch 2 or 8 won, 15-20%
+        slower than 32 (2 of 3 fresh caches, ninth session).
         """
         chw = self.example_chw()
         limit = max_batch or batch_limit(self.provider, int(np.prod(chw)) * 4,
@@ -804,8 +805,8 @@ class Model:
                 for b, timed in again.items():
                     timed.append(throughput(b, warm=not switch_costs))
             medians = {b: float(np.median(timed)) for b, timed in again.items()}
-            best_rate = max(medians.values())
-            best = max(b for b, rate in medians.items() if rate >= best_rate * TIE)
+            fastest = max(medians.values())
+            best = max(b for b, rate in medians.items() if rate >= fastest * TIE)
             best_rate = medians[best]
         log.info("batch size %d (%.1f inputs/s)", best, best_rate)
         return best

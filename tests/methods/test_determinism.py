@@ -16,7 +16,7 @@ EXTRA = {"meaningful-perturbation": {"grad": "fd", "mask_size": 8, "iterations":
                                      "fd_directions": 4}}
 #: on the tiny CNN the head is linear in the CAM layer, so its gradient ignores the input noise
 SEED_FREE_ON_TINY_CNN = {"smooth-gradcampp"}
-#: on CUDA each batch shape gets its own convolution algorithms, so scores differ in the 7th
+#: on CUDA each batch shape gets its own convolution algorithms, so scores differ in the 6th
 #: digit between batch sizes, and methods that choose by ranking scores follow (seen on an H200)
 CHOOSES_BY_RANK = {"adaptive-occlusion"}
 
