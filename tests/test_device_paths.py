@@ -264,3 +264,32 @@ def test_on_cuda_every_run_of_a_session_has_one_batch_shape(x, monkeypatch):
     model.input_gradient(x[None], one_hot(1, model.num_classes, 0))
     model.input_gradient(x[None], one_hot(1, model.num_classes, 1))
     assert rows == [1, 1]
+
+
+@pytest.mark.parametrize("method, options", [
+    ("occlusion", {"window": 16, "stride": 8}), ("rise", {"n_masks": 11}),
+    ("lime", {"num_samples": 11, "segments": "grid"}), ("shapley", {"n_permutations": 2}),
+])
+def test_on_cuda_perturbations_in_the_graph_run_at_one_shape_and_give_the_same_map(
+        x, monkeypatch, method, options):
+    """CUDA's default path sends mask parameters to a rewritten graph: its short chunks are
+    padded too (the parameters' last row repeated) and the map is the unpadded one (CUDA
+    simulated on the CPU provider, which runs the same graphs)."""
+    import blackbox_xai.model as model_module
+
+    model = load_model(model_path("tiny_cnn"), device="cpu", batch_size=4, perturb_in_graph=True)
+    expected = explain(model, x, method, seed=2, target=1, **options).map
+    rows = []
+    real = model_module.run
+
+    def recorded(session, outputs, feeds, *args, **kwargs):
+        rows.append((id(session), len(next(iter(feeds.values())))))
+        return real(session, outputs, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "run", recorded)
+    monkeypatch.setattr(model_module, "session_device", lambda session: "cuda")
+    np.testing.assert_array_equal(explain(model, x, method, seed=2, target=1, **options).map,
+                                  expected)
+    sessions = {s for s, _ in rows}
+    assert all(len({n for s, n in rows if s == one}) == 1 for one in sessions), rows
+    assert any(n == 4 for _, n in rows)
