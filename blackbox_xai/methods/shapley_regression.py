@@ -7,6 +7,15 @@ import numpy as np
 import numpy.typing as npt
 
 
+#: singular values of the KKT matrix below this share of the largest are dropped by its
+#: pseudo-inverse. The matrix holds Z^T W Z, which squares the regressors' condition number: two
+#: regressors collinear to 1e-7 leave a singular value of 1e-15, rounding noise that numpy's
+#: default cutoff (1e-15, max(M, N) eps from numpy 2.5) kept or dropped by a hair, and keeping
+#: it broke the efficiency constraint by 1e-2 (a test below); real directions of this fit sit
+#: far above 1e-10.
+KKT_RTOL = 1e-10
+
+
 def shapley_kernel_sizes(d: int) -> npt.NDArray[np.float64]:
     """P(|z| = k) for k = 1..d-1 under the Shapley kernel: proportional to (d-1) / (k (d-k)).
 
@@ -34,5 +43,5 @@ def constrained_fit(z: npt.NDArray[np.float64], weight: npt.NDArray[np.float64],
     if penalty is not None:
         kkt[:p, :p] += np.diag(penalty)
     kkt[:p, p] = kkt[p, :p] = 1.0 if constraint is None else constraint
-    inverse = np.linalg.pinv(kkt)
+    inverse = np.linalg.pinv(kkt, rtol=KKT_RTOL)
     return (inverse @ np.append(zw.T @ gains, total))[:p], inverse
