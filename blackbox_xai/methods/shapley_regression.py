@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-
 #: singular values of the KKT matrix below this share of the largest are dropped by its
 #: pseudo-inverse. The matrix holds Z^T W Z, which squares the regressors' condition number: two
 #: regressors collinear to 1e-7 leave a singular value of 1e-15, rounding noise that numpy's
