@@ -38,7 +38,7 @@ from blackbox_xai.metrics import spearman
 from blackbox_xai.model import one_hot
 from blackbox_xai.preprocess import Preprocessing
 from blackbox_xai.registry import METHODS
-from blackbox_xai.runtime import CUDA, cuda_plausible
+from blackbox_xai.runtime import CUDA, CUDA_TF32_ENV, cuda_plausible
 
 MODEL_TESTS = ["tests/test_device_paths.py", "tests/graph/test_perturbation.py", "tests/methods",
                "tests/graph", "tests/metrics", "tests/test_model.py"]
@@ -196,8 +196,9 @@ def main() -> None:
         device = "cuda" if cuda_plausible()[0] else "cpu"
     import onnxruntime as ort
 
+    math = "TF32" if os.environ.get(CUDA_TF32_ENV) == "1" else "FP32"
     header = (f"GPU: {gpu_name()} | onnxruntime {ort.__version__} "
-              f"({', '.join(ort.get_available_providers())}) | device {device}")
+              f"({', '.join(ort.get_available_providers())}) | device {device}, {math}")
     print(header, flush=True)
     report = Report()
     check_provider(report, device)
