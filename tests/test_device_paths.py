@@ -4,9 +4,11 @@ budget taken from the device's free memory."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from helpers import model_path
+from helpers import EXAMPLES, model_path
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import BlackboxError, DeviceError, ModelInputError, ModelRunError
@@ -202,6 +204,28 @@ def test_cuda_sessions_run_in_fp32_unless_tf32_is_asked_for(monkeypatch):
     monkeypatch.setenv(runtime.CUDA_TF32_ENV, "yes")
     with pytest.raises(DeviceError, match="BLACKBOX_XAI_CUDA_TF32='yes'"):
         runtime.create_session(b"", "cuda", None)
+
+
+def test_the_tf32_flag_asks_the_runs_cuda_sessions_for_tf32(run, monkeypatch):
+    """`--tf32` (every command with the model options) sets the variable before any session is
+    created; without it the variable is left alone (FP32)."""
+    import blackbox_xai.model as model_module
+    from blackbox_xai import runtime
+
+    monkeypatch.delenv(runtime.CUDA_TF32_ENV, raising=False)  # restored after the test
+    seen = []
+    real = model_module.create_session
+
+    def recorded(*args, **kwargs):
+        seen.append(os.environ.get(runtime.CUDA_TF32_ENV))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "create_session", recorded)
+    image = EXAMPLES / "cat.jpg"
+    assert run("predict", model_path("tiny_cnn"), image, "--preset", "zero-one").exit_code == 0
+    assert run("predict", model_path("tiny_cnn"), image, "--preset", "zero-one",
+               "--tf32").exit_code == 0
+    assert seen[0] is None and seen[-1] == "1"
 
 
 def test_input_budget_arithmetic():

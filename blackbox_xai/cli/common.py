@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sys
 import types
 import typing
@@ -56,6 +57,14 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 # ---- shared options ---------------------------------------------------------------------------
+def _tf32(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--tf32``: every CUDA session of this process in TF32 (runtime.CUDA_TF32_ENV)."""
+    if value:
+        from ..runtime import CUDA_TF32_ENV
+
+        os.environ[CUDA_TF32_ENV] = "1"
+
+
 def model_options(fn: Callable) -> Callable:
     for opt in reversed([
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -71,6 +80,9 @@ def model_options(fn: Callable) -> Callable:
                      help="ONNX Runtime CPU threads (default: all cores)."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
                      help="Override the detected input layout."),
+        click.option("--tf32", is_flag=True, expose_value=False, callback=_tf32,
+                     help="CUDA: TF32 convolutions and products, ONNX Runtime's default (a "
+                          "deployment's own math); FP32, the CPU's, without it."),
     ]):
         fn = opt(fn)
     return fn
