@@ -207,8 +207,8 @@ def test_cuda_sessions_run_in_fp32_unless_tf32_is_asked_for(monkeypatch):
 
 
 def test_the_tf32_flag_asks_the_runs_cuda_sessions_for_tf32(run, monkeypatch):
-    """`--tf32` (every command with the model options) sets the variable before any session is
-    created; without it the variable is left alone (FP32)."""
+    """`--tf32` (every command with the model options, and `compare`) sets the variable before
+    any session is created; without it the variable is left alone (FP32)."""
     import blackbox_xai.model as model_module
     from blackbox_xai import runtime
 
@@ -226,6 +226,11 @@ def test_the_tf32_flag_asks_the_runs_cuda_sessions_for_tf32(run, monkeypatch):
     assert run("predict", model_path("tiny_cnn"), image, "--preset", "zero-one",
                "--tf32").exit_code == 0
     assert seen[0] is None and seen[-1] == "1"
+    monkeypatch.delenv(runtime.CUDA_TF32_ENV)
+    assert run("compare", model_path("tiny_cnn"), image, "--against", model_path("tiny_cnn"),
+               "--preset", "zero-one", "-o", "window=16", "-o", "stride=16",
+               "--tf32").exit_code == 0
+    assert seen[-1] == "1"
 
 
 def test_input_budget_arithmetic():

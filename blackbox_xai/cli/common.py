@@ -65,6 +65,13 @@ def _tf32(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         os.environ[CUDA_TF32_ENV] = "1"
 
 
+#: ``--tf32``, with the model options and on ``compare``
+tf32_option = click.option(
+    "--tf32", is_flag=True, expose_value=False, callback=_tf32,
+    help="CUDA: TF32 convolutions and products, ONNX Runtime's default (a deployment's own "
+         "math); FP32, the CPU's, without it.")
+
+
 def model_options(fn: Callable) -> Callable:
     for opt in reversed([
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -80,9 +87,7 @@ def model_options(fn: Callable) -> Callable:
                      help="ONNX Runtime CPU threads (default: all cores)."),
         click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
                      help="Override the detected input layout."),
-        click.option("--tf32", is_flag=True, expose_value=False, callback=_tf32,
-                     help="CUDA: TF32 convolutions and products, ONNX Runtime's default (a "
-                          "deployment's own math); FP32, the CPU's, without it."),
+        tf32_option,
     ]):
         fn = opt(fn)
     return fn

@@ -32,6 +32,7 @@ from .common import (
     preprocess_options,
     print_table,
     recipe,
+    tf32_option,
 )
 from .main import EXECUTOR_DEFAULTS, _detection_target, detection_options, executor_options
 
@@ -508,6 +509,7 @@ def _status(row: ImageComparison) -> str:
 @click.option("--batch-size", default="auto", show_default=True, help="Queries per run, or auto.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="ONNX Runtime CPU threads (default: all cores).")
+@tf32_option
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
               help="Override the detected input layout.")
 @executor_options
