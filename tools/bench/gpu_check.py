@@ -94,7 +94,8 @@ def check_provider(report: Report, device: str) -> None:
 
 def run_tests(report: Report, device: str, paths: list[str], timeout: int) -> None:
     env = {**os.environ, "BLACKBOX_XAI_DEVICE": device, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *paths]  # -q: addopts
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfE", "--tb=line",
+           *paths]  # -q: addopts; -rfE --tb=line: each failure's reason on one line
     try:
         import xdist  # noqa: F401  (the GPU image has pytest-xdist)
 
@@ -110,11 +111,11 @@ def run_tests(report: Report, device: str, paths: list[str], timeout: int) -> No
     lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln
                     or " error" in ln), lines[-1] if lines else "no output")
-    failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
+    failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "E   "))]
     report.add("2 tests", f"BLACKBOX_XAI_DEVICE={device} pytest {' '.join(paths)}",
                summary.strip("= "), out.returncode == 0, f"{seconds:.0f} s")
-    for line in failures[:20]:
-        print("   ", line)
+    for line in failures[:60]:
+        print("   ", line[:300])
 
 
 def compare_maps(report: Report, device: str, x: np.ndarray, quick: bool) -> None:
