@@ -35,7 +35,7 @@ from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose, expose_for_session
 from .graph.inspect import value_infos
-from .graph.io import copy_model, fed_inputs, infer_shapes, load
+from .graph.io import copy_model, fed_inputs, infer_shapes, load, node_attrs
 from .graph.normalize import (
     declare_output_shapes,
     declare_shapes,
@@ -194,7 +194,7 @@ def final_activation(proto: onnx.ModelProto, output: str) -> tuple[str, str | No
         node = producers.get(node.input[0])
     if node is not None and node.op_type in _ACTIVATIONS:
         return node.input[0], node.op_type
-    fused = next((a.s.decode() for a in node.attribute if a.name == "activation"), "") \
+    fused = node_attrs(node).get("activation", "") \
         if node is not None and node.domain == "com.microsoft" else ""
     if fused in _ACTIVATIONS:
         raise ModelInputError(f"the scores' final {fused} is fused into ONNX Runtime's "

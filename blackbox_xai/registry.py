@@ -128,10 +128,11 @@ class Option:
 
 
 def _is_array_type(kind: Any) -> bool:
-    """``np.ndarray`` or ``npt.NDArray[...]`` (an alias of it from numpy 2.5 on: followed)."""
-    for _ in range(3):
-        if kind is np.ndarray:
-            return True
+    """``np.ndarray`` or ``npt.NDArray[...]`` (from numpy 2.5 a type alias of it: followed
+    through its value and each generic's origin, a few levels at most)."""
+    for _ in range(8):  # bounded: an alias may name itself
+        if kind is None or kind is np.ndarray:
+            return kind is np.ndarray
         kind = getattr(kind, "__value__", None) or typing.get_origin(kind)
     return False
 

@@ -100,6 +100,7 @@ def shared_sessions():
             made[k] = create(source, device, threads, generated=generated)
         return made[k]
 
+    cached.uncached = create  # for tests that fake ONNX Runtime's session: never cached
     with pytest.MonkeyPatch.context() as patch:
         for module in (runtime, model):
             patch.setattr(module, "create_session", cached)

@@ -196,14 +196,15 @@ def test_cuda_sessions_run_in_fp32_unless_tf32_is_asked_for(monkeypatch):
     monkeypatch.setattr(runtime, "cuda_plausible", lambda: (True, ""))
     monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
     monkeypatch.setattr(runtime.ort, "InferenceSession", Session)
+    create = getattr(runtime.create_session, "uncached", runtime.create_session)  # conftest's
     monkeypatch.delenv(runtime.CUDA_TF32_ENV, raising=False)
-    assert runtime.create_session(b"", "cuda", None)[1] == CUDA
+    assert create(b"", "cuda", None)[1] == CUDA
     monkeypatch.setenv(runtime.CUDA_TF32_ENV, "1")
-    assert runtime.create_session(b"", "cuda", None)[1] == f"{CUDA} (TF32)"
+    assert create(b"", "cuda", None)[1] == f"{CUDA} (TF32)"
     assert asked == [(CUDA, {"use_tf32": "0"}), (CUDA, {"use_tf32": "1"})]
     monkeypatch.setenv(runtime.CUDA_TF32_ENV, "yes")
     with pytest.raises(DeviceError, match="BLACKBOX_XAI_CUDA_TF32='yes'"):
-        runtime.create_session(b"", "cuda", None)
+        create(b"", "cuda", None)
 
 
 def test_the_tf32_flag_asks_the_runs_cuda_sessions_for_tf32(run, monkeypatch):

@@ -344,7 +344,7 @@ def _node_elem_type(n: onnx.NodeProto, elem: dict[str, int]) -> int:
     if op in _BOOL_OUTPUT:
         return onnx.TensorProto.BOOL
     if op == "Cast":
-        return next((a.i for a in n.attribute if a.name == "to"), 0)
+        return int(node_attrs(n).get("to", 0))
     if op == "QuantizeLinear":
         return elem.get(ins[2], 0) if len(ins) > 2 and ins[2] else onnx.TensorProto.UINT8
     if op == "DequantizeLinear":

@@ -111,7 +111,7 @@ def run_tests(report: Report, device: str, paths: list[str], timeout: int) -> No
     lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln
                     or " error" in ln), lines[-1] if lines else "no output")
-    failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "E   "))]
+    failures = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
     report.add("2 tests", f"BLACKBOX_XAI_DEVICE={device} pytest {' '.join(paths)}",
                summary.strip("= "), out.returncode == 0, f"{seconds:.0f} s")
     for line in failures[:60]:
