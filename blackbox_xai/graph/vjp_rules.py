@@ -401,11 +401,41 @@ def _qdq_axis(node: onnx.NodeProto) -> int:
     return int(a.get("axis", 1))
 
 
+#: the codes (lowest, highest) of each integer type QuantizeLinear writes
+_QUANTIZED_RANGE = {
+    TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
+    TensorProto.UINT16: (0, 65535), TensorProto.INT16: (-32768, 32767),
+    TensorProto.UINT4: (0, 15), TensorProto.INT4: (-8, 7),
+}
+
+
+def _quantized_type(e: Emitter, node: onnx.NodeProto) -> int:
+    """QuantizeLinear's output type: ``output_dtype``, else the zero point's, else uint8."""
+    if attrs(node).get("output_dtype", 0):
+        return int(attrs(node)["output_dtype"])
+    has_zero = len(node.input) > 2 and node.input[2]
+    return (e.info.dtype(node.input[2]) or TensorProto.UINT8) if has_zero else TensorProto.UINT8
+
+
 @register("QuantizeLinear")
 def _quantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
-    """Straight-through: y = round(x / s) + z is differentiated as x / s + z, so dx = dy / s."""
-    dt = e.gdtype(node.input[0])
-    return [e.op("Div", gys[0], _along_axis(e, node.input[1], node.input[0], _qdq_axis(node), dt))]
+    """Clipped straight-through: y = clip(round(x / s) + z, lo, hi) is differentiated as
+    clip(x / s + z, lo, hi), so dx = dy / s where lo <= x / s + z <= hi, else 0 (lo, hi: the
+    integer type's codes). The clip matters: quantizers fold ReLU / ReLU6 into the range
+    (uint8, zero point 0), and without it an INT8 network's input gradient passed through
+    every folded activation (1e12 against the float model's 7.5). Float8 outputs: dy / s."""
+    dt, axis = e.gdtype(node.input[0]), _qdq_axis(node)
+    scale = _along_axis(e, node.input[1], node.input[0], axis, dt)
+    g = e.op("Div", gys[0], scale)
+    bounds = _QUANTIZED_RANGE.get(_quantized_type(e, node))
+    if bounds is None:
+        return [g]
+    t = e.op("Div", e.fwd(node.input[0], dt), scale)
+    if len(node.input) > 2 and node.input[2]:
+        t = e.op("Add", t, _along_axis(e, node.input[2], node.input[0], axis, dt))
+    outside = e.op("Or", e.op("Less", t, e.scalar(bounds[0], dt)),  # ops of every opset
+                   e.op("Greater", t, e.scalar(bounds[1], dt)))
+    return [e.where(e.op("Not", outside), g, dt)]
 
 
 @register("DynamicQuantizeLinear", inputs=(0,))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 from helpers import model_path
 
@@ -63,3 +66,14 @@ def test_the_key_is_the_graph_differentiated_not_the_file(tmp_path, monkeypatch,
                     "gradcam", target=1).map
     assert len(list(tmp_path.glob("backward-*.onnx"))) == 2
     np.testing.assert_allclose(dynamic, fixed, rtol=1e-5, atol=1e-6)
+
+
+def test_the_engine_version_follows_the_rules_source(tmp_path):
+    """A change to any rule changes every cache key: the cached graphs are rebuilt."""
+    folder = Path(autodiff.__file__).parent
+    for name in ("autodiff.py", "vjp_rules.py", "inspect.py", "io.py"):
+        shutil.copy(folder / name, tmp_path / name)
+    assert autodiff.engine_version(tmp_path) == autodiff.ENGINE_VERSION
+    with open(tmp_path / "vjp_rules.py", "a") as f:
+        f.write("\n# a rule changed\n")
+    assert autodiff.engine_version(tmp_path) != autodiff.ENGINE_VERSION

@@ -50,6 +50,81 @@ def test_quantize_dequantize_pair_is_straight_through():
         np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
 
 
+def saturating_qdq(zero: int, dtype: int) -> onnx.ModelProto:
+    """scores = sum(w * DQ(Q(x))) over (N, 6) with scale 0.1 per tensor and the given zero point."""
+    w = np.arange(1, 7, dtype=np.float32)[:, None]
+    zero_np = helper.tensor_dtype_to_np_dtype(dtype)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("MatMul", ["dq", "w"], ["scores"])]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(zero, zero_np), "z"), numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1])], inits)
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("zero, dtype, x, passes", [
+    # uint8, zero point 0: the codes cover [0, 25.5], ReLU folded into the range
+    (0, TensorProto.UINT8, [-3.0, -0.04, 0.0, 12.0, 25.5, 40.0], [0, 0, 1, 1, 1, 0]),
+    # int8, zero point 28: codes -128..127 cover [-15.6, 9.9]
+    (28, TensorProto.INT8, [-20.0, -15.5, 0.0, 9.8, 10.0, 3.0], [0, 1, 1, 1, 0, 1]),
+])
+def test_quantize_passes_the_gradient_only_inside_its_codes(zero, dtype, x, passes):
+    """Clipped straight-through: d DQ(Q(x)) / dx = 1 where x / s + z is inside the type's codes,
+    0 where the quantizer saturates (which is how it folds ReLU and ReLU6 away)."""
+    sess = ort.InferenceSession(backward(saturating_qdq(zero, dtype), ["x"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    _, grad = sess.run(None, {"x": np.array([x], np.float32), "seed": np.ones((1, 1), np.float32)})
+    np.testing.assert_allclose(grad[0], np.arange(1, 7) * np.array(passes), rtol=1e-6)
+
+
+def relu_net(quantized: bool) -> onnx.ModelProto:
+    """x (N, 4) -> MatMul -> ReLU -> MatMul -> 3 scores; ``quantized``: the ReLU folded into a
+    uint8 QuantizeLinear / DequantizeLinear pair with zero point 0 and a fine scale, as
+    ONNX Runtime's quantizer writes it."""
+    rng = np.random.default_rng(3)
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((4, 16), (16, 3)))
+    act = ([helper.make_node("QuantizeLinear", ["h", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["a"])] if quantized
+           else [helper.make_node("Relu", ["h"], ["a"])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), *act,
+             helper.make_node("MatMul", ["a", "w2"], ["scores"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "s"),  # codes to 2.55
+             numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_relu_folded_into_quantization_keeps_its_gradient():
+    """The quantized net's gradient equals the float net's: the saturating quantizer is the
+    ReLU (before the clip, it passed the gradient of every negative unit too)."""
+    x = np.random.default_rng(4).uniform(-0.05, 0.05, (8, 4)).astype(np.float32)
+    seed = np.eye(3, dtype=np.float32)[np.arange(8) % 3]
+    grads = []
+    for quantized in (False, True):
+        sess = ort.InferenceSession(backward(relu_net(quantized), ["x"]).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        grads.append(sess.run(None, {"x": x, "seed": seed})[1])
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_int8_input_gradient_follows_the_fp32_model():
+    """The shipped INT8 build's input gradient against the FP32 model's (cat, class 282): the
+    same size and direction up to quantization (measured: norm 6.98 against 7.52, cosine 0.53;
+    before the clipped straight-through, norm 1.4e12 and cosine 0.007)."""
+    pre = Preprocessing.for_model(ROOT / "models" / "efficientnet_lite0.onnx", (224, 224))
+    x = pre.prepare(EXAMPLES / "cat.jpg").tensor[None]
+    seed = np.eye(1000, dtype=np.float32)[[282]]
+    g32, g8 = (load_model(ROOT / "models" / f"efficientnet_lite0{s}.onnx", device="cpu")
+               .input_gradient(x, seed)[1].ravel() for s in ("", "_int8"))
+    ratio = np.linalg.norm(g8) / np.linalg.norm(g32)
+    cosine = g8 @ g32 / (np.linalg.norm(g8) * np.linalg.norm(g32))
+    assert 0.8 < ratio < 1.25 and cosine > 0.4, (ratio, cosine)
+
+
 def test_gradcam_on_int8_model_agrees_with_fp32():
     pre = Preprocessing.for_model(ROOT / "models" / "efficientnet_lite0.onnx", (224, 224))
     x = pre.prepare(EXAMPLES / "coffee.jpg").tensor
