@@ -31,6 +31,7 @@ from .errors import (
     ModelLoadError,
     did_you_mean,
 )
+from .gradient_check import GradientCheck, check_input_gradient, why_unchecked
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose, expose_for_session
@@ -78,6 +79,7 @@ ScoreKind = Literal["logit", "prob", "logprob"]
 Layout = Literal["NCHW", "NHWC"]
 SCORES = "bbx_scores"  # the (N, K) scores output that derived graphs add
 REGION = "bbx_region"  # the (N, 1) score output of a region view (Model.region_view)
+CHECKED_ROWS = 3  # rows of a batch tried until the gradient check is conclusive
 SIZED_SESSIONS = 4  # sessions kept per derived graph specialised to image sizes (Model.sized)
 DETECTION = "bbx_detection"  # the (N, 1) score output of a detection view (Model.detection_view)
 # Ops that pass scores through unchanged on the way to a graph output.
@@ -344,6 +346,8 @@ class Model:
         self._sessions: dict[Hashable, ort.InferenceSession] = {}
         self._cuda_rows: dict[int, int] = {}  # id(session): its rows per run on CUDA
         self._facts: dict[Hashable, object] = {}
+        #: the finite-difference check of each backward graph with the input among its ``wrt``
+        self.gradient_checks: dict[Hashable, GradientCheck] = {}
         self._shapes_measured = False
         self.num_classes = self._check_scores()
         self.n_queries = 0
@@ -593,13 +597,14 @@ class Model:
 
         The backward graph is built once per (hash of the graph differentiated, wrt) and kept in
         the user cache folder (:mod:`blackbox_xai.cache`). Values and gradients of
-        the model's own input are in NCHW, like ``x``.
+        the model's own input are in NCHW, like ``x``. A graph with the input among ``wrt`` is
+        checked at its first call's first row (:meth:`check_input_gradient`).
         """
         kind = kind or self.score
         out_name = self.scores_output(kind)
         size = self.dynamic_size(x)
-        session = self.sized(("backward", kind, tuple(wrt)), size,
-                             lambda: self.backward_graph(wrt, kind, size))
+        key = ("backward", kind, tuple(wrt))
+        session = self.sized(key, size, lambda: self.backward_graph(wrt, kind, size))
         grads = [f"{w}_grad" for w in wrt]
         values = [w for w in wrt if w != self.input.name]
         outs = self.run_batched(session, {self.input.name: x, "seed": seed},
@@ -611,7 +616,39 @@ class Model:
         if self.input.layout == "NHWC":
             gradients = [g.transpose(0, 3, 1, 2) if w == self.input.name else g
                          for w, g in zip(wrt, gradients)]
+        if self.input.name in wrt and len(x):
+            grad = gradients[list(wrt).index(self.input.name)]
+            self.check_input_gradient((key, size), x, seed, grad, kind)
         return scores, [forward[w] for w in wrt], gradients
+
+    def check_input_gradient(self, key: Hashable, xs: npt.NDArray[np.float32],
+                             seeds: npt.NDArray[np.float32], grads: npt.NDArray[np.float32],
+                             kind: ScoreKind | None = None) -> GradientCheck:
+        """Check a backward graph's input gradients ``grads`` = d sum(seed * scores) / dx of a
+        batch ``xs`` (N, C, H, W) against the model's own scores of ``kind``, once per ``key``
+        (the graph's): :func:`~blackbox_xai.gradient_check.check_input_gradient` at the row of
+        largest norm, then the next, up to :data:`CHECKED_ROWS`, until one is conclusive (an
+        integrated-gradients batch starts near its baseline, where kinks cross every step).
+        Its queries are not counted in :attr:`n_queries`. Raises :class:`InternalError` when
+        the gradient disagrees with the model."""
+        if key in self.gradient_checks:
+            return self.gradient_checks[key]
+        why = why_unchecked(self.graph())
+        result = GradientCheck(float(np.linalg.norm(grads[0])), skipped=why)
+        queries = self.n_queries
+        try:
+            norms = np.linalg.norm(xs.reshape(len(xs), -1).astype(np.float64), axis=1)
+            for i in ([] if why else np.argsort(-norms)[:CHECKED_ROWS]):
+                weights = np.asarray(seeds[i], np.float32).reshape(-1)
+                result = check_input_gradient(
+                    lambda b, w=weights: self._scores(self.logits(b).reshape(len(b), -1), kind) @ w,
+                    xs[i], grads[i])
+                if result.skipped is None:
+                    break
+        finally:
+            self.n_queries = queries
+        self.gradient_checks[key] = result
+        return result
 
     def dynamic_size(self, x: npt.NDArray) -> tuple[int, int] | None:
         """(H, W) of the NCHW batch ``x`` where the model's image size is dynamic, else None:
@@ -973,14 +1010,16 @@ class Model:
         return self.run_batched(self.session, {self.input.name: x}, self.output_names,
                                 progress=progress)
 
-    def _scores(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Scores of the model's ``score`` kind from logits (N, K)."""
-        if self.score == "logit":
+    def _scores(self, logits: npt.NDArray[np.float32], kind: ScoreKind | None = None
+                ) -> npt.NDArray[np.float32]:
+        """Scores of ``kind`` (default: the model's ``score``) from logits (N, K)."""
+        kind = kind or self.score
+        if kind == "logit":
             return logits
         if self.activation == "Sigmoid":
             log_p = -np.logaddexp(0, -logits)
-            return (np.exp(log_p) if self.score == "prob" else log_p).astype(np.float32)
-        return softmax(logits) if self.score == "prob" else log_softmax(logits)
+            return (np.exp(log_p) if kind == "prob" else log_p).astype(np.float32)
+        return softmax(logits) if kind == "prob" else log_softmax(logits)
 
     def describe(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "provider": self.provider,

@@ -117,6 +117,10 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
         grads = [g.transpose(0, 3, 1, 2) if w == model.input.name else g
                  for w, g in zip(wrt, grads)]
     resolved = [int(t) if t is not None else int(np.argmax(s)) for t, s in zip(targets, scores)]
+    if model.input.name in wrt and n:
+        seeds = np.eye(model.num_classes, dtype=np.float32)[resolved]
+        model.check_input_gradient(("backward", model.score, tuple(wrt), size), xs, seeds,
+                                   grads[wrt.index(model.input.name)])
     return scores, resolved, [forward[w] for w in wrt], grads
 
 

@@ -1,0 +1,101 @@
+"""The backward graph's input gradient is checked against finite differences of the model, once
+per graph, at the user's input: a wrong gradient stops with one line, never a map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import ROOT, model_path
+
+from blackbox_xai import explain, load_model
+from blackbox_xai.errors import InternalError
+from blackbox_xai.gradient_check import check_input_gradient, why_unchecked
+from blackbox_xai.graph import autodiff, vjp_rules
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((3, 8, 8)).astype(np.float32)
+W = RNG.standard_normal((3, 8, 8)).astype(np.float32)
+
+
+def quadratic(batch: np.ndarray) -> np.ndarray:
+    """f(x) = w . x + |x|^2 / 2: gradient w + x, and curved, as a network is."""
+    b = batch.astype(np.float64)
+    return (b * W).sum(axis=(1, 2, 3)) + 0.5 * (b * b).sum(axis=(1, 2, 3))
+
+
+def test_the_true_gradient_passes():
+    result = check_input_gradient(quadratic, X, W + X)
+    assert result.skipped is None and result.step == 1e-4
+    assert result.relative_error < 1e-3
+    assert result.directional_derivative == pytest.approx(np.linalg.norm(W + X), rel=1e-6)
+
+
+@pytest.mark.parametrize("wrong", ["twice", "half", "sideways", "sign"])
+def test_a_wrong_gradient_is_refused(wrong):
+    g = (W + X).astype(np.float64)
+    side = RNG.standard_normal(g.shape)
+    side -= (side * g).sum() / (g * g).sum() * g  # orthogonal to g
+    side *= 0.6 * np.linalg.norm(g) / np.linalg.norm(side)
+    bad = {"twice": 2 * g, "half": g / 2, "sideways": g + side, "sign": -g}[wrong]
+    with pytest.raises(InternalError, match="disagrees with the model.*gradient rule is wrong"):
+        check_input_gradient(quadratic, X, bad.astype(np.float32))
+
+
+def test_a_saturated_score_is_inconclusive_not_refused():
+    """A probability near 1: gradient ~1e-9, and over any step float32 resolves, f is curved;
+    no step is conclusive, so even a wrong gradient passes unjudged (logged)."""
+    def saturated(batch):
+        z = 20 + 5 * (batch.astype(np.float64) * W).sum(axis=(1, 2, 3)) / np.linalg.norm(W)
+        return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+    result = check_input_gradient(saturated, X, 3 * W)
+    assert result.skipped is not None and "linear" in result.skipped
+
+
+def test_zero_and_non_finite_gradients():
+    assert check_input_gradient(quadratic, X, np.zeros_like(X)).skipped == "the gradient is 0"
+    with pytest.raises(InternalError, match="not finite"):
+        check_input_gradient(quadratic, X, np.full_like(X, np.inf))
+
+
+def test_fp16_and_quantized_graphs_are_not_checked():
+    models = ROOT / "models"
+    assert why_unchecked(load_model(models / "efficientnet_lite0.onnx").graph()) is None
+    assert "fp16" in why_unchecked(load_model(models / "efficientnet_lite0_fp16.onnx").graph())
+    assert "quantized" in why_unchecked(load_model(models / "efficientnet_lite0_int8.onnx").graph())
+
+
+def test_the_shipped_model_passes_and_the_check_costs_no_counted_query(x32):
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    e = explain(model, x32, "saliency", target=1)
+    assert e.n_queries == 1
+    (check,) = model.gradient_checks.values()
+    assert check.skipped is None and check.relative_error < 0.05
+
+
+@pytest.fixture
+def relu_without_its_mask(monkeypatch, tmp_path):
+    """A wrong rule: ReLU passes the gradient of every unit (no cached graph is reused)."""
+    monkeypatch.setitem(vjp_rules.RULES, "Relu", lambda e, node, gys, need: [gys[0]])
+    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
+    monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+
+
+@pytest.mark.usefixtures("relu_without_its_mask")
+def test_a_wrong_rule_stops_every_input_gradient_method(x32):
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    for method in ("saliency", "integrated-gradients", "smoothgrad"):
+        model.gradient_checks.clear()
+        with pytest.raises(InternalError, match="gradient rule is wrong"):
+            explain(model, x32, method, target=1)
+
+
+@pytest.mark.usefixtures("relu_without_its_mask")
+def test_the_cli_says_it_in_one_line_and_writes_nothing(run, tmp_path):
+    image = ROOT / "examples" / "cat.jpg"
+    out = tmp_path / "out"
+    result = run("explain", "saliency", model_path("tiny_cnn"), image, "--out", out)
+    assert result.exit_code == 3
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert len(errors) == 1 and "gradient rule is wrong" in errors[0]
+    assert not out.exists()
