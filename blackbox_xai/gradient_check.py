@@ -52,10 +52,16 @@ class GradientCheck:
     skipped: str | None = None
 
 
+def is_quantized(proto: onnx.ModelProto) -> bool:
+    """Whether the graph quantizes: its gradient is then the straight-through surrogate's, not
+    the derivative of its rounded scores (which is 0 almost everywhere)."""
+    return any(n.op_type in _QUANTIZATION for n in proto.graph.node)
+
+
 def why_unchecked(proto: onnx.ModelProto) -> str | None:
     """Why a graph's gradient cannot be checked by finite differences, or None."""
     g = proto.graph
-    if any(n.op_type in _QUANTIZATION for n in g.node):
+    if is_quantized(proto):
         return "a quantized graph (straight-through gradients)"
     low = any(t.data_type in _LOW_PRECISION for t in g.initializer) or any(
         a.name == "to" and a.i in _LOW_PRECISION for n in g.node if n.op_type == "Cast"

@@ -159,6 +159,15 @@ def test_tolerance_doubles_the_steps_until_the_gap_is_met(separable, tolerance, 
     assert exp.n_queries == 1 + sum(rounds) + 1
 
 
+def test_a_tolerance_left_unmet_is_said(separable, caplog):
+    models, _, x = separable
+    with caplog.at_level("WARNING", logger="blackbox_xai"):
+        explain(models["quartic"], x, "integrated-gradients", target=0, rule="midpoint",
+                steps=4, tolerance=1e-3, max_steps=16)
+    assert "completeness gap 0.2% of the score difference after 16 steps, above --tolerance " \
+           "0.001: --max-steps 16 stopped" in caplog.text
+
+
 def test_quadrature_rules_integrate_what_they_should():
     """Independent of IG: the nodes and weights against exact integrals on [0, 1]."""
     for n in (1, 3, 20, 400):
