@@ -13,9 +13,9 @@ agrees within :data:`TOLERANCE`. A step counts only when it moves f by :data:`RE
 and f is linear over it (the forward and backward differences f(x + e v) - f(x) and
 f(x) - f(x - e v) agree within :data:`TOLERANCE`): a saturated probability (gradient ~1e-7,
 curvature large) or a kink inside the step says nothing either way. With no such step the check
-is inconclusive (logged, never refused). Graphs with fp16
-or bf16 tensors or quantization ops are not checked: their forward cannot resolve a small step,
-and their gradient is the float or straight-through surrogate's, not the rounded model's.
+is inconclusive (logged, never refused). Graphs with fp16 or bf16 tensors or quantization ops
+are not checked: their forward cannot resolve a small step, and their gradient is the float or
+straight-through surrogate's, not the rounded model's.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
     resolved = [int(t) if t is not None else int(np.argmax(s)) for t, s in zip(targets, scores)]
     if model.input.name in wrt and n:
         seeds = np.eye(model.num_classes, dtype=np.float32)[resolved]
-        model.check_input_gradient(("backward", model.score, tuple(wrt), size), xs, seeds,
+        model.check_input_gradient(("backward-top1", model.score, tuple(wrt), size), xs, seeds,
                                    grads[wrt.index(model.input.name)])
     return scores, resolved, [forward[w] for w in wrt], grads
 
