@@ -31,11 +31,16 @@ from .errors import (
     ModelLoadError,
     did_you_mean,
 )
-from .gradient_check import GradientCheck, check_input_gradient, why_unchecked
+from .gradient_check import (
+    GradientCheck,
+    check_input_gradient,
+    check_layer_gradient,
+    why_unchecked,
+)
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose, expose_for_session
-from .graph.inspect import value_infos
+from .graph.inspect import separates, value_infos
 from .graph.io import copy_model, fed_inputs, infer_shapes, load, node_attrs
 from .graph.normalize import (
     declare_output_shapes,
@@ -619,6 +624,13 @@ class Model:
         if self.input.name in wrt and len(x):
             grad = gradients[list(wrt).index(self.input.name)]
             self.check_input_gradient((key, size), x, seed, grad, kind)
+        elif len(wrt) == 1 and len(x):
+            def run_at(batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+                zeros = np.zeros((len(batch), *seed.shape[1:]), np.float32)
+                return self.run_batched(session, {self.input.name: batch, "seed": zeros},
+                                        [out_name, wrt[0]])
+
+            self.check_layer_gradient((key, size), wrt[0], run_at, x, seed, gradients[0])
         return scores, [forward[w] for w in wrt], gradients
 
     def check_input_gradient(self, key: Hashable, xs: npt.NDArray[np.float32],
@@ -643,6 +655,41 @@ class Model:
                 result = check_input_gradient(
                     lambda b, w=weights: self._scores(self.logits(b).reshape(len(b), -1), kind) @ w,
                     xs[i], grads[i])
+                if result.skipped is None:
+                    break
+        finally:
+            self.n_queries = queries
+        self.gradient_checks[key] = result
+        return result
+
+    def check_layer_gradient(self, key: Hashable, layer: str,
+                             run: Callable[[npt.NDArray[np.float32]],
+                                           list[npt.NDArray[np.float32]]],
+                             xs: npt.NDArray[np.float32], seeds: npt.NDArray[np.float32],
+                             grads: npt.NDArray[np.float32]) -> GradientCheck:
+        """Check a backward graph's gradients ``grads`` = d sum(seed * scores) / dA at a layer
+        A of a batch ``xs``, once per ``key``, where every path from the input to the scores
+        crosses A: :func:`~blackbox_xai.gradient_check.check_layer_gradient` with ``run``
+        (a batch -> its scores (n, K) and A, from the graph differentiated), rows as in
+        :meth:`check_input_gradient`. Raises :class:`InternalError` when they disagree."""
+        if key in self.gradient_checks:
+            return self.gradient_checks[key]
+        proto = self.graph()
+        why = why_unchecked(proto) or (
+            None if separates(proto.graph, layer, self.input.name, self.logits_name) else
+            f"paths from the input to the scores go around {layer!r}")
+        result = GradientCheck(float(np.linalg.norm(grads[0])), skipped=why)
+        queries = self.n_queries
+        try:
+            norms = np.linalg.norm(xs.reshape(len(xs), -1).astype(np.float64), axis=1)
+            for i in ([] if why else np.argsort(-norms)[:CHECKED_ROWS]):
+                weights = np.asarray(seeds[i], np.float32).reshape(-1)
+
+                def f_and_layer(b, w=weights):
+                    scores, act = run(b)
+                    return scores.reshape(len(b), -1) @ w, act
+
+                result = check_layer_gradient(f_and_layer, xs[i], grads[i])
                 if result.skipped is None:
                     break
         finally:

@@ -1,16 +1,19 @@
-"""The backward graph's input gradient is checked against finite differences of the model, once
-per graph, at the user's input: a wrong gradient stops with one line, never a map."""
+"""The backward graph's gradients (to the input, and to a layer every path crosses) are checked
+against finite differences of the model, once per graph, at the user's input: a wrong gradient
+stops with one line, never a map."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from helpers import ROOT, model_path
+from onnx import helper
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import InternalError
-from blackbox_xai.gradient_check import check_input_gradient, why_unchecked
+from blackbox_xai.gradient_check import check_input_gradient, check_layer_gradient, why_unchecked
 from blackbox_xai.graph import autodiff, vjp_rules
+from blackbox_xai.graph.inspect import separates
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((3, 8, 8)).astype(np.float32)
@@ -71,6 +74,68 @@ def test_the_shipped_model_passes_and_the_check_costs_no_counted_query(x32):
     assert e.n_queries == 1
     (check,) = model.gradient_checks.values()
     assert check.skipped is None and check.relative_error < 0.05
+
+
+U = RNG.standard_normal(16)
+M = RNG.standard_normal((16, X.size)).astype(np.float32) / 8
+
+
+def features_and_linear_head(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A = tanh(M x) (16 features, curved in x), f = u . A: the head is linear, so a change of
+    A predicts the change of f exactly, however A moved."""
+    a = np.tanh(batch.reshape(len(batch), -1).astype(np.float64) @ M.T)
+    return a @ U, a
+
+
+@pytest.mark.parametrize("factor, passes", [(1.0, True), (2.0, False), (-1.0, False)])
+def test_a_layer_gradient_is_judged_by_the_change_of_its_layer(factor, passes):
+    if passes:
+        result = check_layer_gradient(features_and_linear_head, X, factor * U)
+        assert result.skipped is None and result.relative_error < 1e-6
+    else:
+        with pytest.raises(InternalError, match="layer gradient disagrees"):
+            check_layer_gradient(features_and_linear_head, X, factor * U)
+
+
+def test_only_a_layer_every_path_crosses_is_checked():
+    """x -> a -> b -> out with a skip x -> s -> out: b is not crossed by every path; a shape
+    read of x after the cut is a path too."""
+    chain = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"])]
+    skip = [helper.make_node("Neg", ["x"], ["s"]), helper.make_node("Add", ["b", "s"], ["out"])]
+    shape = [helper.make_node("Shape", ["x"], ["sh"]),
+             helper.make_node("Reshape", ["b", "sh"], ["out"])]
+    plain = [helper.make_node("Identity", ["b"], ["out"])]
+
+    def graph(nodes):
+        return helper.make_graph(nodes, "g", [], [])
+
+    assert separates(graph(chain + plain), "b", "x", "out")
+    assert separates(graph(chain + plain), "a", "x", "out")
+    assert not separates(graph(chain + skip), "b", "x", "out")
+    assert not separates(graph(chain + shape), "b", "x", "out")
+
+
+def test_gradcam_checks_its_layer_gradient(x32):
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    e = explain(model, x32, "gradcam", target=1)
+    assert e.n_queries == 1
+    (check,) = model.gradient_checks.values()
+    assert check.skipped is None and check.relative_error < 0.01  # GAP + Gemm: a linear head
+
+
+def test_a_wrong_rule_after_the_layer_stops_every_cam_method(monkeypatch, tmp_path, x32):
+    """Global average pooling's rule doubled: every CAM method that reads gradients stops."""
+    rule = vjp_rules.RULES["GlobalAveragePool"]
+    monkeypatch.setitem(vjp_rules.RULES, "GlobalAveragePool",
+                        lambda e, node, gys, need: [e.op("Add", g, g) for g in rule(e, node, gys, need)])
+    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
+    monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+    model = load_model(model_path("tiny_cnn"), device="cpu")
+    for method in ("gradcam", "gradcampp", "xgradcam", "layercam", "smooth-gradcampp"):
+        model.gradient_checks.clear()
+        with pytest.raises(InternalError, match="layer gradient disagrees"):
+            explain(model, x32, method, target=1)
+    assert explain(model, x32, "scorecam", target=1).map.any()  # no gradient read: runs
 
 
 @pytest.fixture

@@ -85,6 +85,13 @@ def needed_nodes(graph: onnx.GraphProto, targets: Iterable[str],
     return sorted(seen)
 
 
+def separates(graph: onnx.GraphProto, cut: str, source: str, target: str) -> bool:
+    """Whether every path from tensor ``source`` to tensor ``target`` passes through ``cut``
+    (a shape read of ``source`` around the cut counts as a path too)."""
+    return not any(source in node_inputs(graph.node[i])
+                   for i in needed_nodes(graph, [target], stop={cut}))
+
+
 def input_dependent(graph: onnx.GraphProto) -> set[str]:
     """Tensors whose value depends on a graph input (the rest are constants)."""
     inits = {t.name for t in graph.initializer}

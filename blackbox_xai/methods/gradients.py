@@ -102,8 +102,9 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
     """
     out_name = model.scores_output()
     size = model.dynamic_size(xs)
+    key = ("backward-top1", model.score, tuple(wrt))
     session = model.sized(
-        ("backward-top1", model.score, tuple(wrt)), size,
+        key, size,
         lambda: _top1_backward(model.backward_graph(wrt, size=size), out_name, model.num_classes))
     n, given = len(xs), [t is not None for t in targets]
     seed = np.zeros((n, model.num_classes), np.float32)
@@ -121,10 +122,16 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
         grads = [g.transpose(0, 3, 1, 2) if w == model.input.name else g
                  for w, g in zip(wrt, grads)]
     resolved = [int(t) if t is not None else int(np.argmax(s)) for t, s in zip(targets, scores)]
+    seeds, key = np.eye(model.num_classes, dtype=np.float32)[resolved], (*key, size)
     if model.input.name in wrt and n:
-        seeds = np.eye(model.num_classes, dtype=np.float32)[resolved]
-        model.check_input_gradient(("backward-top1", model.score, tuple(wrt), size), xs, seeds,
-                                   grads[wrt.index(model.input.name)])
+        model.check_input_gradient(key, xs, seeds, grads[wrt.index(model.input.name)])
+    elif len(wrt) == 1 and n:
+        def run_at(batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+            zeros = np.zeros((len(batch), model.num_classes), np.float32)
+            return model.run_batched(session, {model.input.name: batch, USE_TOP1: zeros[:, :1],
+                                               SEED_GIVEN: zeros}, [out_name, wrt[0]])
+
+        model.check_layer_gradient(key, wrt[0], run_at, xs, seeds, grads[0])
     return scores, resolved, [forward[w] for w in wrt], grads
 
 
