@@ -638,29 +638,13 @@ class Model:
                              kind: ScoreKind | None = None) -> GradientCheck:
         """Check a backward graph's input gradients ``grads`` = d sum(seed * scores) / dx of a
         batch ``xs`` (N, C, H, W) against the model's own scores of ``kind``, once per ``key``
-        (the graph's): :func:`~blackbox_xai.gradient_check.check_input_gradient` at the row of
-        largest norm, then the next, up to :data:`CHECKED_ROWS`, until one is conclusive (an
-        integrated-gradients batch starts near its baseline, where kinks cross every step).
-        Its queries are not counted in :attr:`n_queries`. Raises :class:`InternalError` when
-        the gradient disagrees with the model."""
-        if key in self.gradient_checks:
-            return self.gradient_checks[key]
-        why = why_unchecked(self.graph())
-        result = GradientCheck(float(np.linalg.norm(grads[0])), skipped=why)
-        queries = self.n_queries
-        try:
-            norms = np.linalg.norm(xs.reshape(len(xs), -1).astype(np.float64), axis=1)
-            for i in ([] if why else np.argsort(-norms)[:CHECKED_ROWS]):
-                weights = np.asarray(seeds[i], np.float32).reshape(-1)
-                result = check_input_gradient(
-                    lambda b, w=weights: self._scores(self.logits(b).reshape(len(b), -1), kind) @ w,
-                    xs[i], grads[i])
-                if result.skipped is None:
-                    break
-        finally:
-            self.n_queries = queries
-        self.gradient_checks[key] = result
-        return result
+        (the graph's): :func:`~blackbox_xai.gradient_check.check_input_gradient`, rows as in
+        :meth:`_check_rows`. Raises :class:`InternalError` when they disagree."""
+        def check_row(x, seed, grad):
+            return check_input_gradient(
+                lambda b: self._scores(self.logits(b).reshape(len(b), -1), kind) @ seed, x, grad)
+
+        return self._check_rows(key, why_unchecked(self.graph()), check_row, xs, seeds, grads)
 
     def check_layer_gradient(self, key: Hashable, layer: str,
                              run: Callable[[npt.NDArray[np.float32]],
@@ -671,25 +655,37 @@ class Model:
         A of a batch ``xs``, once per ``key``, where every path from the input to the scores
         crosses A: :func:`~blackbox_xai.gradient_check.check_layer_gradient` with ``run``
         (a batch -> its scores (n, K) and A, from the graph differentiated), rows as in
-        :meth:`check_input_gradient`. Raises :class:`InternalError` when they disagree."""
-        if key in self.gradient_checks:
-            return self.gradient_checks[key]
+        :meth:`_check_rows`. Raises :class:`InternalError` when they disagree."""
+        def check_row(x, seed, grad):
+            def f_and_layer(b):
+                scores, act = run(b)
+                return scores.reshape(len(b), -1) @ seed, act
+
+            return check_layer_gradient(f_and_layer, x, grad)
+
         proto = self.graph()
         why = why_unchecked(proto) or (
             None if separates(proto.graph, layer, self.input.name, self.logits_name) else
             f"paths from the input to the scores go around {layer!r}")
+        return self._check_rows(key, why, check_row, xs, seeds, grads)
+
+    def _check_rows(self, key: Hashable, why: str | None,
+                    check_row: Callable[..., GradientCheck], xs: npt.NDArray[np.float32],
+                    seeds: npt.NDArray[np.float32], grads: npt.NDArray[np.float32]
+                    ) -> GradientCheck:
+        """``check_row(x, seed, grad)`` once per ``key`` (remembered in
+        :attr:`gradient_checks`; ``why``: why it cannot be checked), at the row of largest
+        norm, then the next, up to :data:`CHECKED_ROWS`, until one is conclusive (an
+        integrated-gradients batch starts near its baseline, where kinks cross every step);
+        its queries are not counted in :attr:`n_queries`."""
+        if key in self.gradient_checks:
+            return self.gradient_checks[key]
         result = GradientCheck(float(np.linalg.norm(grads[0])), skipped=why)
         queries = self.n_queries
         try:
             norms = np.linalg.norm(xs.reshape(len(xs), -1).astype(np.float64), axis=1)
             for i in ([] if why else np.argsort(-norms)[:CHECKED_ROWS]):
-                weights = np.asarray(seeds[i], np.float32).reshape(-1)
-
-                def f_and_layer(b, w=weights):
-                    scores, act = run(b)
-                    return scores.reshape(len(b), -1) @ w, act
-
-                result = check_layer_gradient(f_and_layer, xs[i], grads[i])
+                result = check_row(xs[i], np.asarray(seeds[i], np.float32).reshape(-1), grads[i])
                 if result.skipped is None:
                     break
         finally:
