@@ -351,7 +351,7 @@ class Model:
         self._sessions: dict[Hashable, ort.InferenceSession] = {}
         self._cuda_rows: dict[int, int] = {}  # id(session): its rows per run on CUDA
         self._facts: dict[Hashable, object] = {}
-        #: the finite-difference check of each backward graph with the input among its ``wrt``
+        #: the finite-difference check of each backward graph (to the input or one layer)
         self.gradient_checks: dict[Hashable, GradientCheck] = {}
         self._shapes_measured = False
         self.num_classes = self._check_scores()
@@ -602,8 +602,9 @@ class Model:
 
         The backward graph is built once per (hash of the graph differentiated, wrt) and kept in
         the user cache folder (:mod:`blackbox_xai.cache`). Values and gradients of
-        the model's own input are in NCHW, like ``x``. A graph with the input among ``wrt`` is
-        checked at its first call's first row (:meth:`check_input_gradient`).
+        the model's own input are in NCHW, like ``x``. A graph with the input or a single layer
+        as ``wrt`` is checked against the model at its first call
+        (:meth:`check_input_gradient`, :meth:`check_layer_gradient`).
         """
         kind = kind or self.score
         out_name = self.scores_output(kind)

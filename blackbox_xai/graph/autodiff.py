@@ -37,7 +37,6 @@ __all__ = ["ENGINE_VERSION", "UnsupportedOpError", "backward", "backward_cached"
 log = logging.getLogger(__name__)
 
 
-
 def engine_version(folder: Path = Path(__file__).parent) -> str:
     """A hash of the sources in ``folder`` that emit backward graphs (this module, the rules and
     the graph helpers they import): part of every cache key, so any change to a rule rebuilds

@@ -252,10 +252,10 @@ def integrated_gradients(query, x: npt.NDArray[np.float32], target: int, *, ctx:
         n *= 2
         integral, _ = path_integral(ctx, x, base, target, *quadrature(rule, n), chunk)
     if tolerance and not met:
-        log.warning("integrated-gradients: completeness gap %.1f%% of the score difference "
-                    "after %d steps, above --tolerance %g: %s", 100 * abs(gap / delta), n,
-                    tolerance, _WHY_NOT_MET if surrogate else
-                    f"--max-steps {max_steps} stopped the refinement")
+        share = f"{100 * abs(gap / delta):.1f}%" if delta else f"{gap:.3g} (all)"
+        log.warning("integrated-gradients: completeness gap %s of the score difference after %d "
+                    "steps, above --tolerance %g: %s", share, n, tolerance,
+                    _WHY_NOT_MET if surrogate else f"--max-steps {max_steps} stopped the refinement")
     return Attribution(attr.sum(axis=0).astype(np.float32), {
         "attributions": attr.astype(np.float32), "completeness_gap": gap,
         "score_difference": delta, "steps": n, "tolerance_met": met if tolerance else None})
