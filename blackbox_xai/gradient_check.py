@@ -1,8 +1,9 @@
 """A backward graph checked against the model it differentiates, once, at the user's input.
 
-Two checks: of the input gradient (:func:`check_input_gradient`, below) and of a layer's
-gradient where every path from the input to the score crosses the layer
-(:func:`check_layer_gradient`: the CAM family's), by the change of the layer itself.
+Two checks: along the gradient's steepest direction (:func:`check_steepest`, below: the input
+gradient, or a layer's gradient through the layer's head), and, where every path from the input
+to the score crosses a layer, by the layer's own change under a scaled input
+(:func:`check_layer_gradient`: the CAM family's, with no second session).
 
 The input gradient g = d f / dx of f = sum_k seed_k * score_k is checked along its own steepest
 direction v = g / |g|: the central difference (f(x + e v) - f(x - e v)) / 2e must equal the
@@ -76,12 +77,13 @@ def why_unchecked(proto: onnx.ModelProto) -> str | None:
     return "an fp16 / bf16 graph (its forward cannot resolve a small step)" if low else None
 
 
-def check_input_gradient(f: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
-                         x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32]
-                         ) -> GradientCheck:
-    """Check ``grad`` = d f / dx at one input ``x`` (C, H, W); ``f`` maps a batch (n, C, H, W)
-    to the explained scalar of each row (n,). Raises :class:`InternalError` when every step
-    disagrees by more than :data:`TOLERANCE` (a gradient rule is wrong for this graph)."""
+def check_steepest(f: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+                   x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32],
+                   what: str = "input gradient") -> GradientCheck:
+    """Check ``grad`` = d f / dx at one point ``x`` (an input (C, H, W), or a layer's value
+    with ``f`` its head) along g's steepest direction; ``f`` maps a batch of points to the
+    explained scalar of each (n,). Raises :class:`InternalError` when every step disagrees by
+    more than :data:`TOLERANCE` (a gradient rule is wrong for this graph)."""
     norm = _norm_or_refuse(grad)
     if norm == 0.0:
         return GradientCheck(0.0, skipped="the gradient is 0")
@@ -94,7 +96,7 @@ def check_input_gradient(f: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.f
         up, down = (float(s) for s in f(np.stack([x + e * v, x - e * v])))
         return _Trial(step, 2 * e, f0, up - f0, f0 - down, e * norm, e * norm)
 
-    return _judge("input gradient", norm, trial)
+    return _judge(what, norm, trial)
 
 
 def check_layer_gradient(run: Callable[[npt.NDArray[np.float32]],
@@ -107,7 +109,7 @@ def check_layer_gradient(run: Callable[[npt.NDArray[np.float32]],
     The input is scaled, x (1 +- e), and A's change is measured rather than linearised, so
     f(x (1 + e)) - f(x (1 - e)) must equal g . (A(x (1 + e)) - A(x (1 - e))) up to the head's
     own curvature, whatever the layers before the cut do (only the layers after it, which g
-    crosses, are judged). Same steps, guards and tolerance as :func:`check_input_gradient`.
+    crosses, are judged). Same steps, guards and tolerance as :func:`check_steepest`.
     """
     norm = _norm_or_refuse(grad)
     if norm == 0.0:

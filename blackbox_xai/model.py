@@ -33,14 +33,14 @@ from .errors import (
 )
 from .gradient_check import (
     GradientCheck,
-    check_input_gradient,
     check_layer_gradient,
+    check_steepest,
     why_unchecked,
 )
 from .graph.autodiff import backward_cached
 from .graph.batch import make_batch_dynamic
 from .graph.expose import expose, expose_for_session
-from .graph.inspect import separates, value_infos
+from .graph.inspect import FLOAT_TYPES, separates, value_infos
 from .graph.io import copy_model, fed_inputs, infer_shapes, load, node_attrs
 from .graph.normalize import (
     declare_output_shapes,
@@ -54,6 +54,7 @@ from .graph.normalize import (
 from .graph.perturbation import Kind, perturbation_graph
 from .graph.pixel_input import PIXEL_TYPES, float_pixel_input, why_no_float_view
 from .graph.runtime_versions import declare_ir, declare_opset
+from .graph.split import split
 from .graph.zipmap import unzipped_outputs, without_string_outputs
 from .runtime import (
     CPU,
@@ -631,7 +632,7 @@ class Model:
                 return self.run_batched(session, {self.input.name: batch, "seed": zeros},
                                         [out_name, wrt[0]])
 
-            self.check_layer_gradient((key, size), wrt[0], run_at, x, seed, gradients[0])
+            self.check_layer_gradient((key, size), wrt[0], run_at, x, seed, gradients[0], kind)
         return scores, [forward[w] for w in wrt], gradients
 
     def check_input_gradient(self, key: Hashable, xs: npt.NDArray[np.float32],
@@ -639,10 +640,10 @@ class Model:
                              kind: ScoreKind | None = None) -> GradientCheck:
         """Check a backward graph's input gradients ``grads`` = d sum(seed * scores) / dx of a
         batch ``xs`` (N, C, H, W) against the model's own scores of ``kind``, once per ``key``
-        (the graph's): :func:`~blackbox_xai.gradient_check.check_input_gradient`, rows as in
+        (the graph's): :func:`~blackbox_xai.gradient_check.check_steepest`, rows as in
         :meth:`_check_rows`. Raises :class:`InternalError` when they disagree."""
         def check_row(x, seed, grad):
-            return check_input_gradient(
+            return check_steepest(
                 lambda b: self._scores(self.logits(b).reshape(len(b), -1), kind) @ seed, x, grad)
 
         return self._check_rows(key, why_unchecked(self.graph()), check_row, xs, seeds, grads)
@@ -651,27 +652,57 @@ class Model:
                              run: Callable[[npt.NDArray[np.float32]],
                                            list[npt.NDArray[np.float32]]],
                              xs: npt.NDArray[np.float32], seeds: npt.NDArray[np.float32],
-                             grads: npt.NDArray[np.float32]) -> GradientCheck:
+                             grads: npt.NDArray[np.float32], kind: ScoreKind | None = None
+                             ) -> GradientCheck:
         """Check a backward graph's gradients ``grads`` = d sum(seed * scores) / dA at a layer
-        A of a batch ``xs``, once per ``key``, where every path from the input to the scores
-        crosses A: :func:`~blackbox_xai.gradient_check.check_layer_gradient` with ``run``
-        (a batch -> its scores (n, K) and A, from the graph differentiated), rows as in
-        :meth:`_check_rows`. Raises :class:`InternalError` when they disagree."""
-        def check_row(x, seed, grad):
-            def f_and_layer(b):
-                scores, act = run(b)
-                return scores.reshape(len(b), -1) @ seed, act
-
-            return check_layer_gradient(f_and_layer, x, grad)
-
+        A of a batch ``xs`` (scores of ``kind``), once per ``key``, rows as in
+        :meth:`_check_rows`. Where every path from the input to the scores crosses A:
+        :func:`~blackbox_xai.gradient_check.check_layer_gradient` with ``run`` (a batch -> its
+        scores (n, K) and A, from the graph differentiated). Otherwise (a skip connection goes
+        around A): :func:`~blackbox_xai.gradient_check.check_steepest` on the head of
+        :meth:`cut`, the other tensors it reads held at their values (reverse mode's dF/dA
+        holds them too: they are computed before A). Raises :class:`InternalError` when they
+        disagree."""
         proto = self.graph()
-        why = why_unchecked(proto) or (
-            None if separates(proto.graph, layer, self.input.name, self.logits_name) else
-            f"paths from the input to the scores go around {layer!r}")
+        why = why_unchecked(proto)
+        check_row = None
+        if why is None and separates(proto.graph, layer, self.input.name, self.logits_name):
+            def check_row(x, seed, grad):
+                def f_and_layer(b):
+                    scores, act = run(b)
+                    return scores.reshape(len(b), -1) @ seed, act
+
+                return check_layer_gradient(f_and_layer, x, grad)
+        elif why is None:
+            check_row, why = self._head_check(layer, kind)
         return self._check_rows(key, why, check_row, xs, seeds, grads)
 
+    def _head_check(self, layer: str, kind: ScoreKind | None
+                    ) -> tuple[Callable[..., GradientCheck] | None, str | None]:
+        """The row check of :meth:`check_layer_gradient` through :meth:`cut`'s head, or why
+        there is none (a head that cannot run alone)."""
+        try:
+            features, head, names = self.cut(layer, kind)
+        except BlackboxError:
+            return None, f"the head after {layer!r} reads shape arithmetic from before it"
+        out_name = self.scores_output(kind)
+
+        def check_row(x, seed, grad):
+            values = self.run_batched(features, {self.input.name: x[None]}, names)
+            held = dict(zip(names[1:], values[1:]))
+
+            def head_score(acts):
+                feeds = {**{k: np.repeat(v, len(acts), axis=0) for k, v in held.items()},
+                         layer: acts}
+                (scores,) = self.run_batched(head, feeds, [out_name])
+                return scores.reshape(len(acts), -1) @ seed
+
+            return check_steepest(head_score, values[0][0], grad, "layer gradient")
+
+        return check_row, None
+
     def _check_rows(self, key: Hashable, why: str | None,
-                    check_row: Callable[..., GradientCheck], xs: npt.NDArray[np.float32],
+                    check_row: Callable[..., GradientCheck] | None, xs: npt.NDArray[np.float32],
                     seeds: npt.NDArray[np.float32], grads: npt.NDArray[np.float32]
                     ) -> GradientCheck:
         """``check_row(x, seed, grad)`` once per ``key`` (remembered in
@@ -685,7 +716,7 @@ class Model:
         queries = self.n_queries
         try:
             norms = np.linalg.norm(xs.reshape(len(xs), -1).astype(np.float64), axis=1)
-            for i in ([] if why else np.argsort(-norms)[:CHECKED_ROWS]):
+            for i in ([] if why or check_row is None else np.argsort(-norms)[:CHECKED_ROWS]):
                 result = check_row(xs[i], np.asarray(seeds[i], np.float32).reshape(-1), grads[i])
                 if result.skipped is None:
                     break
@@ -739,6 +770,33 @@ class Model:
                                lambda: expose(self.scores_graph()[0], [layer]))
         scores, act = self.run_batched(session, {self.input.name: x}, [out_name, layer])
         return scores.reshape(len(x), -1), act
+
+    def cut(self, layer: str, kind: ScoreKind | None = None
+            ) -> tuple[ort.InferenceSession, ort.InferenceSession, list[str]]:
+        """Sessions of :meth:`scores_graph` (``kind``) cut at ``layer``
+        (:func:`~blackbox_xai.graph.split.split`): features (input -> ``[layer, *crossing]``)
+        and head (those tensors -> scores), and those tensors' names; built once per layer.
+        Refuses a head that also reads a tensor without a batch axis from before the cut."""
+        kind = kind or self.score
+        key = ("cut", self.scores_output(kind), layer)
+
+        def build() -> tuple[ort.InferenceSession, ort.InferenceSession, list[str]]:
+            features, head = split(self.scores_graph(kind)[0], layer)
+            for o in features.graph.output[1:]:
+                t = o.type.tensor_type
+                dims = t.shape.dim if t.HasField("shape") else []
+                batched = bool(dims) and (self.input.batch is not None
+                                          or not dims[0].HasField("dim_value"))
+                if t.elem_type not in FLOAT_TYPES or not batched:
+                    raise BlackboxError(
+                        f"the head after layer {layer!r} also reads {o.name!r}, computed before "
+                        "the cut without a batch axis (shape arithmetic), so it cannot run on "
+                        "ablated activations alone; choose a later --layer (see `bbx layers`)")
+            return (self.derived((*key, "features"), lambda: features),
+                    self.derived((*key, "head"), lambda: head),
+                    [o.name for o in features.graph.output])
+
+        return self.fact(key, build)
 
     def derived(self, key: Hashable, build) -> ort.InferenceSession:
         """A session for a graph rewritten from this model, built once by ``build()`` and

@@ -11,7 +11,7 @@ from onnx import helper
 
 from blackbox_xai import explain, load_model
 from blackbox_xai.errors import InternalError
-from blackbox_xai.gradient_check import check_input_gradient, check_layer_gradient, why_unchecked
+from blackbox_xai.gradient_check import check_layer_gradient, check_steepest, why_unchecked
 from blackbox_xai.graph import autodiff, vjp_rules
 from blackbox_xai.graph.inspect import separates
 
@@ -27,7 +27,7 @@ def quadratic(batch: np.ndarray) -> np.ndarray:
 
 
 def test_the_true_gradient_passes():
-    result = check_input_gradient(quadratic, X, W + X)
+    result = check_steepest(quadratic, X, W + X)
     assert result.skipped is None and result.step == 1e-4
     assert result.relative_error < 1e-3
     assert result.directional_derivative == pytest.approx(np.linalg.norm(W + X), rel=1e-6)
@@ -41,7 +41,7 @@ def test_a_wrong_gradient_is_refused(wrong):
     side *= 0.6 * np.linalg.norm(g) / np.linalg.norm(side)
     bad = {"twice": 2 * g, "half": g / 2, "sideways": g + side, "sign": -g}[wrong]
     with pytest.raises(InternalError, match="disagrees with the model.*gradient rule is wrong"):
-        check_input_gradient(quadratic, X, bad.astype(np.float32))
+        check_steepest(quadratic, X, bad.astype(np.float32))
 
 
 def test_a_saturated_score_is_inconclusive_not_refused():
@@ -51,14 +51,14 @@ def test_a_saturated_score_is_inconclusive_not_refused():
         z = 20 + 5 * (batch.astype(np.float64) * W).sum(axis=(1, 2, 3)) / np.linalg.norm(W)
         return (1 / (1 + np.exp(-z))).astype(np.float32)
 
-    result = check_input_gradient(saturated, X, 3 * W)
+    result = check_steepest(saturated, X, 3 * W)
     assert result.skipped is not None and "linear" in result.skipped
 
 
 def test_zero_and_non_finite_gradients():
-    assert check_input_gradient(quadratic, X, np.zeros_like(X)).skipped == "the gradient is 0"
+    assert check_steepest(quadratic, X, np.zeros_like(X)).skipped == "the gradient is 0"
     with pytest.raises(InternalError, match="not finite"):
-        check_input_gradient(quadratic, X, np.full_like(X, np.inf))
+        check_steepest(quadratic, X, np.full_like(X, np.inf))
 
 
 def test_fp16_and_quantized_graphs_are_not_checked():
@@ -164,3 +164,26 @@ def test_the_cli_says_it_in_one_line_and_writes_nothing(run, tmp_path):
     errors = [line for line in result.output.splitlines() if "error" in line]
     assert len(errors) == 1 and "gradient rule is wrong" in errors[0]
     assert not out.exists()
+
+
+def test_a_layer_a_skip_connection_goes_around_is_checked_through_its_head():
+    """A ViT's default CAM layer (the last block's norm1 input) is bypassed by the residual
+    stream: checked on the cut's head along the gradient's steepest direction."""
+    model = load_model(ROOT / "tests" / "models" / "transformers" / "vit_tiny.onnx", device="cpu")
+    x = np.random.default_rng(2).standard_normal(model.example_chw()).astype(np.float32)
+    explain(model, x, "gradcam", target=1)
+    (check,) = model.gradient_checks.values()
+    assert check.skipped is None and check.relative_error < 0.01
+
+
+def test_a_wrong_rule_in_a_transformer_head_stops_gradcam(monkeypatch, tmp_path):
+    rule = vjp_rules.RULES["MatMul"]
+    monkeypatch.setitem(vjp_rules.RULES, "MatMul",
+                        lambda e, node, gys, need: [g and e.op("Add", g, g)
+                                                    for g in rule(e, node, gys, need)])
+    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
+    monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+    model = load_model(ROOT / "tests" / "models" / "transformers" / "vit_tiny.onnx", device="cpu")
+    x = np.random.default_rng(2).standard_normal(model.example_chw()).astype(np.float32)
+    with pytest.raises(InternalError, match="layer gradient disagrees"):
+        explain(model, x, "gradcam", target=1)

@@ -30,7 +30,6 @@ import onnx
 
 from ..errors import BlackboxError, InternalError
 from ..graph.inspect import (
-    FLOAT_TYPES,
     CandidateLayer,
     constant_value,
     consumers,
@@ -87,32 +86,6 @@ def channels_back(a: Array, layer: CandidateLayer, extra: Array | None = None) -
     return a.transpose(0, 2, 3, 1) if layer.layout == "NHWC" else a
 
 
-def _cut(model: Any, layer: str) -> tuple[Any, Any, list[str]]:
-    """Sessions of the model cut at ``layer``: features (input -> ``[layer, *crossing]``) and
-    head (those tensors -> scores), and those tensors' names; built once per model and layer."""
-    from ..graph.split import split
-
-    key = ("cut", model.scores_output(), layer)
-
-    def build() -> tuple[Any, Any, list[str]]:
-        features, head = split(model.scores_graph()[0], layer)
-        for o in features.graph.output[1:]:
-            t = o.type.tensor_type
-            dims = t.shape.dim if t.HasField("shape") else []
-            batched = bool(dims) and (model.input.batch is not None
-                                      or not dims[0].HasField("dim_value"))
-            if t.elem_type not in FLOAT_TYPES or not batched:
-                raise BlackboxError(
-                    f"the head after layer {layer!r} also reads {o.name!r}, computed before the "
-                    "cut without a batch axis (shape arithmetic), so it cannot run on "
-                    "ablated activations alone; choose a later --layer (see `bbx layers`)")
-        return (model.derived((*key, "features"), lambda: features),
-                model.derived((*key, "head"), lambda: head),
-                [o.name for o in features.graph.output])
-
-    return model.fact(key, build)
-
-
 @dataclass
 class CamInput:
     """What a CAM weight function reads: the input, the target, the resolved layer, and the
@@ -139,7 +112,7 @@ class CamInput:
             acts, grads = self.gradients(self.x[None])
             return acts[0], grads[0], {}
         if self.source == "head":
-            features, _, names = _cut(model, name)
+            features, _, names = model.cut(name)
             values = dict(zip(names, model.run_batched(features, {model.input.name: self.x[None]},
                                                        names)))
             return channels_first(values[name], self.layer)[0], None, values
@@ -181,7 +154,7 @@ class CamInput:
         extra = own[:, :self.layer.grid.extra] if self.layer.grid is not None else None
         feeds = {h: np.repeat(v, n, axis=0) for h, v in self._fetched[2].items() if h != name}
         feeds[name] = channels_back(acts, self.layer, extra)
-        (scores,) = model.run_batched(_cut(model, name)[1], feeds, [model.scores_output()],
+        (scores,) = model.run_batched(model.cut(name)[1], feeds, [model.scores_output()],
                                       progress=self.ctx.progress)
         return scores.reshape(n, -1)
 
