@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -224,6 +224,17 @@ TIE = 0.9
 CONFIRM_ROUNDS = 2
 #: part of a remembered batch size's key: a changed probe measures again
 PROBE_VERSION = 5
+
+
+class Cut(NamedTuple):
+    """A model cut at a layer (:meth:`Model.cut`): the features session (input ->
+    ``names`` = ``[layer, *crossing]``), the head session (those tensors -> scores), and the
+    first crossing tensor without a batch axis (shape arithmetic), if any."""
+
+    features: ort.InferenceSession
+    head: ort.InferenceSession
+    names: list[str]
+    unbatched: str | None
 
 
 class Model:
@@ -674,32 +685,37 @@ class Model:
 
                 return check_layer_gradient(f_and_layer, x, grad)
         elif why is None:
-            check_row, why = self._head_check(layer, kind)
+            try:
+                check_row = self._head_check(layer, kind)
+            except BlackboxError as e:
+                why = f"the model cannot be cut at {layer!r}: {e}"
         return self._check_rows(key, why, check_row, xs, seeds, grads)
 
-    def _head_check(self, layer: str, kind: ScoreKind | None
-                    ) -> tuple[Callable[..., GradientCheck] | None, str | None]:
-        """The row check of :meth:`check_layer_gradient` through :meth:`cut`'s head, or why
-        there is none (a head that cannot run alone)."""
-        try:
-            features, head, names = self.cut(layer, kind)
-        except BlackboxError:
-            return None, f"the head after {layer!r} reads shape arithmetic from before it"
-        out_name = self.scores_output(kind)
+    def _head_check(self, layer: str, kind: ScoreKind | None) -> Callable[..., GradientCheck]:
+        """The row check of :meth:`check_layer_gradient` through :meth:`cut`'s head, its other
+        inputs held at their values for ``x`` (one activation per run where one of them is
+        shape arithmetic, which has no batch axis)."""
+        cut, out_name = self.cut(layer, kind, batched=False), self.scores_output(kind)
 
         def check_row(x, seed, grad):
-            values = self.run_batched(features, {self.input.name: x[None]}, names)
-            held = dict(zip(names[1:], values[1:]))
+            values = run(cut.features, cut.names, {self.input.name: self._to_model_input(x[None])},
+                         io_binding=self.io_binding)
+            held = dict(zip(cut.names[1:], values[1:]))
+            step = 1 if cut.unbatched else None
 
             def head_score(acts):
-                feeds = {**{k: np.repeat(v, len(acts), axis=0) for k, v in held.items()},
-                         layer: acts}
-                (scores,) = self.run_batched(head, feeds, [out_name])
-                return scores.reshape(len(acts), -1) @ seed
+                rows = [acts] if step is None else np.split(acts, len(acts))
+                scores = [run(cut.head, [out_name], {
+                    **{k: v if step else np.repeat(v, len(a), axis=0) for k, v in held.items()},
+                    layer: np.ascontiguousarray(a, np.float32)}, io_binding=self.io_binding)[0]
+                    for a in rows]
+                return np.concatenate([np.reshape(v, (len(a), -1)) for v, a in
+                                       zip(scores, rows)]) @ seed
 
-            return check_steepest(head_score, values[0][0], grad, "layer gradient")
+            return check_steepest(head_score, np.asarray(values[0][0], np.float32), grad,
+                                  "layer gradient")
 
-        return check_row, None
+        return check_row
 
     def _check_rows(self, key: Hashable, why: str | None,
                     check_row: Callable[..., GradientCheck] | None, xs: npt.NDArray[np.float32],
@@ -771,32 +787,35 @@ class Model:
         scores, act = self.run_batched(session, {self.input.name: x}, [out_name, layer])
         return scores.reshape(len(x), -1), act
 
-    def cut(self, layer: str, kind: ScoreKind | None = None
-            ) -> tuple[ort.InferenceSession, ort.InferenceSession, list[str]]:
+    def cut(self, layer: str, kind: ScoreKind | None = None, *, batched: bool = True) -> Cut:
         """Sessions of :meth:`scores_graph` (``kind``) cut at ``layer``
-        (:func:`~blackbox_xai.graph.split.split`): features (input -> ``[layer, *crossing]``)
-        and head (those tensors -> scores), and those tensors' names; built once per layer.
-        Refuses a head that also reads a tensor without a batch axis from before the cut."""
+        (:func:`~blackbox_xai.graph.split.split`), built once per layer. ``batched``: refuse a
+        head that also reads a tensor without a batch axis from before the cut (shape
+        arithmetic), which runs only one input's activations at a time."""
         kind = kind or self.score
         key = ("cut", self.scores_output(kind), layer)
 
-        def build() -> tuple[ort.InferenceSession, ort.InferenceSession, list[str]]:
+        def build() -> Cut:
             features, head = split(self.scores_graph(kind)[0], layer)
+            unbatched = None
             for o in features.graph.output[1:]:
                 t = o.type.tensor_type
                 dims = t.shape.dim if t.HasField("shape") else []
-                batched = bool(dims) and (self.input.batch is not None
-                                          or not dims[0].HasField("dim_value"))
-                if t.elem_type not in FLOAT_TYPES or not batched:
-                    raise BlackboxError(
-                        f"the head after layer {layer!r} also reads {o.name!r}, computed before "
-                        "the cut without a batch axis (shape arithmetic), so it cannot run on "
-                        "ablated activations alone; choose a later --layer (see `bbx layers`)")
-            return (self.derived((*key, "features"), lambda: features),
-                    self.derived((*key, "head"), lambda: head),
-                    [o.name for o in features.graph.output])
+                has_batch = bool(dims) and (self.input.batch is not None
+                                            or not dims[0].HasField("dim_value"))
+                if t.elem_type not in FLOAT_TYPES or not has_batch:
+                    unbatched = unbatched or o.name
+            return Cut(self.derived((*key, "features"), lambda: features),
+                       self.derived((*key, "head"), lambda: head),
+                       [o.name for o in features.graph.output], unbatched)
 
-        return self.fact(key, build)
+        cut = self.fact(key, build)
+        if batched and cut.unbatched is not None:
+            raise BlackboxError(
+                f"the head after layer {layer!r} also reads {cut.unbatched!r}, computed before "
+                "the cut without a batch axis (shape arithmetic), so it cannot run on ablated "
+                "activations alone; choose a later --layer (see `bbx layers`)")
+        return cut
 
     def derived(self, key: Hashable, build) -> ort.InferenceSession:
         """A session for a graph rewritten from this model, built once by ``build()`` and

@@ -187,3 +187,14 @@ def test_a_wrong_rule_in_a_transformer_head_stops_gradcam(monkeypatch, tmp_path)
     x = np.random.default_rng(2).standard_normal(model.example_chw()).astype(np.float32)
     with pytest.raises(InternalError, match="layer gradient disagrees"):
         explain(model, x, "gradcam", target=1)
+
+
+def test_a_head_that_reads_shape_arithmetic_is_checked_one_activation_at_a_time():
+    """PP-OCR's classifier cut at 'Clip@17': the head also reads a tensor without a batch axis
+    from before the cut (Score-CAM refuses such a layer); the check runs it one row at a time."""
+    model = load_model(ROOT / "tests" / "third_party" / "ppocr_mobile_v2_cls.onnx", device="cpu")
+    assert model.cut("Clip@17", batched=False).unbatched is not None
+    x = np.random.default_rng(2).uniform(-1, 1, model.example_chw()).astype(np.float32)
+    explain(model, x, "gradcam", target=0, layer="Clip@17")
+    (check,) = model.gradient_checks.values()
+    assert check.skipped is None and check.relative_error < 0.05

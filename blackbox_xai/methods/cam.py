@@ -112,7 +112,7 @@ class CamInput:
             acts, grads = self.gradients(self.x[None])
             return acts[0], grads[0], {}
         if self.source == "head":
-            features, _, names = model.cut(name)
+            features, _, names, _ = model.cut(name)
             values = dict(zip(names, model.run_batched(features, {model.input.name: self.x[None]},
                                                        names)))
             return channels_first(values[name], self.layer)[0], None, values
@@ -154,7 +154,7 @@ class CamInput:
         extra = own[:, :self.layer.grid.extra] if self.layer.grid is not None else None
         feeds = {h: np.repeat(v, n, axis=0) for h, v in self._fetched[2].items() if h != name}
         feeds[name] = channels_back(acts, self.layer, extra)
-        (scores,) = model.run_batched(model.cut(name)[1], feeds, [model.scores_output()],
+        (scores,) = model.run_batched(model.cut(name).head, feeds, [model.scores_output()],
                                       progress=self.ctx.progress)
         return scores.reshape(n, -1)
 
