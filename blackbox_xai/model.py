@@ -614,8 +614,8 @@ class Model:
 
         The backward graph is built once per (hash of the graph differentiated, wrt) and kept in
         the user cache folder (:mod:`blackbox_xai.cache`). Values and gradients of
-        the model's own input are in NCHW, like ``x``. A graph with the input or a single layer
-        as ``wrt`` is checked against the model at its first call
+        the model's own input are in NCHW, like ``x``. Each graph is checked against the model
+        at its first call, through the input's gradient or else the first ``wrt`` tensor's
         (:meth:`check_input_gradient`, :meth:`check_layer_gradient`).
         """
         kind = kind or self.score
@@ -637,7 +637,7 @@ class Model:
         if self.input.name in wrt and len(x):
             grad = gradients[list(wrt).index(self.input.name)]
             self.check_input_gradient((key, size), x, seed, grad, kind)
-        elif len(wrt) == 1 and len(x):
+        elif wrt and len(x):  # a layer, or the first of several (gradient rollout's blocks)
             def run_at(batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
                 zeros = np.zeros((len(batch), *seed.shape[1:]), np.float32)
                 return self.run_batched(session, {self.input.name: batch, "seed": zeros},

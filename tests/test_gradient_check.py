@@ -123,13 +123,9 @@ def test_gradcam_checks_its_layer_gradient(x32):
     assert check.skipped is None and check.relative_error < 0.01  # GAP + Gemm: a linear head
 
 
-def test_a_wrong_rule_after_the_layer_stops_every_cam_method(monkeypatch, tmp_path, x32):
+def test_a_wrong_rule_after_the_layer_stops_every_cam_method(wrong_rule, x32):
     """Global average pooling's rule doubled: every CAM method that reads gradients stops."""
-    rule = vjp_rules.RULES["GlobalAveragePool"]
-    monkeypatch.setitem(vjp_rules.RULES, "GlobalAveragePool",
-                        lambda e, node, gys, need: [e.op("Add", g, g) for g in rule(e, node, gys, need)])
-    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
-    monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+    wrong_rule("GlobalAveragePool", doubled("GlobalAveragePool"))
     model = load_model(model_path("tiny_cnn"), device="cpu")
     for method in ("gradcam", "gradcampp", "xgradcam", "layercam", "smooth-gradcampp"):
         model.gradient_checks.clear()
@@ -139,11 +135,27 @@ def test_a_wrong_rule_after_the_layer_stops_every_cam_method(monkeypatch, tmp_pa
 
 
 @pytest.fixture
-def relu_without_its_mask(monkeypatch, tmp_path):
-    """A wrong rule: ReLU passes the gradient of every unit (no cached graph is reused)."""
-    monkeypatch.setitem(vjp_rules.RULES, "Relu", lambda e, node, gys, need: [gys[0]])
-    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
-    monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+def wrong_rule(monkeypatch, tmp_path):
+    """``wrong_rule(op, rule)`` replaces an op's rule for this test; no backward graph cached
+    before (disk or memory) is reused, so every graph from then on is built with it."""
+    def replace(op: str, rule) -> None:
+        monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path / f"cache-{op}"))
+        monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+        monkeypatch.setitem(vjp_rules.RULES, op, rule)
+
+    return replace
+
+
+def doubled(op: str):
+    """``op``'s rule with every gradient it returns doubled."""
+    rule = vjp_rules.RULES[op]
+    return lambda e, node, gys, need: [g and e.op("Add", g, g) for g in rule(e, node, gys, need)]
+
+
+@pytest.fixture
+def relu_without_its_mask(wrong_rule):
+    """A wrong rule: ReLU passes the gradient of every unit."""
+    wrong_rule("Relu", lambda e, node, gys, need: [gys[0]])
 
 
 @pytest.mark.usefixtures("relu_without_its_mask")
@@ -176,13 +188,8 @@ def test_a_layer_a_skip_connection_goes_around_is_checked_through_its_head():
     assert check.skipped is None and check.relative_error < 0.01
 
 
-def test_a_wrong_rule_in_a_transformer_head_stops_gradcam(monkeypatch, tmp_path):
-    rule = vjp_rules.RULES["MatMul"]
-    monkeypatch.setitem(vjp_rules.RULES, "MatMul",
-                        lambda e, node, gys, need: [g and e.op("Add", g, g)
-                                                    for g in rule(e, node, gys, need)])
-    monkeypatch.setenv("BLACKBOX_XAI_CACHE", str(tmp_path))
-    monkeypatch.setattr(autodiff, "_memory_cache", type(autodiff._memory_cache)())
+def test_a_wrong_rule_in_a_transformer_head_stops_gradcam(wrong_rule):
+    wrong_rule("MatMul", doubled("MatMul"))
     model = load_model(ROOT / "tests" / "models" / "transformers" / "vit_tiny.onnx", device="cpu")
     x = np.random.default_rng(2).standard_normal(model.example_chw()).astype(np.float32)
     with pytest.raises(InternalError, match="layer gradient disagrees"):
@@ -198,3 +205,17 @@ def test_a_head_that_reads_shape_arithmetic_is_checked_one_activation_at_a_time(
     explain(model, x, "gradcam", target=0, layer="Clip@17")
     (check,) = model.gradient_checks.values()
     assert check.skipped is None and check.relative_error < 0.05
+
+
+def test_gradient_rollout_checks_its_first_block_and_stops_on_a_wrong_rule(wrong_rule):
+    """Several attention tensors: the first block's gradient is checked through the cut's head
+    (every later block inside it); a doubled MatMul rule stops the method."""
+    path = ROOT / "tests" / "models" / "transformers" / "vit_tiny.onnx"
+    x = np.random.default_rng(2).standard_normal((3, 32, 32)).astype(np.float32)
+    model = load_model(path, device="cpu")
+    explain(model, x, "gradient-rollout", target=1)
+    (check,) = model.gradient_checks.values()
+    assert check.skipped is None and check.relative_error < 0.01
+    wrong_rule("MatMul", doubled("MatMul"))
+    with pytest.raises(InternalError, match="layer gradient disagrees"):
+        explain(load_model(path, device="cpu"), x, "gradient-rollout", target=1)

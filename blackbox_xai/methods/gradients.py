@@ -125,7 +125,7 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
     seeds, key = np.eye(model.num_classes, dtype=np.float32)[resolved], (*key, size)
     if model.input.name in wrt and n:
         model.check_input_gradient(key, xs, seeds, grads[wrt.index(model.input.name)])
-    elif len(wrt) == 1 and n:
+    elif wrt and n:  # a layer, or the first of several (gradient rollout's blocks)
         def run_at(batch: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
             zeros = np.zeros((len(batch), model.num_classes), np.float32)
             return model.run_batched(session, {model.input.name: batch, USE_TOP1: zeros[:, :1],
