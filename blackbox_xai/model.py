@@ -674,16 +674,17 @@ class Model:
         :meth:`cut`, the other tensors it reads held at their values (reverse mode's dF/dA
         holds them too: they are computed before A). Raises :class:`InternalError` when they
         disagree."""
-        proto = self.graph()
-        why = why_unchecked(proto)
-        check_row = None
-        if why is None and separates(proto.graph, layer, self.input.name, self.logits_name):
-            def check_row(x, seed, grad):
-                def f_and_layer(b):
-                    scores, act = run(b)
-                    return scores.reshape(len(b), -1) @ seed, act
+        def scaled_check(x, seed, grad):
+            def f_and_layer(b):
+                scores, act = run(b)
+                return scores.reshape(len(b), -1) @ seed, act
 
-                return check_layer_gradient(f_and_layer, x, grad)
+            return check_layer_gradient(f_and_layer, x, grad)
+
+        proto = self.graph()
+        why, check_row = why_unchecked(proto), None
+        if why is None and separates(proto.graph, layer, self.input.name, self.logits_name):
+            check_row = scaled_check
         elif why is None:
             try:
                 check_row = self._head_check(layer, kind)
