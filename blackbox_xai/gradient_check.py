@@ -13,11 +13,12 @@ diameter [0, g]. Along the steepest direction the derivative is as large as it g
 (ReLU, max pooling) and float32 rounding are small against it: on eleven real float32 models
 the error was at most 2.7% at e = 1e-4 |x| (0.01-0.8 at 1e-2 |x|, where kinks dominate).
 
-Steps e = 1e-4, 1e-5 and 1e-3 of |x| are tried in turn; the check passes at the first that
-agrees within :data:`TOLERANCE`. A step counts only when it moves f by :data:`RESOLUTION` of
-max(|f|, 1) and f is linear over it (the forward and backward differences f(x + e v) - f(x) and
-f(x) - f(x - e v) agree within :data:`TOLERANCE`): a saturated probability (gradient ~1e-7,
-curvature large) or a kink inside the step says nothing either way. With no such step the check
+Steps e = 1e-4, 1e-5 and 1e-3 of |x| are tried in turn (none smaller than one f did not
+resolve); the check passes at the first that agrees within :data:`TOLERANCE`. A step counts
+only when it moves f by :data:`RESOLUTION` of max(|f|, 1) and f is linear over it (the forward
+and backward differences f(x + e v) - f(x) and f(x) - f(x - e v) keep the ratio the gradient
+predicts, within :data:`TOLERANCE`): a saturated probability (gradient ~1e-7, curvature large)
+or a kink inside the step says nothing either way. With no such step the check
 is inconclusive (logged, never refused). Graphs with fp16 or bf16 tensors or quantization ops
 are not checked: their forward cannot resolve a small step, and their gradient is the float or
 straight-through surrogate's, not the rounded model's.
@@ -50,8 +51,9 @@ _QUANTIZATION = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 @dataclass(frozen=True)
 class GradientCheck:
-    """What the check measured: |g|, the central difference at ``step`` (a fraction of |x|)
-    and their relative error; ``skipped`` says why nothing was measured."""
+    """What the check measured: the rate of change the gradient predicts (|g| along the
+    steepest direction), the central difference at ``step`` (a fraction of |x|) and their
+    relative error; ``skipped`` says why nothing was measured."""
 
     directional_derivative: float
     finite_difference: float | None = None
