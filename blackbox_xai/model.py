@@ -792,9 +792,16 @@ class Model:
         """Sessions of :meth:`scores_graph` (``kind``) cut at ``layer``
         (:func:`~blackbox_xai.graph.split.split`), built once per layer. ``batched``: refuse a
         head that also reads a tensor without a batch axis from before the cut (shape
-        arithmetic), which runs only one input's activations at a time."""
+        arithmetic), which runs only one input's activations at a time (refused before any
+        session is built, when nothing built them yet)."""
         kind = kind or self.score
         key = ("cut", self.scores_output(kind), layer)
+
+        def refuse(name: str) -> BlackboxError:
+            return BlackboxError(
+                f"the head after layer {layer!r} also reads {name!r}, computed before the cut "
+                "without a batch axis (shape arithmetic), so it cannot run on ablated "
+                "activations alone; choose a later --layer (see `bbx layers`)")
 
         def build() -> Cut:
             features, head = split(self.scores_graph(kind)[0], layer)
@@ -806,16 +813,15 @@ class Model:
                                             or not dims[0].HasField("dim_value"))
                 if t.elem_type not in FLOAT_TYPES or not has_batch:
                     unbatched = unbatched or o.name
+            if batched and unbatched is not None:
+                raise refuse(unbatched)
             return Cut(self.derived((*key, "features"), lambda: features),
                        self.derived((*key, "head"), lambda: head),
                        [o.name for o in features.graph.output], unbatched)
 
         cut = self.fact(key, build)
         if batched and cut.unbatched is not None:
-            raise BlackboxError(
-                f"the head after layer {layer!r} also reads {cut.unbatched!r}, computed before "
-                "the cut without a batch axis (shape arithmetic), so it cannot run on ablated "
-                "activations alone; choose a later --layer (see `bbx layers`)")
+            raise refuse(cut.unbatched)
         return cut
 
     def derived(self, key: Hashable, build) -> ort.InferenceSession:
