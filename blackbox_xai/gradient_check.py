@@ -19,9 +19,10 @@ only when it moves f by :data:`RESOLUTION` of max(|f|, 1) and f is linear over i
 and backward differences f(x + e v) - f(x) and f(x) - f(x - e v) keep the ratio the gradient
 predicts, within :data:`TOLERANCE`): a saturated probability (gradient ~1e-7, curvature large)
 or a kink inside the step says nothing either way. With no such step the check
-is inconclusive (logged, never refused). Graphs with fp16 or bf16 tensors or quantization ops
-are not checked: their forward cannot resolve a small step, and their gradient is the float or
-straight-through surrogate's, not the rounded model's.
+is inconclusive (logged, never refused). Graphs with fp16 or bf16 tensors are not checked:
+their forward cannot resolve a small step. A quantized graph's scores are a staircase: its
+input gradient is checked on its frozen surrogate (:mod:`blackbox_xai.graph.surrogate`, the
+function the straight-through gradient is of), its layer gradients not at all.
 """
 
 from __future__ import annotations

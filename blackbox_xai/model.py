@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .gradient_check import (
     GradientCheck,
     check_layer_gradient,
     check_steepest,
+    is_quantized,
     why_unchecked,
 )
 from .graph.autodiff import backward_cached
@@ -55,6 +57,7 @@ from .graph.perturbation import Kind, perturbation_graph
 from .graph.pixel_input import PIXEL_TYPES, float_pixel_input, why_no_float_view
 from .graph.runtime_versions import declare_ir, declare_opset
 from .graph.split import split
+from .graph.surrogate import Pair, frozen_surrogate, frozen_values
 from .graph.zipmap import unzipped_outputs, without_string_outputs
 from .runtime import (
     CPU,
@@ -654,10 +657,40 @@ class Model:
         (the graph's): :func:`~blackbox_xai.gradient_check.check_steepest`, rows as in
         :meth:`_check_rows`. Raises :class:`InternalError` when they disagree."""
         def check_row(x, seed, grad):
-            return check_steepest(
-                lambda b: self._scores(self.logits(b).reshape(len(b), -1), kind) @ seed, x, grad)
+            scores_at = self._surrogate_scores(x, kind) if quantized else (
+                lambda b: self._scores(self.logits(b).reshape(len(b), -1), kind))
+            return check_steepest(lambda b: scores_at(b) @ seed, x, grad)
 
-        return self._check_rows(key, why_unchecked(self.graph()), check_row, xs, seeds, grads)
+        proto = self.graph()
+        why, quantized = why_unchecked(proto), is_quantized(proto)
+        if quantized:
+            why = None if self._surrogate(kind) else \
+                "a quantized graph with no frozen surrogate (dynamic quantization)"
+        return self._check_rows(key, why, check_row, xs, seeds, grads)
+
+    def _surrogate(self, kind: ScoreKind | None) -> tuple[onnx.ModelProto, list[Pair]] | None:
+        """The frozen surrogate of :meth:`scores_graph` (``kind``), built once
+        (:func:`~blackbox_xai.graph.surrogate.frozen_surrogate`)."""
+        kind = kind or self.score
+        return self.fact(("surrogate", kind), lambda: frozen_surrogate(self.scores_graph(kind)[0]))
+
+    def _surrogate_scores(self, x: npt.NDArray[np.float32], kind: ScoreKind | None
+                          ) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+        """Scores (n, K) of ``kind`` from the quantized graph's surrogate frozen at ``x``
+        (C, H, W): the function whose gradient at ``x`` the straight-through rules take. Both
+        sessions run unoptimised: fused integer kernels round some values one code apart from
+        the float ops the backward graph runs (a 99% disagreement on a small QDQ CNN)."""
+        kind = kind or self.score
+        graph, pairs = typing.cast(tuple[onnx.ModelProto, list[Pair]], self._surrogate(kind))
+        names = list(dict.fromkeys(n for p in pairs for n in (p.x, p.y)))
+        exposed = self.derived(("surrogate-values", kind),
+                               lambda: expose(self.scores_graph(kind)[0], names), optimize=False)
+        values = self.run_batched(exposed, {self.input.name: x[None]}, names)
+        frozen = frozen_values(pairs, dict(zip(names, values)))
+        session = self.derived(("surrogate", kind), lambda: graph, optimize=False)
+        out_name = self.scores_output(kind)
+        return lambda b: self.run_batched(session, {self.input.name: b}, [out_name],
+                                          constants=frozen)[0].reshape(len(b), -1)
 
     def check_layer_gradient(self, key: Hashable, layer: str,
                              run: Callable[[npt.NDArray[np.float32]],
@@ -824,12 +857,14 @@ class Model:
             raise refuse(cut.unbatched)
         return cut
 
-    def derived(self, key: Hashable, build) -> ort.InferenceSession:
+    def derived(self, key: Hashable, build, optimize: bool = True) -> ort.InferenceSession:
         """A session for a graph rewritten from this model, built once by ``build()`` and
-        cached under ``key``; it must load in ONNX Runtime (if not, that is our bug)."""
+        cached under ``key``; it must load in ONNX Runtime (if not, that is our bug).
+        ``optimize=False``: no graph optimisation (:func:`~blackbox_xai.runtime.session_options`)."""
         if key not in self._sessions:
             self._sessions[key], _ = create_session(build().SerializeToString(), self.device,
-                                                    self.threads, generated="rewritten graph")
+                                                    self.threads, generated="rewritten graph",
+                                                    optimize=optimize)
         return self._sessions[key]
 
     def sized(self, key: tuple, size: tuple[int, int] | None, build) -> ort.InferenceSession:

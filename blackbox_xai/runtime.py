@@ -69,9 +69,12 @@ def _preload_cuda_libraries() -> None:
         ort.preload_dlls(directory="")
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, optimize: bool = True) -> ort.SessionOptions:
+    """``optimize=False``: no graph optimisation, each op as written (a quantized graph's
+    DequantizeLinear / QuantizeLinear pairs are not fused into integer kernels)."""
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -146,11 +149,13 @@ def _limit_in_refusal(ir_version: int, opset: int, pattern: str) -> int | None:
 
 
 def create_session(model: bytes | str, device: Device, threads: int | None, *,
-                   generated: str | None = None) -> tuple[ort.InferenceSession, str]:
+                   generated: str | None = None, optimize: bool = True
+                   ) -> tuple[ort.InferenceSession, str]:
     """Create a session on the requested device; returns it and a note on the provider that runs.
 
     ``generated`` names a graph this package wrote (a backward graph...): if ONNX Runtime
     cannot load it, that is our bug (:class:`InternalError`), not a fault of the user's model.
+    ``optimize``: see :func:`session_options`.
     """
     device = resolve_device(device)
     note = ""
@@ -172,7 +177,8 @@ def create_session(model: bytes | str, device: Device, threads: int | None, *,
         else:
             note = f" (CUDA not tried: {why})"
     try:
-        sess = ort.InferenceSession(model, sess_options=session_options(threads), providers=providers)
+        sess = ort.InferenceSession(model, sess_options=session_options(threads, optimize),
+                                    providers=providers)
     except Exception as e:  # ORT raises several exception types for bad graphs
         if generated:
             raise InternalError(f"blackbox-xai built a {generated} that ONNX Runtime cannot load "

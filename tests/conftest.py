@@ -68,7 +68,8 @@ def one_onnx_runtime_thread():
 
     options = runtime.session_options
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "session_options", lambda threads: options(threads or 1))
+        patch.setattr(runtime, "session_options",
+                      lambda threads, optimize=True: options(threads or 1, optimize))
         yield
 
 
@@ -79,8 +80,8 @@ def shared_sessions():
     half were a graph that the process had loaded before). The first creation of each runs the
     real code path; an ONNX Runtime error is never cached. Sessions are never changed after
     creation, so the models that share one cannot see each other. Keyed by the graph's bytes,
-    or a file's path, size and modification time, and the TF32 variable (it changes what a
-    CUDA session computes)."""
+    or a file's path, size and modification time, the optimisation switch and the TF32
+    variable (both change what a session computes)."""
     import hashlib
 
     from blackbox_xai import model, runtime
@@ -93,11 +94,11 @@ def shared_sessions():
         stat = os.stat(source)
         return ("file", os.path.abspath(source), stat.st_size, stat.st_mtime_ns)
 
-    def cached(source, device, threads, *, generated=None):
-        k = (key(source), runtime.resolve_device(device), threads, generated,
+    def cached(source, device, threads, *, generated=None, optimize=True):
+        k = (key(source), runtime.resolve_device(device), threads, generated, optimize,
              os.environ.get(runtime.CUDA_TF32_ENV))
         if k not in made:
-            made[k] = create(source, device, threads, generated=generated)
+            made[k] = create(source, device, threads, generated=generated, optimize=optimize)
         return made[k]
 
     cached.uncached = create  # for tests that fake ONNX Runtime's session: never cached

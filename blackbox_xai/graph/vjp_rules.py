@@ -402,7 +402,7 @@ def _qdq_axis(node: onnx.NodeProto) -> int:
 
 
 #: the codes (lowest, highest) of each integer type QuantizeLinear writes
-_QUANTIZED_RANGE = {
+QUANTIZED_RANGE = {
     TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127),
     TensorProto.UINT16: (0, 65535), TensorProto.INT16: (-32768, 32767),
     TensorProto.UINT4: (0, 15), TensorProto.INT4: (-8, 7),
@@ -427,7 +427,7 @@ def _quantize(e: Emitter, node: onnx.NodeProto, gys: Grads, need: list[bool]) ->
     dt, axis = e.gdtype(node.input[0]), _qdq_axis(node)
     scale = _along_axis(e, node.input[1], node.input[0], axis, dt)
     g = e.op("Div", gys[0], scale)
-    bounds = _QUANTIZED_RANGE.get(_quantized_type(e, node))
+    bounds = QUANTIZED_RANGE.get(_quantized_type(e, node))
     if bounds is None:
         return [g]
     t = e.op("Div", e.fwd(node.input[0], dt), scale)
