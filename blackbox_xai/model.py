@@ -735,12 +735,13 @@ class Model:
             values = run(cut.features, cut.names, {self.input.name: self._to_model_input(x[None])},
                          io_binding=self.io_binding)
             held = dict(zip(cut.names[1:], values[1:]))
-            step = 1 if cut.unbatched else None
+            one_at_a_time = cut.unbatched is not None
 
             def head_score(acts):
-                rows = [acts] if step is None else np.split(acts, len(acts))
+                rows = np.split(acts, len(acts)) if one_at_a_time else [acts]
                 scores = [run(cut.head, [out_name], {
-                    **{k: v if step else np.repeat(v, len(a), axis=0) for k, v in held.items()},
+                    **{k: v if one_at_a_time else np.repeat(v, len(a), axis=0)
+                       for k, v in held.items()},
                     layer: np.ascontiguousarray(a, np.float32)}, io_binding=self.io_binding)[0]
                     for a in rows]
                 return np.concatenate([np.reshape(v, (len(a), -1)) for v, a in
