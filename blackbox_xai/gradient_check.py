@@ -46,6 +46,9 @@ TOLERANCE = 0.1  # relative error of the central difference against |g|
 #: |f(x + e v) - f(x - e v)| must reach this fraction of max(|f|, 1): ~800 float32 roundings
 #: of f, or of the O(1) values a small score is computed from (a sigmoid's 1 - p)
 RESOLUTION = 1e-4
+#: the end of every refusal: whose fault it is, and what still works
+_REPORT = ("a gradient rule is wrong for this graph (please report it); the black-box methods "
+           "(occlusion, rise, lime, shapley) need no gradient")
 _LOW_PRECISION = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 _QUANTIZATION = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
@@ -69,15 +72,19 @@ def is_quantized(proto: onnx.ModelProto) -> bool:
     return any(n.op_type in _QUANTIZATION for n in proto.graph.node)
 
 
-def why_unchecked(proto: onnx.ModelProto) -> str | None:
-    """Why a graph's gradient cannot be checked by finite differences, or None."""
+def why_unchecked(proto: onnx.ModelProto, *, surrogate: bool = False) -> str | None:
+    """Why a graph's gradient cannot be checked by finite differences, or None. ``surrogate``:
+    a quantized graph will be checked on its frozen surrogate (input gradients), so its
+    quantization is no reason; low precision always is."""
     g = proto.graph
-    if is_quantized(proto):
-        return "a quantized graph (straight-through gradients)"
     low = any(t.data_type in _LOW_PRECISION for t in g.initializer) or any(
         a.name == "to" and a.i in _LOW_PRECISION for n in g.node if n.op_type == "Cast"
         for a in n.attribute)
-    return "an fp16 / bf16 graph (its forward cannot resolve a small step)" if low else None
+    if low:
+        return "an fp16 / bf16 graph (its forward cannot resolve a small step)"
+    if is_quantized(proto) and not surrogate:
+        return "a quantized graph (straight-through gradients)"
+    return None
 
 
 def check_steepest(f: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
@@ -177,15 +184,12 @@ def _judge(what: str, norm: float, trial: Callable[[float], _Trial]) -> Gradient
         f"the backward graph's {what} disagrees with the model: over a step of the input the "
         f"score changes at {best.finite_difference:.4g} per unit, the gradient says "
         f"{best.directional_derivative:.4g} (off by {best.relative_error:.0%} at the best of "
-        f"{len(tried)} steps); a gradient rule is wrong for this graph (please report it); the "
-        "black-box methods (occlusion, rise, lime, shapley) need no gradient")
+        f"{len(tried)} steps): {_REPORT}")
 
 
 def _norm_or_refuse(grad: npt.NDArray[np.float32]) -> float:
     """|grad|, refusing a gradient that is not finite."""
     norm = float(np.linalg.norm(grad.astype(np.float64)))
     if not np.isfinite(norm):
-        raise InternalError(f"the backward graph's gradient is not finite ({norm}): a gradient "
-                            "rule is wrong for this graph (please report it); the black-box "
-                            "methods (occlusion, rise, lime, shapley) need no gradient")
+        raise InternalError(f"the backward graph's gradient is not finite ({norm}): {_REPORT}")
     return norm

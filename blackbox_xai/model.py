@@ -656,16 +656,16 @@ class Model:
         batch ``xs`` (N, C, H, W) against the model's own scores of ``kind``, once per ``key``
         (the graph's): :func:`~blackbox_xai.gradient_check.check_steepest`, rows as in
         :meth:`_check_rows`. Raises :class:`InternalError` when they disagree."""
+        proto = self.graph()
+        why, quantized = why_unchecked(proto, surrogate=True), is_quantized(proto)
+        if why is None and quantized and self._surrogate(kind) is None:
+            why = "a quantized graph with no frozen surrogate (dynamic quantization)"
+
         def check_row(x, seed, grad):
             scores_at = self._surrogate_scores(x, kind) if quantized else (
                 lambda b: self._scores(self.logits(b).reshape(len(b), -1), kind))
             return check_steepest(lambda b: scores_at(b) @ seed, x, grad)
 
-        proto = self.graph()
-        why, quantized = why_unchecked(proto), is_quantized(proto)
-        if quantized:
-            why = None if self._surrogate(kind) else \
-                "a quantized graph with no frozen surrogate (dynamic quantization)"
         return self._check_rows(key, why, check_row, xs, seeds, grads)
 
     def _surrogate(self, kind: ScoreKind | None) -> tuple[onnx.ModelProto, list[Pair]] | None:
@@ -687,7 +687,7 @@ class Model:
                                lambda: expose(self.scores_graph(kind)[0], names), optimize=False)
         values = self.run_batched(exposed, {self.input.name: x[None]}, names)
         frozen = frozen_values(pairs, dict(zip(names, values)))
-        session = self.derived(("surrogate", kind), lambda: graph, optimize=False)
+        session = self.derived(("surrogate-session", kind), lambda: graph, optimize=False)
         out_name = self.scores_output(kind)
         return lambda b: self.run_batched(session, {self.input.name: b}, [out_name],
                                           constants=frozen)[0].reshape(len(b), -1)

@@ -65,7 +65,10 @@ def test_zero_and_non_finite_gradients():
 def test_fp16_graphs_are_not_checked():
     models = ROOT / "models"
     assert why_unchecked(load_model(models / "efficientnet_lite0.onnx").graph()) is None
-    assert "fp16" in why_unchecked(load_model(models / "efficientnet_lite0_fp16.onnx").graph())
+    fp16 = load_model(models / "efficientnet_lite0_fp16.onnx").graph()
+    assert "fp16" in why_unchecked(fp16) and "fp16" in why_unchecked(fp16, surrogate=True)
+    int8 = load_model(models / "efficientnet_lite0_int8.onnx").graph()
+    assert "quantized" in why_unchecked(int8) and why_unchecked(int8, surrogate=True) is None
 
 
 def int8_and_cat():

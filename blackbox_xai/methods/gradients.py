@@ -122,7 +122,8 @@ def batch_gradients(model, xs: npt.NDArray[np.float32], targets: list[int | None
         grads = [g.transpose(0, 3, 1, 2) if w == model.input.name else g
                  for w, g in zip(wrt, grads)]
     resolved = [int(t) if t is not None else int(np.argmax(s)) for t, s in zip(targets, scores)]
-    seeds, key = np.eye(model.num_classes, dtype=np.float32)[resolved], (*key, size)
+    seeds, key = np.zeros((n, model.num_classes), np.float32), (*key, size)
+    seeds[np.arange(n), resolved] = 1  # each row's own target, top-1 resolved
     if model.input.name in wrt and n:
         model.check_input_gradient(key, xs, seeds, grads[wrt.index(model.input.name)])
     elif wrt and n:  # a layer, or the first of several (gradient rollout's blocks)
